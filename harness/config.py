@@ -1,0 +1,274 @@
+"""Typed configuration: one pydantic model per concern, recipes from YAML, run ids from hashes.
+
+A config is resolved once at the edge (CLI or a Python caller) from three layers, later ones winning:
+the model defaults below, the recipe YAML picked by dataset and arch, and explicit overrides
+(`--set section.key=value` and the CLI's named flags). Each component later receives only its own
+section. Points in time that depend on the run length (LR decays, the end of pruning) are stored as
+fractions of the run, so `--epochs` rescales them consistently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "imagenet", "mnist1d", "synthetic")
+ARCHS = ("resnet20", "resnet32", "resnet56", "vgg19", "resnet50")
+
+Dataset = Literal["cifar10", "cifar100", "imagenet", "mnist1d", "synthetic"]
+Arch = Literal["resnet20", "resnet32", "resnet56", "vgg19", "resnet50"]
+Fraction = float  # a point in time as a fraction of the whole run, in [0, 1]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    dataset: Dataset = "cifar10"
+    data_dir: Path = Path("data")
+    # Held out from the training set for every selection (best epoch); the test set is never used to select.
+    val_size: int = Field(5000, ge=0)
+    augment: bool = True
+    # Size of generated datasets (MNIST-1D, synthetic); None means the generator's default.
+    num_samples: int | None = Field(None, ge=20)
+    num_workers: int = Field(2, ge=0)
+    download: bool = True
+
+
+class ModelConfig(Section):
+    arch: Arch = "resnet20"
+    # Multiplies every layer's channel count; the CPU recipes use it to size models for MNIST-1D.
+    width: float = Field(1.0, gt=0)
+
+
+class OptimConfig(Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    epochs: int = Field(160, ge=1)
+    batch_size: int = Field(128, ge=1)  # global batch; divided among ranks
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    # ImageNet recipe: no weight decay on BatchNorm parameters (and biases).
+    decay_norm_and_bias: bool = True
+    lr_decay_at: tuple[Fraction, ...] = (0.5, 0.75)
+    lr_decay_factor: float = Field(0.1, gt=0, le=1)
+    warmup: Fraction = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("lr_decay_at")
+    @classmethod
+    def _decays_are_fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < point < 1.0 for point in value) or list(value) != sorted(value):
+            raise ValueError("must be increasing fractions of the run, each in (0, 1)")
+        return value
+
+
+class SparsityConfig(Section):
+    method: str = "dense"
+    sparsity: float = Field(0.9, ge=0, lt=1)  # final sparsity s_f
+    init_sparsity: float = Field(0.0, ge=0, lt=1)  # GraNet's s_i
+    distribution: Literal["erk", "er", "uniform"] = "erk"
+    erk_power: float = Field(1.0, gt=0)
+    update_frequency: int = Field(1000, ge=1)  # dT, in optimizer steps
+    prune_start: Fraction = Field(0.0, ge=0, le=1)  # t_0
+    prune_end: Fraction = Field(0.5, ge=0, le=1)  # t_e
+    regen_rate: float = Field(0.5, ge=0, le=1)  # r_0
+    regen_rate_min: float = Field(0.005, ge=0, le=1)
+    regen_until: Literal["end", "prune_end"] = "end"
+    # Regrowth score; None takes the method's own (gradient for GraNet and RigL, random for SET).
+    growth: Literal["gradient", "momentum", "random"] | None = None
+    # RigL / SET stop updating the topology after this fraction of training.
+    update_until: Fraction = Field(1.0, gt=0, le=1)
+    dense_first_layer: bool = False
+    dense_classifier: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from harness.sparse.methods import METHODS
+
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; valid: {', '.join(METHODS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SparsityConfig:
+        if self.init_sparsity > self.sparsity:
+            raise ValueError(
+                f"init_sparsity ({self.init_sparsity}) must not exceed the final sparsity ({self.sparsity})"
+            )
+        if self.prune_end < self.prune_start:
+            raise ValueError(f"prune_end ({self.prune_end}) must not precede prune_start ({self.prune_start})")
+        if self.regen_rate_min > self.regen_rate:
+            raise ValueError(f"regen_rate_min ({self.regen_rate_min}) must not exceed regen_rate ({self.regen_rate})")
+        return self
+
+
+class TrackingConfig(Section):
+    runs_dir: Path = Path("runs")
+    group: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "granet-harness"
+    wandb_entity: str | None = None
+    job_type: str = "train"
+    log_every: int = Field(50, ge=1)  # steps between train-loss lines in metrics.jsonl
+    mask_snapshots: bool = True
+
+
+class RunConfig(Section):
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Epochs whose end-of-epoch checkpoints are kept for good (the plasticity study probes them).
+    keep_checkpoints: tuple[int, ...] = ()
+    # Hard stop after this many epochs even though the schedule is longer (probes' continuation).
+    stop_after_epochs: int | None = Field(None, ge=0)
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    sparsity: SparsityConfig = SparsityConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML- and JSON-safe nested dict (paths as strings, tuples as lists)."""
+        return json.loads(self.model_dump_json())
+
+
+# Fields that say where things go or how fast they load, not what is computed: excluded from the run id
+# so that moving the data or the runs directory does not orphan finished runs.
+_NOT_IDENTITY = {
+    "data": {"data_dir", "num_workers", "download"},
+    "tracking": {"runs_dir", "wandb", "wandb_project", "wandb_entity", "log_every"},
+}
+
+
+def run_id(config: Config, world_size: int = 1) -> str:
+    """Content address of a run: a hash of every field that can change its results, seed and world size included."""
+    identity = config.to_dict()
+    for section, fields in _NOT_IDENTITY.items():
+        for name in fields:
+            identity[section].pop(name, None)
+    identity["world_size"] = world_size
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"{config.sparsity.method}-{config.model.arch}-{config.data.dataset}-s{config.run.seed}-{digest[:10]}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recipes and overrides
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("harness") / "recipes"))
+
+
+def available_recipes() -> list[str]:
+    return sorted(path.stem for path in recipe_dir().glob("*.yaml"))
+
+
+def load_recipe(dataset: str, arch: str) -> dict[str, Any]:
+    """The recipe for (dataset, arch): `<dataset>-<arch>.yaml` if it exists, else `<dataset>.yaml`."""
+    if dataset not in DATASETS:
+        raise UserError(f"data.dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    for stem in (f"{dataset}-{arch}", dataset):
+        path = recipe_dir() / f"{stem}.yaml"
+        if path.exists():
+            return _read_recipe(path)
+    raise UserError(f"no recipe for dataset {dataset!r}; available: {', '.join(available_recipes())}")
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise UserError(f"recipe {path.name}: circular 'extends'")
+    data = yaml.safe_load(path.read_text()) or {}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return deep_merge(_read_recipe(path.with_name(f"{parent}.yaml"), (*seen, path)), data)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["optim.lr=0.05", "run.keep_checkpoints=[10, 20]"]` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.05")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise UserError(f"--set {item!r}: value is not valid YAML ({error.problem})") from None
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def resolve(
+    method: str,
+    *,
+    dataset: str = "cifar10",
+    arch: str = "resnet20",
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < recipe(dataset, arch) < overrides; validated once. Raises UserError naming the field."""
+    layered = deep_merge(load_recipe(dataset, arch), {"data": {"dataset": dataset}, "model": {"arch": arch}})
+    layered = deep_merge(layered, {"sparsity": {"method": method}})
+    layered = deep_merge(layered, overrides or {})
+    return validate(layered)
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem as one line: `sparsity.sparsity: Input should be less than 1 (got 1.5)`."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    if first["type"] == "extra_forbidden":
+        return f"{location}: unknown field"
+    if isinstance(given, dict) or first["type"].startswith("value_error"):
+        return f"{location}: {message}"
+    return f"{location}: {message} (got {given!r})"
+
+
+def load_config_file(path: Path) -> Config:
+    """A resolved config written by a run (`config.yaml`)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UserError(f"{path}: cannot read config ({error.strerror})") from None
+    return validate(data)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
