@@ -110,9 +110,13 @@ class SparsityConfig(Section):
                 f"init_sparsity ({self.init_sparsity}) must not exceed the final sparsity ({self.sparsity})"
             )
         if self.prune_end < self.prune_start:
-            raise ValueError(f"prune_end ({self.prune_end}) must not precede prune_start ({self.prune_start})")
+            raise ValueError(
+                f"prune_end ({self.prune_end}) must not precede prune_start ({self.prune_start})"
+            )
         if self.regen_rate_min > self.regen_rate:
-            raise ValueError(f"regen_rate_min ({self.regen_rate_min}) must not exceed regen_rate ({self.regen_rate})")
+            raise ValueError(
+                f"regen_rate_min ({self.regen_rate_min}) must not exceed regen_rate ({self.regen_rate})"
+            )
         return self
 
 
@@ -165,7 +169,9 @@ def run_id(config: Config, world_size: int = 1) -> str:
             identity[section].pop(name, None)
     identity["world_size"] = world_size
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"{config.sparsity.method}-{config.model.arch}-{config.data.dataset}-s{config.run.seed}-{digest[:10]}"
+    return (
+        f"{config.sparsity.method}-{config.model.arch}-{config.data.dataset}-s{config.run.seed}-{digest[:10]}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,3 +1,422 @@
-"""Placeholder registry; replaced by the real method zoo."""
+"""The method zoo (SPEC section 6): each method is a small class on one shared base.
 
-METHODS = {"dense": None, "static": None, "gmp": None, "gmp-layerwise": None, "granet": None, "rigl": None, "set": None}
+Use in any training loop:
+
+    masks = MaskSet.for_model(model)
+    method = build_method("granet", masks, optimizer, Hyperparameters(total_steps=T, sparsity=0.9, ...))
+    for inputs, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(inputs), targets).backward()
+        optimizer.step()
+        update = method.step()          # masks applied; a MaskUpdate on mask-update steps, else None
+
+The base class owns mask application, optimizer-state zeroing, pruning, drop-and-grow and persistence;
+a method says only when it updates and what an update does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from harness.sparse import criteria
+from harness.sparse.distributions import layer_counts
+from harness.sparse.masks import MaskSet
+from harness.sparse.schedules import CosineRate, CubicSparsity
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Everything a method may read, in optimizer steps. Each method documents the fields it uses."""
+
+    total_steps: int
+    sparsity: float = 0.9  # final sparsity s_f
+    init_sparsity: float = 0.0  # GraNet's s_i
+    distribution: str = "erk"
+    erk_power: float = 1.0
+    update_frequency: int = 1000  # dT
+    prune_start: int = 0  # t_0
+    prune_end: int | None = None  # t_e; None = half of the run (the paper's epoch 80 of 160)
+    regen_rate: float = 0.5  # r_0
+    regen_rate_min: float = 0.005
+    regen_until: str = "end"  # "end" (authors' code) or "prune_end"
+    growth: str | None = None  # None = the method's own
+    update_until: int | None = None  # RigL / SET: last step that may update the topology; None = the end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        if not 0.0 <= self.init_sparsity <= self.sparsity < 1.0:
+            raise ValueError(
+                f"need 0 <= init_sparsity <= sparsity < 1, got {self.init_sparsity}, {self.sparsity}"
+            )
+        if self.regen_until not in ("end", "prune_end"):
+            raise ValueError(f"regen_until must be 'end' or 'prune_end', got {self.regen_until!r}")
+        if self.growth is not None and self.growth not in criteria.GROWTH_SCORES:
+            raise ValueError(f"unknown growth {self.growth!r}; valid: {', '.join(criteria.GROWTH_SCORES)}")
+
+    @property
+    def pruning_end(self) -> int:
+        end = self.total_steps // 2 if self.prune_end is None else self.prune_end
+        return min(max(end, 1, self.prune_start), self.total_steps)
+
+
+@dataclass
+class LayerUpdate:
+    active: int  # after the update
+    size: int
+    pruned: int = 0  # removed by gradual / one-shot pruning
+    dropped: int = 0  # removed by regeneration's drop
+    grown: int = 0  # regrown
+
+
+@dataclass
+class MaskUpdate:
+    """What one mask-update event did, for the trainer to log."""
+
+    step: int
+    target_density: float
+    density: float
+    regen_rate: float | None
+    layers: dict[str, LayerUpdate] = field(default_factory=dict)
+    checksum: int = 0
+    dense_gradient: bool = False  # the event read the dense gradient (counted in training FLOPs)
+
+    def record(self) -> dict[str, Any]:
+        """Flat key/value record in the run store's `mask_update` format (without kind/step/epoch)."""
+        record: dict[str, Any] = {"density": self.density, "target_density": self.target_density}
+        if self.regen_rate is not None:
+            record["regen/rate"] = self.regen_rate
+        record["mask/checksum"] = self.checksum
+        for name, layer in self.layers.items():
+            record[f"layers/{name}/density"] = layer.active / layer.size
+            record[f"layers/{name}/pruned"] = layer.pruned
+            record[f"layers/{name}/dropped"] = layer.dropped
+            record[f"layers/{name}/grown"] = layer.grown
+        return record
+
+
+class SparsityMethod:
+    """Base: dense start, never updates. Subclasses override `initial_density`, `is_update_step`, `update`."""
+
+    name: ClassVar[str] = "dense"
+    reference: ClassVar[str] = ""
+    default_growth: ClassVar[str] = "gradient"
+
+    def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
+        self.masks = masks
+        self.optimizer = optimizer
+        self.hyper = hyper
+        self.steps = 0
+        self.generator = torch.Generator().manual_seed(hyper.seed)
+        self.growth = hyper.growth or self.default_growth
+        self.momentum = criteria.GradientMomentum(masks.weights) if self.growth == "momentum" else None
+        self._initialize()
+
+    # ---------------------------------------------------------------------------------------------
+    # The per-step entry point
+
+    def step(self) -> MaskUpdate | None:
+        """Call right after optimizer.step(): applies the masks, and updates them on update steps."""
+        self.steps += 1
+        self.masks.apply(self.optimizer)
+        if self.momentum is not None:
+            self.momentum.observe()
+        if self.is_update_step(self.steps):
+            with torch.no_grad():
+                return self.update(self.steps)
+        return None
+
+    # ---------------------------------------------------------------------------------------------
+    # What a method decides
+
+    def initial_density(self) -> float:
+        return 1.0
+
+    def is_update_step(self, t: int) -> bool:
+        return False
+
+    def update(self, t: int) -> MaskUpdate:
+        raise NotImplementedError
+
+    def target_density(self, t: int) -> float:
+        return self.initial_density()
+
+    # ---------------------------------------------------------------------------------------------
+    # Shared operations
+
+    def _initialize(self) -> None:
+        """Initial masks: dense, or exactly round(d_l * n_l) uniformly random positions per layer."""
+        density = self.initial_density()
+        if density >= 1.0:
+            return
+        counts = layer_counts(self.masks.shapes, density, self.hyper.distribution, self.hyper.erk_power)
+        masks = []
+        for weight, count in zip(self.masks.weights, counts, strict=True):
+            scores = torch.rand(weight.numel(), generator=self.generator)
+            masks.append(criteria.top_k(scores, count).view(weight.shape))
+        self.masks.set(masks)
+        self.masks.apply(self.optimizer)
+
+    def initial_record(self) -> MaskUpdate:
+        """The masks before training, as an event at step 0 (logged and snapshotted by the trainer)."""
+        counts = self.masks.active_counts()
+        layers = {
+            name: LayerUpdate(active=count, size=size)
+            for name, count, size in zip(self.masks.names, counts, self.masks.numels, strict=True)
+        }
+        return self._event(0, self.initial_density(), None, layers, counts)
+
+    def prune_to(self, density: float, *, layerwise: bool = False) -> list[int]:
+        """Magnitude pruning to a global density (exact count); returns the weights pruned per layer."""
+        before = self.masks.active_counts()
+        if layerwise:
+            keeps = [
+                min(round(density * numel), active)
+                for numel, active in zip(self.masks.numels, before, strict=True)
+            ]
+            kept = criteria.layerwise_magnitude(self.masks.weights, self.masks.masks, keeps)
+        else:
+            keep = min(round(density * self.masks.total), sum(before))
+            kept = criteria.global_magnitude(self.masks.weights, self.masks.masks, keep)
+        self.masks.set(kept)
+        self.masks.apply(self.optimizer)
+        after = self.masks.active_counts()
+        return [old - new for old, new in zip(before, after, strict=True)]
+
+    def regenerate(self, rate: float) -> tuple[list[int], list[int]]:
+        """Per layer: drop ceil(rate * n_l) smallest-|w| active weights, grow as many by the growth score.
+
+        Regrown weights and their optimizer state start at exactly 0. Active counts are unchanged.
+        """
+        scores = criteria.growth_scores(
+            self.growth,
+            self.masks.weights,
+            momentum=self.momentum.buffers if self.momentum else None,
+            generator=self.generator,
+        )
+        new_masks, grown_masks, dropped_counts, grown_counts = [], [], [], []
+        for weight, mask, score, active in zip(
+            self.masks.weights, self.masks.masks, scores, self.masks.active_counts(), strict=True
+        ):
+            count = math.ceil(rate * active)
+            new_mask, dropped, grown = criteria.drop_and_grow(weight, mask, score, count)
+            new_masks.append(new_mask)
+            grown_masks.append(grown)
+            dropped_counts.append(count)
+            grown_counts.append(count)
+        self.masks.set(new_masks)
+        self.masks.apply(self.optimizer)
+        self.masks.zero_positions(grown_masks, self.optimizer)
+        return dropped_counts, grown_counts
+
+    def _event(
+        self,
+        t: int,
+        target_density: float,
+        regen_rate: float | None,
+        layers: dict[str, LayerUpdate],
+        counts: list[int] | None = None,
+    ) -> MaskUpdate:
+        counts = self.masks.active_counts() if counts is None else counts
+        return MaskUpdate(
+            step=t,
+            target_density=target_density,
+            density=sum(counts) / self.masks.total,
+            regen_rate=regen_rate,
+            layers=layers,
+            checksum=int(self.masks.checksums().sum()),
+            dense_gradient=regen_rate is not None and self.growth == "gradient",
+        )
+
+    def _layers(
+        self,
+        pruned: list[int] | None = None,
+        dropped: list[int] | None = None,
+        grown: list[int] | None = None,
+    ) -> tuple[dict[str, LayerUpdate], list[int]]:
+        counts = self.masks.active_counts()
+        zeros = [0] * len(counts)
+        layers = {
+            name: LayerUpdate(active=count, size=size, pruned=p, dropped=d, grown=g)
+            for name, count, size, p, d, g in zip(
+                self.masks.names,
+                counts,
+                self.masks.numels,
+                pruned or zeros,
+                dropped or zeros,
+                grown or zeros,
+                strict=True,
+            )
+        }
+        return layers, counts
+
+    # ---------------------------------------------------------------------------------------------
+    # Persistence: masks, the step counter and the random generator are the whole state; schedules are
+    # pure functions of the step, so a restored method makes the same decisions as one that never stopped.
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "method": self.name,
+            "steps": self.steps,
+            "masks": self.masks.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+        if self.momentum is not None:
+            state["momentum"] = self.momentum.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["method"] != self.name:
+            raise ValueError(f"state of method {state['method']!r} cannot be loaded into {self.name!r}")
+        self.steps = int(state["steps"])
+        self.masks.load_state_dict(state["masks"])
+        self.generator.set_state(state["generator"])
+        if self.momentum is not None:
+            self.momentum.load_state_dict(state["momentum"])
+        self.masks.apply(self.optimizer)
+
+
+class Dense(SparsityMethod):
+    """No sparsity: the reference every method is compared with."""
+
+    name = "dense"
+
+
+class Static(SparsityMethod):
+    """A random mask at the final density, drawn per layer by the distribution (ERK by default), fixed."""
+
+    name = "static"
+    reference = "fixed random sparse mask (e.g. Mocanu et al. 2018, Evci et al. 2020 as baseline)"
+
+    def initial_density(self) -> float:
+        return 1.0 - self.hyper.sparsity
+
+
+class GradualMagnitude(SparsityMethod):
+    """GMP (Zhu & Gupta 2017): cubic schedule from s_i to s_f, global magnitude pruning at each event."""
+
+    name = "gmp"
+    reference = "Zhu & Gupta, To prune, or not to prune, 2017"
+    layerwise = False
+
+    def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
+        self.schedule = CubicSparsity(
+            initial=hyper.init_sparsity,
+            final=hyper.sparsity,
+            start=hyper.prune_start,
+            end=hyper.pruning_end,
+            every=hyper.update_frequency,
+        )
+        super().__init__(masks, optimizer, hyper)
+
+    def initial_density(self) -> float:
+        return 1.0 - self.hyper.init_sparsity
+
+    def target_density(self, t: int) -> float:
+        return 1.0 - self.schedule.sparsity(t)
+
+    def is_update_step(self, t: int) -> bool:
+        return self.schedule.is_event(t)
+
+    def update(self, t: int) -> MaskUpdate:
+        target = self.target_density(t)
+        pruned = self.prune_to(target, layerwise=self.layerwise)
+        layers, counts = self._layers(pruned=pruned)
+        return self._event(t, target, None, layers, counts)
+
+
+class GradualMagnitudeLayerwise(GradualMagnitude):
+    """GMP keeping the top (1 - s(t)) fraction of every layer instead of a global threshold."""
+
+    name = "gmp-layerwise"
+    layerwise = True
+
+
+class GraNet(GradualMagnitude):
+    """GraNet (Liu et al. 2021): GMP's global pruning, then zero-cost neuroregeneration at every event.
+
+    After t_e the topology keeps being regenerated every dT until the end of training (the authors'
+    behaviour; `regen_until="prune_end"` stops at t_e instead). s_i = 0 starts dense; s_i > 0 starts
+    from an ERK mask at density 1 - s_i.
+    """
+
+    name = "granet"
+    reference = (
+        "Liu et al., Sparse Training via Boosting Pruning Plasticity with Neuroregeneration, NeurIPS 2021"
+    )
+
+    def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
+        self.rate = CosineRate(hyper.regen_rate, hyper.regen_rate_min, hyper.total_steps)
+        super().__init__(masks, optimizer, hyper)
+
+    def is_update_step(self, t: int) -> bool:
+        if self.schedule.is_event(t):
+            return True
+        return (
+            self.hyper.regen_until == "end" and t > self.schedule.end and t % self.hyper.update_frequency == 0
+        )
+
+    def update(self, t: int) -> MaskUpdate:
+        target = self.target_density(t)
+        pruned = self.prune_to(target) if self.schedule.is_event(t) else None
+        rate = self.rate(t)
+        dropped, grown = self.regenerate(rate)
+        layers, counts = self._layers(pruned=pruned, dropped=dropped, grown=grown)
+        return self._event(t, target, rate, layers, counts)
+
+
+class SET(SparsityMethod):
+    """SET (Mocanu et al. 2018): fixed density from an ERK start; every dT drop by magnitude, grow at random."""
+
+    name = "set"
+    reference = "Mocanu et al., Scalable training of artificial neural networks with adaptive sparse connectivity, 2018"
+    default_growth = "random"
+
+    def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
+        self.last_update = hyper.total_steps if hyper.update_until is None else hyper.update_until
+        self.rate = CosineRate(hyper.regen_rate, hyper.regen_rate_min, self.last_update)
+        super().__init__(masks, optimizer, hyper)
+
+    def initial_density(self) -> float:
+        return 1.0 - self.hyper.sparsity
+
+    def is_update_step(self, t: int) -> bool:
+        return t % self.hyper.update_frequency == 0 and t <= self.last_update
+
+    def update(self, t: int) -> MaskUpdate:
+        rate = self.rate(t)
+        dropped, grown = self.regenerate(rate)
+        layers, counts = self._layers(dropped=dropped, grown=grown)
+        return self._event(t, self.initial_density(), rate, layers, counts)
+
+
+class RigL(SET):
+    """RigL (Evci et al. 2020): SET with regrowth by the largest dense-gradient magnitudes."""
+
+    name = "rigl"
+    reference = "Evci et al., Rigging the Lottery: Making All Tickets Winners, ICML 2020"
+    default_growth = "gradient"
+
+
+METHODS: dict[str, type[SparsityMethod]] = {
+    cls.name: cls for cls in (Dense, Static, GradualMagnitude, GradualMagnitudeLayerwise, GraNet, RigL, SET)
+}
+
+
+class UnknownMethodError(ValueError):
+    pass
+
+
+def build_method(
+    name: str, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters
+) -> SparsityMethod:
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(f"unknown method {name!r}; valid: {', '.join(METHODS)}") from None
+    return cls(masks, optimizer, hyper)
