@@ -1,0 +1,521 @@
+"""Datasets and loaders: CIFAR-10/100, an ImageNet folder, MNIST-1D, synthetic; fixed splits; rank-aware loaders.
+
+`build_datasets(cfg.data)` returns the train / validation / test sets and the `DataSpec` the model
+builder needs. Every run shares the same validation split: it is drawn from the training set with a
+constant seed, never the run seed, so runs with different seeds are compared on the same held-out data.
+The official test set is never used for selection.
+
+`build_loaders(...)` returns one `TrainLoader` and `EvalLoader`s for this rank:
+
+- The training order of an epoch is a pure function of (seed, epoch), sharded across ranks with
+  `DistributedSampler` semantics (padded so every rank has the same number of batches), and
+  `iterate(epoch, start_batch=k)` yields exactly batches k, k+1, ... of that order (mid-epoch resume).
+- Augmentation randomness is seeded per batch from (seed, epoch, rank, batch index), inside whichever
+  process loads the batch. This deliberately goes beyond seeding the workers: the augmented batches are
+  then the same for any `num_workers` (which is not part of a run's identity), a mid-epoch resume
+  reproduces them exactly even with worker processes, and loading never consumes the global torch RNG
+  (the main process's CPU generator is restored after each batch when `num_workers == 0`). Every
+  DataLoader also gets its own `torch.Generator`, because creating an iterator otherwise draws its
+  base seed from the global RNG and shifts everything after a resume.
+- In-memory tensor datasets (MNIST-1D, synthetic) skip the DataLoader: a batch is the input and target
+  tensors indexed with the batch's indices, with no per-sample Python work and no worker processes.
+- Evaluation shards are `rank::world_size` without padding, disjoint and covering the set exactly, so
+  summing correct counts over ranks gives the exact accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import random
+import socket
+import urllib.error
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import transforms as T
+
+from harness.config import DataConfig
+from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Constant seeds: the validation split and the synthetic data must not change with the run seed.
+SPLIT_SEED = 2021
+SYNTHETIC_SEED = 1234
+# Without a timeout, a download attempt behind a firewall that drops packets hangs indefinitely.
+DOWNLOAD_TIMEOUT_SECONDS = 30.0
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MNIST1D_DEFAULT_SAMPLES = 5000
+SYNTHETIC_DEFAULT_SAMPLES = 256
+SYNTHETIC_SHAPE = (3, 16, 16)
+SYNTHETIC_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the model builder needs to know about the inputs (shapes without the batch dimension)."""
+
+    num_classes: int
+    in_channels: int
+    spatial_dims: int
+    input_shape: tuple[int, ...]
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    spec: DataSpec
+
+
+class InMemoryDataset(Dataset):
+    """Inputs and integer targets held as two tensors; loaders index them a whole batch at a time."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[index], self.targets[index]
+
+    def subset(self, indices: Tensor) -> InMemoryDataset:
+        return InMemoryDataset(self.inputs[indices], self.targets[indices])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def build_datasets(cfg: DataConfig) -> Datasets:
+    """The dataset named by `cfg.dataset` with its fixed validation split. Raises UserError for missing data."""
+    return _BUILDERS[cfg.dataset](cfg)
+
+
+def fixed_split(num_samples: int, val_size: int) -> tuple[Tensor, Tensor]:
+    """(train indices, validation indices), sorted; the same for every run because the seed is constant."""
+    if val_size >= num_samples:
+        raise UserError(
+            f"data.val_size: {val_size} must be smaller than the training set ({num_samples} samples)"
+        )
+    permutation = torch.randperm(num_samples, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return permutation[val_size:].sort().values, permutation[:val_size].sort().values
+
+
+def _split_in_memory(
+    train: InMemoryDataset, test: InMemoryDataset, val_size: int, spec: DataSpec
+) -> Datasets:
+    train_indices, val_indices = fixed_split(len(train), val_size)
+    val = train.subset(val_indices) if val_size else None
+    return Datasets(train=train.subset(train_indices), val=val, test=test, spec=spec)
+
+
+def _split_files(
+    train_full: Dataset, test_transform: Callable, test: Dataset, val_size: int, spec: DataSpec
+) -> Datasets:
+    """Train and validation as subsets of one file-backed dataset; validation images get the test transform."""
+    train_indices, val_indices = fixed_split(len(train_full), val_size)
+    val = Subset(_with_transform(train_full, test_transform), val_indices.tolist()) if val_size else None
+    return Datasets(train=Subset(train_full, train_indices.tolist()), val=val, test=test, spec=spec)
+
+
+def _with_transform(dataset: Any, transform: Callable) -> Any:
+    """A shallow copy sharing the loaded images, with another transform."""
+    clone = copy.copy(dataset)
+    clone.transform = transform
+    clone.transforms = torchvision.datasets.vision.StandardTransform(transform, None)
+    return clone
+
+
+def _cifar(cfg: DataConfig) -> Datasets:
+    mean, std = CIFAR_STATS[cfg.dataset]
+    normalise = [T.ToTensor(), T.Normalize(mean, std)]
+    augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
+    train_transform, test_transform = T.Compose(augment + normalise), T.Compose(normalise)
+    dataset_class = (
+        torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
+    )
+    train_full = _open_cifar(dataset_class, cfg, train=True, transform=train_transform)
+    test = _open_cifar(dataset_class, cfg, train=False, transform=test_transform)
+    spec = DataSpec(
+        num_classes=len(train_full.classes), in_channels=3, spatial_dims=2, input_shape=(3, 32, 32)
+    )
+    return _split_files(train_full, test_transform, test, cfg.val_size, spec)
+
+
+def _open_cifar(dataset_class: type, cfg: DataConfig, *, train: bool, transform: Callable) -> Any:
+    folder = Path(cfg.data_dir) / dataset_class.base_folder
+    # Download at most once (with the training set); torchvision re-verifies the files either way.
+    download = cfg.download and train
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS) if download else contextlib.nullcontext():
+            return dataset_class(root=str(cfg.data_dir), train=train, transform=transform, download=download)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        reason = " ".join(str(error).split())
+        raise UserError(
+            f"data.data_dir: {cfg.dataset} not found or corrupted in {folder} ({reason}); put the extracted "
+            f"folder of the python-version archive ({dataset_class.filename}) there, "
+            "or run once with network access and data.download=true"
+        ) from None
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _imagenet(cfg: DataConfig) -> Datasets:
+    root = Path(cfg.data_dir) / "imagenet"
+    normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    test_transform = T.Compose([T.Resize(256), T.CenterCrop(224), *normalise])
+    augment = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *normalise])
+    train_full = _open_image_folder(root / "train", augment if cfg.augment else test_transform)
+    # The official validation set serves as the test set; the validation split is held out of train.
+    test = _open_image_folder(root / "val", test_transform)
+    if test.classes != train_full.classes:
+        raise UserError(
+            f"data.data_dir: {root}/val has different class folders than {root}/train "
+            f"({len(test.classes)} vs {len(train_full.classes)} classes); both need the same ones"
+        )
+    spec = DataSpec(
+        num_classes=len(train_full.classes), in_channels=3, spatial_dims=2, input_shape=(3, 224, 224)
+    )
+    return _split_files(train_full, test_transform, test, cfg.val_size, spec)
+
+
+def _open_image_folder(path: Path, transform: Callable) -> torchvision.datasets.ImageFolder:
+    layout = "expected <data_dir>/imagenet/{train,val}/<class folder>/<image files>"
+    if not path.is_dir():
+        raise UserError(f"data.data_dir: ImageNet folder {path} does not exist; {layout}")
+    try:
+        return torchvision.datasets.ImageFolder(str(path), transform=transform)
+    except FileNotFoundError as error:
+        raise UserError(f"data.data_dir: no images found under {path} ({error}); {layout}") from None
+
+
+def _mnist1d(cfg: DataConfig) -> Datasets:
+    num_samples = cfg.num_samples or MNIST1D_DEFAULT_SAMPLES
+    arrays = load_mnist1d(Path(cfg.data_dir) / "mnist1d" / f"mnist1d-{num_samples}.npz", num_samples)
+
+    def as_dataset(inputs: np.ndarray, targets: np.ndarray) -> InMemoryDataset:
+        return InMemoryDataset(
+            torch.from_numpy(inputs).to(torch.float32).unsqueeze(1), torch.from_numpy(targets).to(torch.int64)
+        )
+
+    train = as_dataset(arrays["x"], arrays["y"])
+    test = as_dataset(arrays["x_test"], arrays["y_test"])
+    length = train.inputs.shape[-1]
+    spec = DataSpec(num_classes=10, in_channels=1, spatial_dims=1, input_shape=(1, length))
+    return _split_in_memory(train, test, cfg.val_size, spec)
+
+
+def load_mnist1d(path: Path, num_samples: int) -> dict[str, np.ndarray]:
+    """MNIST-1D arrays x, y, x_test, y_test: read from the cache at `path`, or generated and cached there."""
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                return {key: cached[key] for key in ("x", "y", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(
+                f"data.data_dir: unreadable MNIST-1D cache {path} ({error}); delete it to regenerate"
+            ) from None
+    arrays = generate_mnist1d(num_samples)
+    _write_npz_atomically(path, arrays)
+    logger.info("generated MNIST-1D with %d samples, cached at %s", num_samples, path)
+    return arrays
+
+
+def generate_mnist1d(num_samples: int) -> dict[str, np.ndarray]:
+    """MNIST-1D from the package's generator and default dataset seed, leaving the global RNGs untouched."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    # make_dataset reseeds the global `random` and numpy generators; the run's own seeding must survive.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    return {
+        "x": data["x"].astype(np.float32),
+        "y": data["y"].astype(np.int64),
+        "x_test": data["x_test"].astype(np.float32),
+        "y_test": data["y_test"].astype(np.int64),
+    }
+
+
+def _write_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    # A unique temporary name per process: several ranks may generate the same cache at once.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"data.data_dir: cannot write the MNIST-1D cache {path} ({error.strerror})") from None
+
+
+def _synthetic(cfg: DataConfig) -> Datasets:
+    num_train = cfg.num_samples or SYNTHETIC_DEFAULT_SAMPLES
+    train, test = make_synthetic(num_train, num_train // 4)
+    spec = DataSpec(
+        num_classes=SYNTHETIC_CLASSES,
+        in_channels=SYNTHETIC_SHAPE[0],
+        spatial_dims=len(SYNTHETIC_SHAPE) - 1,
+        input_shape=SYNTHETIC_SHAPE,
+    )
+    return _split_in_memory(train, test, cfg.val_size, spec)
+
+
+def make_synthetic(num_train: int, num_test: int) -> tuple[InMemoryDataset, InMemoryDataset]:
+    """Gaussian images around one colour per class; the label is the class of the nearest colour.
+
+    The label is a fixed function of the input (nearest class colour to the image's mean colour), so
+    a convolutional network with global pooling can learn it, and it is usually the class the image
+    was drawn around, so every class occurs. The data depend only on the constant seed.
+    """
+    generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    colours = torch.randn(SYNTHETIC_CLASSES, SYNTHETIC_SHAPE[0], generator=generator)
+    drawn_around = torch.randint(SYNTHETIC_CLASSES, (num_train + num_test,), generator=generator)
+    noise = torch.randn(num_train + num_test, *SYNTHETIC_SHAPE, generator=generator)
+    inputs = noise + colours[drawn_around][:, :, None, None]
+    targets = synthetic_labels(inputs, colours)
+    return (
+        InMemoryDataset(inputs[:num_train], targets[:num_train]),
+        InMemoryDataset(inputs[num_train:], targets[num_train:]),
+    )
+
+
+def synthetic_labels(inputs: Tensor, colours: Tensor) -> Tensor:
+    return torch.cdist(inputs.mean(dim=(2, 3)), colours).argmin(dim=1)
+
+
+_BUILDERS: dict[str, Callable[[DataConfig], Datasets]] = {
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "imagenet": _imagenet,
+    "mnist1d": _mnist1d,
+    "synthetic": _synthetic,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loaders
+
+
+class _SeededBatches(Dataset):
+    """Loads a batch requested as (seed, indices) with the CPU torch RNG seeded for that batch.
+
+    torchvision's random transforms draw from the default CPU generator, so seeding it per batch makes
+    the augmentation a function of the batch alone, in whichever process loads it.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, request: tuple[int, list[int]]) -> list[Any]:
+        seed, indices = request
+        # fork_rng restores the CPU generator afterwards: with num_workers=0 this runs in the main process.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return [self.dataset[index] for index in indices]
+
+
+def _derived_seed(*numbers: int) -> int:
+    """A well-mixed 63-bit seed from several integers (nearby inputs give unrelated seeds)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+class TrainLoader:
+    """This rank's shuffled training batches of any epoch, resumable mid-epoch."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.rank = rank
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        # The sampler shuffles with seed + epoch; mixing the run seed first keeps run seed s + 1 from
+        # replaying the epoch orders of run seed s shifted by one epoch.
+        self._sampler = DistributedSampler(
+            dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=True,
+            seed=_derived_seed(seed),
+            drop_last=False,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch on this rank, including the padding that makes all ranks equal."""
+        return self._sampler.num_samples
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's dataset indices for the epoch, in order: a pure function of (seed, epoch)."""
+        self._sampler.set_epoch(epoch)
+        return torch.tensor(list(self._sampler), dtype=torch.int64)
+
+    def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches start_batch, start_batch + 1, ... of the epoch, identical to an uninterrupted pass."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside [0, {len(self)}]")
+        batches = _chunks(self.epoch_indices(epoch)[start_batch * self.batch_size :], self.batch_size)
+        if isinstance(self.dataset, InMemoryDataset):
+            return _index_batches(self.dataset, batches)
+        # One seed per batch of the whole epoch, so batch k gets the same seed whatever start_batch is.
+        generator = torch.Generator().manual_seed(_derived_seed(self.seed, epoch, self.rank))
+        batch_seeds = torch.randint(2**62, (len(self),), generator=generator)[start_batch:]
+        requests = [(int(seed), batch.tolist()) for seed, batch in zip(batch_seeds, batches, strict=True)]
+        loader = DataLoader(
+            _SeededBatches(self.dataset),
+            batch_sampler=requests,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            generator=generator,
+        )
+        return iter(loader)
+
+
+class EvalLoader:
+    """This rank's disjoint, unpadded shard (indices rank::world_size) of an evaluation set, in order."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.indices = torch.arange(rank, len(dataset), world_size)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def iterate(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if isinstance(self.dataset, InMemoryDataset):
+            return _index_batches(self.dataset, _chunks(self.indices, self.batch_size))
+        loader = DataLoader(
+            Subset(self.dataset, self.indices.tolist()),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # Its own generator: otherwise creating the iterator draws from the global RNG.
+            generator=torch.Generator().manual_seed(0),
+        )
+        return iter(loader)
+
+
+def _chunks(indices: Tensor, size: int) -> list[Tensor]:
+    # Unlike Tensor.split, no empty batch for an empty index tensor.
+    return list(indices.split(size)) if len(indices) else []
+
+
+def _index_batches(dataset: InMemoryDataset, batches: Sequence[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    for indices in batches:
+        yield dataset.inputs[indices], dataset.targets[indices]
+
+
+@dataclass
+class Loaders:
+    train: TrainLoader
+    val: EvalLoader | None
+    test: EvalLoader
+
+
+def build_loaders(
+    datasets: Datasets,
+    *,
+    global_batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Loaders:
+    """Loaders for this rank; each rank gets global_batch_size / world_size samples per batch."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    if global_batch_size % world_size:
+        raise UserError(
+            f"optim.batch_size: the global batch size {global_batch_size} must be divisible by the "
+            f"number of processes ({world_size})"
+        )
+    batch_size = global_batch_size // world_size
+    shard = {"batch_size": batch_size, "rank": rank, "world_size": world_size}
+    workers = {"num_workers": num_workers, "pin_memory": pin_memory}
+
+    def evaluation(dataset: Dataset) -> EvalLoader:
+        return EvalLoader(dataset, **shard, **workers)
+
+    return Loaders(
+        train=TrainLoader(datasets.train, **shard, seed=seed, **workers),
+        val=evaluation(datasets.val) if datasets.val is not None else None,
+        test=evaluation(datasets.test),
+    )
