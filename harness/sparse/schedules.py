@@ -28,10 +28,11 @@ class CubicSparsity:
             raise ValueError(f"need 0 <= start <= end, end >= 1 and every >= 1; got {self}")
 
     def sparsity(self, t: int) -> float:
-        if t <= self.start:
-            return self.initial
+        # The end is checked first: when start == end (one-shot pruning) the only event must reach s_f.
         if t >= self.end:
             return self.final
+        if t <= self.start:
+            return self.initial
         remaining = 1.0 - (t - self.start) / (self.end - self.start)
         return self.final + (self.initial - self.final) * remaining**3
 
