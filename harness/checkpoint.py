@@ -1,0 +1,242 @@
+"""Atomic checkpoints and the RNG state needed for exact resume.
+
+A checkpoint is written to a temporary file in the same directory, flushed, fsynced and renamed over
+the target, so a crash or a full disk at any instant leaves the previous file intact. Before `last.pt`
+is replaced, the old one is renamed to `prev.pt`: at every instant at least one complete checkpoint
+exists, and `latest_checkpoint` finds it. Kept epochs (`epoch_NNNN.pt`) are hard links to the file that
+was `last.pt` at that epoch: no copy, and safe because checkpoint files are never modified in place.
+
+Everything stored is loadable with `torch.load(..., weights_only=True)`: tensors, numbers, strings,
+lists and dicts only (no numpy arrays, no pickled objects).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+PREVIOUS = "prev.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"
+
+
+def previous_path(path: Path) -> Path:
+    """Where `save_checkpoint` keeps the file it replaces: `last.pt` -> `prev.pt`, `x.pt` -> `x.prev.pt`."""
+    if path.name == LAST:
+        return path.with_name(PREVIOUS)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(handle)` on a temporary file beside `path`, make it durable, then rename it to `path`.
+
+    Readers see either the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    temporary = _write_durably(path, write)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _write_durably(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """A fsynced temporary file beside `path` holding what `write` wrote; removed again if `write` fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The process id keeps two writers (e.g. ranks sharing a directory by mistake) off each other's file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; without it a power loss can bring back the old directory entry.
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Save, keep, load
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically; an existing file at `path` is first kept as `previous_path(path)`."""
+    path = Path(path)
+    # Serialise first: a failing torch.save (unpicklable state, full disk) must not have moved last.pt away.
+    temporary = _write_durably(path, lambda handle: torch.save(state, handle))
+    try:
+        if path.exists():
+            # A crash between these two renames leaves prev.pt and no last.pt; latest_checkpoint handles it.
+            os.replace(path, previous_path(path))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def keep_copy(path: Path, epoch: int) -> Path:
+    """Keep the checkpoint at `path` for good as `epoch_NNNN.pt` beside it (a hard link, or a copy)."""
+    path = Path(path)
+    target = path.with_name(epoch_checkpoint_name(epoch))
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(path, temporary)
+    except OSError as error:
+        # Some filesystems (FAT, some network mounts) have no hard links.
+        logger.debug("hard link %s -> %s failed (%s); copying", path, temporary, error)
+        shutil.copyfile(path, temporary)
+    os.replace(temporary, target)
+    _fsync_directory(target.parent)
+    return target
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state dict saved at `path`, tensors on the CPU. UserError naming the path if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    # torch.load does not check the zip CRCs: a flipped byte in a tensor would load silently.
+    if not is_complete(path):
+        raise UserError(f"{path}: checkpoint is truncated or corrupt (zip integrity check failed)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
+        raise UserError(f"{path}: checkpoint cannot be loaded with weights_only=True: {reason}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: checkpoint is unreadable: {reason}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: checkpoint holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def is_complete(path: Path) -> bool:
+    """Cheap integrity check without unpickling: the zip container is whole and every member's CRC matches."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """`checkpoints/last.pt` if it is complete, else `checkpoints/prev.pt` if that is, else None."""
+    directory = checkpoint_dir(run_dir)
+    for name in (LAST, PREVIOUS):
+        candidate = directory / name
+        if not candidate.exists():
+            continue
+        if is_complete(candidate):
+            return candidate
+        logger.warning("%s is incomplete (interrupted write?); trying the previous checkpoint", candidate)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global generator a training step can draw from, as tensors, ints, floats and strings."""
+    numpy_kind, numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    python_version, python_internal, python_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(numpy_kind),
+            # uint32 words; int64 holds them exactly and is a dtype every torch build serialises.
+            "keys": torch.from_numpy(np.asarray(numpy_keys, dtype=np.int64)),
+            "position": int(numpy_position),
+            "has_gauss": int(numpy_has_gauss),
+            "cached_gaussian": float(numpy_gauss),
+        },
+        "python": {
+            "version": int(python_version),
+            "internal": torch.tensor(python_internal, dtype=torch.int64),
+            "gauss_next": python_gauss,  # float or None
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `capture_rng_state` returned (after a round trip through `torch.save`/`load_checkpoint`)."""
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            int(numpy_state["position"]),
+            int(numpy_state["has_gauss"]),
+            float(numpy_state["cached_gaussian"]),
+        )
+    )
+    python_state = state["python"]
+    internal = tuple(int(word) for word in python_state["internal"].tolist())
+    random.setstate((int(python_state["version"]), internal, python_state["gauss_next"]))
+    _restore_cuda(state.get("cuda"))
+
+
+def _restore_cuda(cuda_states: list[torch.Tensor] | None) -> None:
+    if cuda_states is None or not torch.cuda.is_available():
+        if cuda_states is not None:
+            logger.warning("checkpoint has CUDA RNG states but CUDA is not available; they are not restored")
+        return
+    available = torch.cuda.device_count()
+    if len(cuda_states) != available:
+        logger.warning(
+            "checkpoint has CUDA RNG states for %d devices, this machine has %d; restoring the first %d",
+            len(cuda_states),
+            available,
+            min(len(cuda_states), available),
+        )
+    for index, device_state in enumerate(cuda_states[:available]):
+        torch.cuda.set_rng_state(device_state.to("cpu", torch.uint8), device=index)
