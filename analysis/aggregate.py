@@ -1,0 +1,134 @@
+"""Aggregation over seeds: the replication unit of every setting is the seed.
+
+Every statistic is reported as `<value>_mean`, `<value>_std` (ddof=1, NaN for a single seed) and `n`
+(the number of seeds). A setting that holds the same seed twice means the grouping misses a column that
+distinguishes runs; that raises instead of silently averaging different settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# What identifies a probe setting of the plasticity study (besides the seed).
+PROBE_KEYS = (
+    "arch",
+    "dataset",
+    "criterion",
+    "pretrained_sparsity",
+    "continue_epochs",
+    "regeneration",
+    "pruning_rate",
+    "probe_epoch",
+)
+PROBE_VALUES = ("plasticity", "acc_pre", "acc_post", "acc_continue", "acc_control")
+# What identifies a setting of the method comparison (besides the seed).
+COMPARISON_KEYS = ("arch", "dataset", "method", "init_sparsity", "sparsity", "epochs")
+COMPARISON_VALUES = (
+    "test_acc",
+    "test_acc_at_best_val",
+    "density",
+    "inference_flops_rel",
+    "train_flops_rel",
+)
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise UserError(f"{what}: the runs lack column(s) {', '.join(missing)}")
+
+
+def seed_stats(
+    frame: pd.DataFrame, by: Sequence[str], values: Sequence[str], *, seed: str = "seed"
+) -> pd.DataFrame:
+    """Mean, std (ddof=1) and n over seeds of each value, per setting `by`; one row per setting, sorted."""
+    require_columns(frame, [*by, *values, seed], "seed_stats")
+    by = list(by)
+    if frame.empty:
+        columns = [*by, *(f"{value}_{stat}" for value in values for stat in ("mean", "std")), "n"]
+        return pd.DataFrame(columns=columns)
+    repeated = frame.duplicated([*by, seed], keep=False)
+    if repeated.any():
+        first = frame.loc[repeated, [*by, seed]].iloc[0].to_dict()
+        raise UserError(f"seed_stats: two runs share the setting and seed {first}; group by the column that differs")
+    # W&B and JSON nulls can leave a value column of dtype object; the statistics need numbers.
+    frame = frame.assign(**{value: pd.to_numeric(frame[value]) for value in values})
+    grouped = frame.groupby(by, dropna=False, sort=True)
+    table = grouped[list(values)].agg(["mean", "std"])
+    table.columns = [f"{value}_{stat}" for value, stat in table.columns]
+    table["n"] = grouped.size()
+    return table.reset_index()
+
+
+def probe_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The probes of the plasticity study (job_type `probe`)."""
+    if "job_type" not in runs.columns:
+        return runs.iloc[0:0]
+    return runs[runs["job_type"] == "probe"]
+
+
+def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Ordinary training runs (job_type `train`): the method comparison, without the study's base runs."""
+    if "job_type" not in runs.columns:
+        return runs.iloc[0:0]
+    return runs[runs["job_type"] == "train"]
+
+
+def plasticity_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Plasticity (= acc_continue - acc_pre) and the accuracies behind it, per probe setting over seeds."""
+    probes = probe_runs(runs)
+    require_columns(probes, [*PROBE_KEYS, *PROBE_VALUES], "plasticity_table")
+    return seed_stats(probes, PROBE_KEYS, PROBE_VALUES)
+
+
+def regeneration_gain(runs: pd.DataFrame) -> pd.DataFrame:
+    """Plasticity with regeneration minus without, paired by seed, then mean/std/n over seeds.
+
+    Pairing by seed compares probes of the same base run, so base-run noise cancels. Settings where a seed
+    has only one side are left out (and logged).
+    """
+    probes = probe_runs(runs)
+    require_columns(probes, [*PROBE_KEYS, "plasticity", "seed"], "regeneration_gain")
+    keys = [key for key in PROBE_KEYS if key != "regeneration"]
+    with_regen = probes[probes["regeneration"].astype(bool)]
+    without_regen = probes[~probes["regeneration"].astype(bool)]
+    pairs = with_regen[[*keys, "seed", "plasticity"]].merge(
+        without_regen[[*keys, "seed", "plasticity"]],
+        on=[*keys, "seed"],
+        how="inner",
+        suffixes=("_with", "_without"),
+        validate="one_to_one",
+    )
+    unpaired = len(with_regen) + len(without_regen) - 2 * len(pairs)
+    if unpaired:
+        logger.info("regeneration_gain: left out %d probes without a counterpart", unpaired)
+    pairs["gain"] = pairs["plasticity_with"] - pairs["plasticity_without"]
+    return seed_stats(pairs, keys, ["gain", "plasticity_with", "plasticity_without"])
+
+
+def method_label(method: str, init_sparsity: float) -> str:
+    """GraNet's sparse-to-sparse variant is a different curve from its dense-to-sparse one."""
+    if method == "granet" and init_sparsity and not np.isnan(init_sparsity):
+        return f"granet (s_i={init_sparsity:g})"
+    return method
+
+
+def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy, density and FLOPs per (arch, dataset, method, init_sparsity, sparsity, epochs)."""
+    trained = training_runs(runs)
+    require_columns(trained, [*COMPARISON_KEYS, "test_acc", "seed"], "comparison_table")
+    values = [value for value in COMPARISON_VALUES if value in trained.columns]
+    trained = trained.assign(init_sparsity=trained["init_sparsity"].fillna(0.0))
+    table = seed_stats(trained, COMPARISON_KEYS, values)
+    table.insert(
+        3, "label", [method_label(m, s) for m, s in zip(table["method"], table["init_sparsity"], strict=True)]
+    )
+    return table
