@@ -58,7 +58,9 @@ def seed_stats(
     repeated = frame.duplicated([*by, seed], keep=False)
     if repeated.any():
         first = frame.loc[repeated, [*by, seed]].iloc[0].to_dict()
-        raise UserError(f"seed_stats: two runs share the setting and seed {first}; group by the column that differs")
+        raise UserError(
+            f"seed_stats: two runs share the setting and seed {first}; group by the column that differs"
+        )
     # W&B and JSON nulls can leave a value column of dtype object; the statistics need numbers.
     frame = frame.assign(**{value: pd.to_numeric(frame[value]) for value in values})
     grouped = frame.groupby(by, dropna=False, sort=True)

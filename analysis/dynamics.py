@@ -13,7 +13,17 @@ import pandas as pd
 
 from harness.snapshots import load_masks, step_of
 
-DYNAMICS_COLUMNS = ("step", "layer", "layer_index", "size", "active", "density", "added", "removed", "turnover")
+DYNAMICS_COLUMNS = (
+    "step",
+    "layer",
+    "layer_index",
+    "size",
+    "active",
+    "density",
+    "added",
+    "removed",
+    "turnover",
+)
 
 
 def snapshot_paths(run_dir: Path | str) -> list[Path]:

@@ -41,7 +41,11 @@ from harness.errors import UserError
 logger = logging.getLogger(__name__)
 
 UNSTRUCTURED = ("global", "layerwise")
-CRITERION_LABELS = {"global": "global magnitude", "layerwise": "layer-wise magnitude", "filter": "filter (structured)"}
+CRITERION_LABELS = {
+    "global": "global magnitude",
+    "layerwise": "layer-wise magnitude",
+    "filter": "filter (structured)",
+}
 
 
 class NotSupported(Exception):
@@ -106,11 +110,15 @@ def _mark_decays(axis: Axes, decays: list[float]) -> None:
         )
 
 
-def _band(axis: Axes, x: pd.Series, mean: pd.Series, std: pd.Series, *, scale: float = 100.0, **line: object) -> None:
+def _band(
+    axis: Axes, x: pd.Series, mean: pd.Series, std: pd.Series, *, scale: float = 100.0, **line: object
+) -> None:
     """A mean line with markers and a ± std band (no band where std is NaN, i.e. a single seed)."""
     axis.plot(x, scale * mean, marker="o", **line)
     spread = scale * std.fillna(0.0)
-    axis.fill_between(x, scale * mean - spread, scale * mean + spread, color=line.get("color"), alpha=0.15, linewidth=0)
+    axis.fill_between(
+        x, scale * mean - spread, scale * mean + spread, color=line.get("color"), alpha=0.15, linewidth=0
+    )
 
 
 def _seeds_note(table: pd.DataFrame) -> str:
@@ -125,7 +133,9 @@ def _continue_note(table: pd.DataFrame) -> str:
 
 
 def _rate_legend(axis: Axes, colours: dict[float, object]) -> None:
-    handles = [Line2D([], [], color=colour, marker="o", label=f"{100 * rate:g}%") for rate, colour in colours.items()]
+    handles = [
+        Line2D([], [], color=colour, marker="o", label=f"{100 * rate:g}%") for rate, colour in colours.items()
+    ]
     axis.legend(handles=handles, title="pruning rate", loc="best")
 
 
@@ -184,13 +194,21 @@ def plasticity_vs_epoch(runs: pd.DataFrame) -> Figure:
     for row, criterion in enumerate(criteria):
         for column, (arch, dataset) in enumerate(pairs):
             axis = axes[row, column]
-            cell = table[(table["arch"] == arch) & (table["dataset"] == dataset) & (table["criterion"] == criterion)]
+            cell = table[
+                (table["arch"] == arch) & (table["dataset"] == dataset) & (table["criterion"] == criterion)
+            ]
             axis.set_title(f"{arch} / {dataset}, {CRITERION_LABELS[criterion]}")
             if cell.empty:
                 _empty_panel(axis, f"no {CRITERION_LABELS[criterion]} probes")
                 continue
             for rate, curve in cell.groupby("pruning_rate"):
-                _band(axis, curve["probe_epoch"], curve["plasticity_mean"], curve["plasticity_std"], color=colours[rate])
+                _band(
+                    axis,
+                    curve["probe_epoch"],
+                    curve["plasticity_mean"],
+                    curve["plasticity_std"],
+                    color=colours[rate],
+                )
             _plasticity_axes(axis, decays)
             _rate_legend(axis, {rate: colours[rate] for rate in sorted(set(cell["pruning_rate"]))})
     figure.suptitle(
@@ -215,7 +233,9 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
     table = plasticity_table(probes)
     gain = regeneration_gain(probes)
     if gain.empty:
-        raise NotSupported(f"no {criterion} probe has both a with- and a without-regeneration run for one seed")
+        raise NotSupported(
+            f"no {criterion} probe has both a with- and a without-regeneration run for one seed"
+        )
     pairs = panels(table)
     colours = style.rate_colours(table["pruning_rate"])
     decays = decay_epochs(probes)
@@ -225,7 +245,13 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
         for column, regeneration in enumerate((False, True)):
             axis = axes[row, column]
             for rate, curve in here[here["regeneration"] == regeneration].groupby("pruning_rate"):
-                _band(axis, curve["probe_epoch"], curve["plasticity_mean"], curve["plasticity_std"], color=colours[rate])
+                _band(
+                    axis,
+                    curve["probe_epoch"],
+                    curve["plasticity_mean"],
+                    curve["plasticity_std"],
+                    color=colours[rate],
+                )
             _plasticity_axes(axis, decays)
             axis.set_title(f"{arch} / {dataset}: {'with' if regeneration else 'without'} regeneration")
         axes[row, 1].sharey(axes[row, 0])
@@ -271,24 +297,47 @@ def damage_recovery(runs: pd.DataFrame) -> Figure:
     for row, (arch, dataset) in enumerate(pairs):
         for column, epoch in enumerate(epochs):
             axis = axes[row, column]
-            cell = table[(table["arch"] == arch) & (table["dataset"] == dataset) & (table["probe_epoch"] == epoch)]
+            cell = table[
+                (table["arch"] == arch) & (table["dataset"] == dataset) & (table["probe_epoch"] == epoch)
+            ]
             reference = cell.groupby("pruning_rate")[["acc_pre_mean", "acc_control_mean"]].mean()
             for stage in ("acc_pre", "acc_control"):
-                axis.plot(100 * reference.index, 100 * reference[f"{stage}_mean"], color=style.STAGE_COLOURS[stage],
-                          linestyle=":", marker=".")
+                axis.plot(
+                    100 * reference.index,
+                    100 * reference[f"{stage}_mean"],
+                    color=style.STAGE_COLOURS[stage],
+                    linestyle=":",
+                    marker=".",
+                )
             for regeneration, linestyle in ((False, "-"), (True, "--")):
                 part = cell[cell["regeneration"] == regeneration].sort_values("pruning_rate")
                 for stage in ("acc_post", "acc_continue"):
-                    axis.errorbar(100 * part["pruning_rate"], 100 * part[f"{stage}_mean"],
-                                  yerr=100 * part[f"{stage}_std"].fillna(0.0), color=style.STAGE_COLOURS[stage],
-                                  linestyle=linestyle, marker="o")
+                    axis.errorbar(
+                        100 * part["pruning_rate"],
+                        100 * part[f"{stage}_mean"],
+                        yerr=100 * part[f"{stage}_std"].fillna(0.0),
+                        color=style.STAGE_COLOURS[stage],
+                        linestyle=linestyle,
+                        marker="o",
+                    )
             axis.set_title(f"{arch} / {dataset}, pruned at epoch {epoch:g}")
             axis.set_xlabel("pruning rate (% of remaining weights)")
             axis.set_ylabel("test accuracy (%)")
-    handles = [Line2D([], [], color=style.STAGE_COLOURS[stage], linestyle=":" if stage in ("acc_pre", "acc_control")
-                      else "-", marker="o", label=style.STAGE_LABELS[stage]) for stage in style.STAGE_COLOURS]
-    handles += [Line2D([], [], color="0.3", linestyle="-", label="without regeneration"),
-                Line2D([], [], color="0.3", linestyle="--", label="with regeneration")]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=style.STAGE_COLOURS[stage],
+            linestyle=":" if stage in ("acc_pre", "acc_control") else "-",
+            marker="o",
+            label=style.STAGE_LABELS[stage],
+        )
+        for stage in style.STAGE_COLOURS
+    ]
+    handles += [
+        Line2D([], [], color="0.3", linestyle="-", label="without regeneration"),
+        Line2D([], [], color="0.3", linestyle="--", label="with regeneration"),
+    ]
     figure.legend(handles=handles, loc="outside lower center", ncol=3)
     figure.suptitle(
         f"Damage and recovery per pruning rate ({CRITERION_LABELS[criterion]} pruning; "
@@ -319,19 +368,34 @@ def structured_plasticity(runs: pd.DataFrame) -> Figure:
     for column, (arch, dataset) in enumerate(pairs):
         for row, rate in enumerate(rates):
             axis = axes[row, column]
-            cell = table[(table["arch"] == arch) & (table["dataset"] == dataset) & (table["pruning_rate"] == rate)]
+            cell = table[
+                (table["arch"] == arch) & (table["dataset"] == dataset) & (table["pruning_rate"] == rate)
+            ]
             for (sparsity, regeneration), curve in cell.groupby(["pretrained_sparsity", "regeneration"]):
-                _band(axis, curve["probe_epoch"], curve["plasticity_mean"], curve["plasticity_std"],
-                      color=colours[sparsity], linestyle="--" if regeneration else "-")
+                _band(
+                    axis,
+                    curve["probe_epoch"],
+                    curve["plasticity_mean"],
+                    curve["plasticity_std"],
+                    color=colours[sparsity],
+                    linestyle="--" if regeneration else "-",
+                )
             _plasticity_axes(axis, decays)
             axis.set_title(f"{arch} / {dataset}, {100 * rate:g}% of filters pruned")
-    handles = [Line2D([], [], color=colours[s], marker="o", label=f"pre-trained sparsity {100 * s:g}%") for s in sparsities]
+    handles = [
+        Line2D([], [], color=colours[s], marker="o", label=f"pre-trained sparsity {100 * s:g}%")
+        for s in sparsities
+    ]
     if table["regeneration"].nunique() > 1:
-        handles += [Line2D([], [], color="0.3", linestyle="-", label="without regeneration"),
-                    Line2D([], [], color="0.3", linestyle="--", label="with regeneration")]
+        handles += [
+            Line2D([], [], color="0.3", linestyle="-", label="without regeneration"),
+            Line2D([], [], color="0.3", linestyle="--", label="with regeneration"),
+        ]
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3))
-    figure.suptitle(f"Structured (filter) pruning plasticity by pre-trained sparsity\n"
-                    f"({_continue_note(table)}; {_seeds_note(table)})")
+    figure.suptitle(
+        f"Structured (filter) pruning plasticity by pre-trained sparsity\n"
+        f"({_continue_note(table)}; {_seeds_note(table)})"
+    )
     return figure
 
 
@@ -362,19 +426,38 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, paper: pd.DataFrame | None = None) 
         dodge = _dodge(len(labels), _smallest_gap(100 * sparse["sparsity"]))
         for label, shift in zip(labels, dodge, strict=True):
             curve = sparse[sparse["label"] == label].sort_values("sparsity")
-            axis.errorbar(100 * curve["sparsity"] + shift, 100 * curve["test_acc_mean"],
-                          yerr=100 * curve["test_acc_std"].fillna(0), color=style.method_colour(label), marker="o",
-                          label=label)
+            axis.errorbar(
+                100 * curve["sparsity"] + shift,
+                100 * curve["test_acc_mean"],
+                yerr=100 * curve["test_acc_std"].fillna(0),
+                color=style.method_colour(label),
+                marker="o",
+                label=label,
+            )
         for dense in here[here["method"] == "dense"].itertuples():
-            mean, spread = 100 * dense.test_acc_mean, 100 * (0.0 if np.isnan(dense.test_acc_std) else dense.test_acc_std)
+            mean, spread = (
+                100 * dense.test_acc_mean,
+                100 * (0.0 if np.isnan(dense.test_acc_std) else dense.test_acc_std),
+            )
             axis.axhline(mean, color=style.method_colour("dense"), linewidth=1.0, label="dense (band: ± std)")
-            axis.axhspan(mean - spread, mean + spread, color=style.method_colour("dense"), alpha=0.1, linewidth=0)
+            axis.axhspan(
+                mean - spread, mean + spread, color=style.method_colour("dense"), alpha=0.1, linewidth=0
+            )
         published = paper[(paper["model"] == arch) & (paper["dataset"] == dataset) & (paper["sparsity"] > 0)]
         for row in published.itertuples():
-            axis.plot(100 * row.sparsity, row.test_acc_mean, linestyle="none", marker="D", markerfacecolor="none",
-                      color=style.method_colour(row.method), markersize=7)
+            axis.plot(
+                100 * row.sparsity,
+                row.test_acc_mean,
+                linestyle="none",
+                marker="D",
+                markerfacecolor="none",
+                color=style.method_colour(row.method),
+                markersize=7,
+            )
         if not published.empty:
-            axis.plot([], [], linestyle="none", marker="D", markerfacecolor="none", color="0.3", label="published")
+            axis.plot(
+                [], [], linestyle="none", marker="D", markerfacecolor="none", color="0.3", label="published"
+            )
         axis.set_xticks(sorted(100 * sparse["sparsity"].unique()))
         axis.set_xlabel("sparsity (% of weights removed)")
         axis.set_ylabel("final test accuracy (%)")
@@ -398,7 +481,9 @@ def pick_dynamics_run(runs: pd.DataFrame, run_key: str | None = None) -> pd.Seri
         return chosen.iloc[0]
     candidates = training_runs(runs)
     if "run_dir" in candidates.columns:
-        candidates = candidates[[isinstance(path, str) and bool(snapshot_paths(path)) for path in candidates["run_dir"]]]
+        candidates = candidates[
+            [isinstance(path, str) and bool(snapshot_paths(path)) for path in candidates["run_dir"]]
+        ]
     else:
         candidates = candidates.iloc[0:0]
     if candidates.empty:
@@ -427,21 +512,41 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     density, regen, layers, turnover = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
     whole = global_dynamics(dynamics)
     # Density is constant between mask updates: draw steps, starting from the initial masks (step 0).
-    start = whole[whole["step"] == 0]
-    initial_density = float(start["density"].iloc[0]) if len(start) else float(events["density"].iloc[0])
-    epoch = np.concatenate([[0.0], events["step"] / steps_per_epoch, [run["epochs"]]])
-    achieved = 100 * np.concatenate([[initial_density], events["density"], [events["density"].iloc[-1]]])
-    target = 100 * np.concatenate([[initial_density], events["target_density"], [events["target_density"].iloc[-1]]])
-    density.step(epoch, achieved, where="post", color=style.method_colour(run["method"]), linewidth=2.4,
-                 label="achieved")
-    density.step(epoch, target, where="post", color="black", linestyle="--", linewidth=1.0, label="target (schedule)")
-    density.plot(epoch[1:-1], achieved[1:-1], linestyle="none", marker="o", color=style.method_colour(run["method"]))
+    if (events["step"] > 0).all():  # runs log their initial masks as a step-0 event; older ones may not
+        start = whole[whole["step"] == 0]
+        initial = float(start["density"].iloc[0]) if len(start) else float(events["density"].iloc[0])
+        first = pd.DataFrame({"step": [0], "density": [initial], "target_density": [initial]})
+        events = pd.concat([first, events], ignore_index=True)
+    epoch = np.append(events["step"] / steps_per_epoch, run["epochs"])
+    achieved = 100 * np.append(events["density"], events["density"].iloc[-1])
+    target = 100 * np.append(events["target_density"], events["target_density"].iloc[-1])
+    density.step(
+        epoch,
+        achieved,
+        where="post",
+        color=style.method_colour(run["method"]),
+        linewidth=2.4,
+        label="achieved",
+    )
+    density.step(
+        epoch, target, where="post", color="black", linestyle="--", linewidth=1.0, label="target (schedule)"
+    )
+    density.plot(
+        epoch[1:-1], achieved[1:-1], linestyle="none", marker="o", color=style.method_colour(run["method"])
+    )
     epoch = events["step"] / steps_per_epoch
     if "sparsity.prune_end" in run.index and not pd.isna(run["sparsity.prune_end"]):
         density.axvline(run["sparsity.prune_end"] * run["epochs"], color="0.45", linestyle=":", linewidth=1.0)
-        density.annotate("pruning ends", xy=(run["sparsity.prune_end"] * run["epochs"], 1.0),
-                         xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
-                         va="top", fontsize=8, color="0.35")
+        density.annotate(
+            "pruning ends",
+            xy=(run["sparsity.prune_end"] * run["epochs"], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="0.35",
+        )
     density.set_ylabel("global density (% kept, log scale)")
     _log_percent(density)
     density.set_title("density at each mask update")
@@ -457,8 +562,12 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     colours = style.sequential_colours(len(names), "viridis")
     for index, name in enumerate(names):
         layer = dynamics[dynamics["layer"] == name]
-        layers.plot(layer["step"] / steps_per_epoch, 100 * layer["density"], color=colours[index], linewidth=1.1)
-    layers.plot(whole["step"] / steps_per_epoch, 100 * whole["density"], color="black", linestyle="--", label="global")
+        layers.plot(
+            layer["step"] / steps_per_epoch, 100 * layer["density"], color=colours[index], linewidth=1.1
+        )
+    layers.plot(
+        whole["step"] / steps_per_epoch, 100 * whole["density"], color="black", linestyle="--", label="global"
+    )
     bar = figure.colorbar(ScalarMappable(Normalize(0, len(names) - 1), "viridis"), ax=layers, pad=0.01)
     bar.set_label("layer depth (0 = first)")
     bar.locator = MaxNLocator(integer=True)
@@ -468,23 +577,38 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     layers.set_title(f"per-layer density from {len(whole)} mask snapshots")
     layers.legend(loc="upper right")
     changed = whole.dropna(subset=["turnover"])
-    turnover.plot(changed["step"] / steps_per_epoch, 100 * changed["turnover"], marker="o",
-                  color=style.method_colour(run["method"]), label="new since previous snapshot")
+    turnover.plot(
+        changed["step"] / steps_per_epoch,
+        100 * changed["turnover"],
+        marker="o",
+        color=style.method_colour(run["method"]),
+        label="new since previous snapshot",
+    )
     removed = changed["removed"] / (changed["active"] - changed["added"] + changed["removed"])
-    turnover.plot(changed["step"] / steps_per_epoch, 100 * removed, marker="x", color="0.4", linestyle=":",
-                  label="removed since previous snapshot")
+    turnover.plot(
+        changed["step"] / steps_per_epoch,
+        100 * removed,
+        marker="x",
+        color="0.4",
+        linestyle=":",
+        label="removed since previous snapshot",
+    )
     turnover.set_ylabel("mask turnover (% of active weights)")
     turnover.set_title("mask turnover between updates")
     turnover.legend(loc="best")
     for axis in axes.flat:
         axis.set_xlabel("epoch")
         axis.set_xlim(left=0)
-    figure.suptitle(f"Training dynamics of {run['run_key']}\n({run['method']}, {run['arch']} / {run['dataset']}, "
-                    f"target sparsity {100 * run['sparsity']:g}%, seed {run['seed']})")
+    figure.suptitle(
+        f"Training dynamics of {run['run_key']}\n({run['method']}, {run['arch']} / {run['dataset']}, "
+        f"target sparsity {100 * run['sparsity']:g}%, seed {run['seed']})"
+    )
     return figure
 
 
-def dynamics_figure(runs: pd.DataFrame, curves_loader: CurvesLoader = load_curves, run_key: str | None = None) -> Figure:
+def dynamics_figure(
+    runs: pd.DataFrame, curves_loader: CurvesLoader = load_curves, run_key: str | None = None
+) -> Figure:
     """Figure 6 for the chosen run (see `pick_dynamics_run`), reading its events and mask snapshots."""
     run = pick_dynamics_run(runs, run_key)
     if not isinstance(run.get("run_dir"), str) or not snapshot_paths(run["run_dir"]):
@@ -510,7 +634,9 @@ def accuracy_vs_train_flops(runs: pd.DataFrame) -> Figure:
         raise NotSupported("the training runs' summaries lack train_flops_rel")
     pairs = panels(table)
     sparsities = sorted(set(table.loc[table["method"] != "dense", "sparsity"]))
-    markers = {sparsity: SPARSITY_MARKERS[index % len(SPARSITY_MARKERS)] for index, sparsity in enumerate(sparsities)}
+    markers = {
+        sparsity: SPARSITY_MARKERS[index % len(SPARSITY_MARKERS)] for index, sparsity in enumerate(sparsities)
+    }
     figure, axes = style.new_figure(len(pairs), 1, panel=(4.8, 3.6))
     for column, (arch, dataset) in enumerate(pairs):
         axis = axes[0, column]
@@ -520,16 +646,22 @@ def accuracy_vs_train_flops(runs: pd.DataFrame) -> Figure:
             colour = style.method_colour(label)
             axis.plot(curve["train_flops_rel_mean"], 100 * curve["test_acc_mean"], color=colour, label=label)
             for point in curve.itertuples():
-                axis.errorbar(point.train_flops_rel_mean, 100 * point.test_acc_mean,
-                              yerr=0 if np.isnan(point.test_acc_std) else 100 * point.test_acc_std, color=colour,
-                              marker="o" if label == "dense" else markers[point.sparsity])
+                axis.errorbar(
+                    point.train_flops_rel_mean,
+                    100 * point.test_acc_mean,
+                    yerr=0 if np.isnan(point.test_acc_std) else 100 * point.test_acc_std,
+                    color=colour,
+                    marker="o" if label == "dense" else markers[point.sparsity],
+                )
         axis.set_xscale("log")
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_xlabel("training FLOPs (× dense training, log scale)")
         axis.set_ylabel("final test accuracy (%)")
         axis.set_title(f"{arch} / {dataset}")
     for sparsity, marker in markers.items():
-        axes[0, 0].plot([], [], linestyle="none", marker=marker, color="0.35", label=f"sparsity {100 * sparsity:g}%")
+        axes[0, 0].plot(
+            [], [], linestyle="none", marker=marker, color="0.35", label=f"sparsity {100 * sparsity:g}%"
+        )
     _figure_legend(figure, axes)
     figure.suptitle(f"Accuracy vs training cost ({_seeds_note(table)})")
     return figure
@@ -547,20 +679,41 @@ class FigureSpec:
 
 
 FIGURES = (
-    FigureSpec("plasticity_vs_epoch", "Pruning plasticity vs probe epoch, per pruning rate",
-               lambda runs, options: plasticity_vs_epoch(runs)),
-    FigureSpec("plasticity_regeneration", "Plasticity with and without regeneration, and the regeneration gain",
-               lambda runs, options: plasticity_regeneration(runs)),
-    FigureSpec("damage_recovery", "Damage (right after pruning) vs recovery (after fine-tuning) per pruning rate",
-               lambda runs, options: damage_recovery(runs)),
-    FigureSpec("structured_plasticity", "Structured (filter) plasticity by pre-trained sparsity",
-               lambda runs, options: structured_plasticity(runs)),
-    FigureSpec("accuracy_vs_sparsity", "GraNet vs baselines: test accuracy vs sparsity",
-               lambda runs, options: accuracy_vs_sparsity(runs, options.get("paper"))),
-    FigureSpec("training_dynamics", "Training dynamics of one run",
-               lambda runs, options: dynamics_figure(runs, options["curves_loader"], options.get("dynamics_run"))),
-    FigureSpec("accuracy_vs_train_flops", "Test accuracy vs training FLOPs",
-               lambda runs, options: accuracy_vs_train_flops(runs)),
+    FigureSpec(
+        "plasticity_vs_epoch",
+        "Pruning plasticity vs probe epoch, per pruning rate",
+        lambda runs, options: plasticity_vs_epoch(runs),
+    ),
+    FigureSpec(
+        "plasticity_regeneration",
+        "Plasticity with and without regeneration, and the regeneration gain",
+        lambda runs, options: plasticity_regeneration(runs),
+    ),
+    FigureSpec(
+        "damage_recovery",
+        "Damage (right after pruning) vs recovery (after fine-tuning) per pruning rate",
+        lambda runs, options: damage_recovery(runs),
+    ),
+    FigureSpec(
+        "structured_plasticity",
+        "Structured (filter) plasticity by pre-trained sparsity",
+        lambda runs, options: structured_plasticity(runs),
+    ),
+    FigureSpec(
+        "accuracy_vs_sparsity",
+        "GraNet vs baselines: test accuracy vs sparsity",
+        lambda runs, options: accuracy_vs_sparsity(runs, options.get("paper")),
+    ),
+    FigureSpec(
+        "training_dynamics",
+        "Training dynamics of one run",
+        lambda runs, options: dynamics_figure(runs, options["curves_loader"], options.get("dynamics_run")),
+    ),
+    FigureSpec(
+        "accuracy_vs_train_flops",
+        "Test accuracy vs training FLOPs",
+        lambda runs, options: accuracy_vs_train_flops(runs),
+    ),
 )
 FIGURE_NAMES = tuple(spec.name for spec in FIGURES)
 
@@ -607,7 +760,11 @@ def write_figures(
         raise UserError(f"{out_dir}: exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = FigureReport(out_dir)
-    options: dict[str, object] = {"curves_loader": curves_loader, "dynamics_run": dynamics_run, "paper": paper}
+    options: dict[str, object] = {
+        "curves_loader": curves_loader,
+        "dynamics_run": dynamics_run,
+        "paper": paper,
+    }
     for spec in FIGURES:
         try:
             figure = spec.make(runs, options)
@@ -625,7 +782,9 @@ def write_figures(
 
 def write_index(report: FigureReport, runs: pd.DataFrame) -> Path:
     titles = {spec.name: spec.title for spec in FIGURES}
-    counts = runs["job_type"].value_counts().sort_index() if "job_type" in runs.columns else pd.Series(dtype=int)
+    counts = (
+        runs["job_type"].value_counts().sort_index() if "job_type" in runs.columns else pd.Series(dtype=int)
+    )
     lines = [
         "# Figures",
         "",
@@ -638,7 +797,12 @@ def write_index(report: FigureReport, runs: pd.DataFrame) -> Path:
             files = " · ".join(f"[{path.suffix[1:].upper()}]({path.name})" for path in report.written[name])
             lines += [f"## {number}. {titles[name]}", "", f"![{titles[name]}]({name}.png)", "", files, ""]
     if report.tables:
-        lines += ["## Comparison table", "", " · ".join(f"[{path.name}]({path.name})" for path in report.tables), ""]
+        lines += [
+            "## Comparison table",
+            "",
+            " · ".join(f"[{path.name}]({path.name})" for path in report.tables),
+            "",
+        ]
     if report.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {name}: {reason}" for name, reason in report.skipped.items()]

@@ -80,7 +80,11 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_row(config: Mapping[str, Any], summary: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """The one place a run becomes a row, whichever the source: meta, then config, then summary columns."""
     row: dict[str, Any] = {column: meta.get(column) for column in META_COLUMNS}
-    row.update(flatten({key: value for key, value in config.items() if not str(key).startswith("_")}))
+    # W&B adds `_wandb` to the config; a section set to None (e.g. `plasticity` of ordinary runs) is absent.
+    sections = {
+        key: value for key, value in config.items() if not str(key).startswith("_") and value is not None
+    }
+    row.update(flatten(sections))
     for key, value in summary.items():
         if key not in META_COLUMNS:
             row[key] = tuple(value) if isinstance(value, list) else value
@@ -284,14 +288,20 @@ def layer_events(events: pd.DataFrame) -> pd.DataFrame:
     `pruned`, `dropped`, `grown` (NaN where the method did not log that count)."""
     layer_columns = [column for column in events.columns if column.startswith("layers/")]
     if not layer_columns:
-        return pd.DataFrame(columns=["run_key", "step", "epoch", "layer", "density", "pruned", "dropped", "grown"])
+        return pd.DataFrame(
+            columns=["run_key", "step", "epoch", "layer", "density", "pruned", "dropped", "grown"]
+        )
     long = events.melt(id_vars=["run_key", "step", "epoch"], value_vars=layer_columns, var_name="column")
     # "layers/<name>/<stat>": tensor names hold dots, never slashes.
     parts = long["column"].str.rsplit("/", n=1, expand=True)
     long["layer"] = parts[0].str.removeprefix("layers/")
     long["stat"] = parts[1]
     wide = long.pivot_table(
-        index=["run_key", "step", "epoch", "layer"], columns="stat", values="value", aggfunc="first", sort=False
+        index=["run_key", "step", "epoch", "layer"],
+        columns="stat",
+        values="value",
+        aggfunc="first",
+        sort=False,
     )
     wide = wide.reindex(columns=["density", "pruned", "dropped", "grown"]).reset_index()
     wide.columns.name = None

@@ -41,7 +41,9 @@ def paper_results() -> pd.DataFrame:
     return paper
 
 
-def _paper_match(paper: pd.DataFrame, arch: str, dataset: str, method: str, init: float, sparsity: float) -> pd.DataFrame:
+def _paper_match(
+    paper: pd.DataFrame, arch: str, dataset: str, method: str, init: float, sparsity: float
+) -> pd.DataFrame:
     # A blank published init_sparsity means the method has no s_i: it matches any of ours.
     same = (
         (paper["model"] == arch)
@@ -65,7 +67,12 @@ def comparison_with_paper(runs: pd.DataFrame, paper: pd.DataFrame | None = None)
     used: set[int] = set()
     for setting in ours.to_dict("records"):
         match = _paper_match(
-            paper, setting["arch"], setting["dataset"], setting["method"], setting["init_sparsity"], setting["sparsity"]
+            paper,
+            setting["arch"],
+            setting["dataset"],
+            setting["method"],
+            setting["init_sparsity"],
+            setting["sparsity"],
         )
         used.update(match.index)
         published = match.iloc[0] if len(match) else None

@@ -20,7 +20,6 @@ last history values copied into the summary).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import zlib
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from harness.config import resolve, run_id
+from harness.config import deep_merge, resolve, run_id, validate
 from harness.snapshots import save_masks, snapshot_name
 
 DATASET = "mnist1d"
@@ -41,7 +40,14 @@ STEPS_PER_EPOCH = 55  # 7,000 MNIST-1D training samples after the validation spl
 BATCH = 128
 BASE_ACC = {"resnet20": 0.90, "vgg19": 0.92}  # dense final test accuracy on MNIST-1D (fake)
 # Accuracy cost of each method at 90% sparsity; it grows linearly to x1.8 at 98%.
-METHOD_COST = {"static": 0.030, "gmp": 0.012, "rigl": 0.015, "set": 0.022, "granet": 0.008, "granet-0.5": 0.010}
+METHOD_COST = {
+    "static": 0.030,
+    "gmp": 0.012,
+    "rigl": 0.015,
+    "set": 0.022,
+    "granet": 0.008,
+    "granet-0.5": 0.010,
+}
 SEED_STEP = 0.004  # seeds 0, 1, 2 sit at -1, 0, +1 steps: mean = the formula, std = SEED_STEP exactly
 INFERENCE_FLOPS_DENSE = {"resnet20": 4_100_000, "vgg19": 6_000_000}
 CHANCE = 0.1
@@ -72,6 +78,7 @@ def _vgg19_layers() -> list[tuple[str, tuple[int, ...]]]:
 
 
 LAYERS = {"resnet20": _resnet20_layers(), "vgg19": _vgg19_layers()}
+MASKED_WEIGHTS = {arch: sum(math.prod(shape) for _, shape in layers) for arch, layers in LAYERS.items()}
 
 
 @dataclass(frozen=True)
@@ -154,14 +161,19 @@ class Probe:
 def probe_values(probe: Probe, epochs: int, continue_epochs: int) -> dict[str, float]:
     """acc_pre, acc_post, acc_continue, acc_control and plasticity (= acc_continue - acc_pre) of a probe."""
     t, rate, regen = probe.probe_epoch, probe.pruning_rate, probe.regeneration
-    acc_pre = grid(base_accuracy(probe.arch, probe.pretrained_sparsity, t, epochs) + 0.002 * jitter(probe.seed))
+    acc_pre = grid(
+        base_accuracy(probe.arch, probe.pretrained_sparsity, t, epochs) + 0.002 * jitter(probe.seed)
+    )
     control_epoch = min(t + continue_epochs, epochs)
-    acc_control = grid(base_accuracy(probe.arch, probe.pretrained_sparsity, control_epoch, epochs) + 0.001 * jitter(probe.seed))
+    acc_control = grid(
+        base_accuracy(probe.arch, probe.pretrained_sparsity, control_epoch, epochs)
+        + 0.001 * jitter(probe.seed)
+    )
     criterion_factor = {"global": 1.0, "layerwise": 1.2, "filter": 2.0}[probe.criterion]
     damage = min(1.0, 1.2 * rate**2 * (1 - 0.6 * regen) * (1.5 if probe.criterion == "filter" else 1.0))
     acc_post = grid(acc_pre - damage * (acc_pre - CHANCE))
     decays = (t >= 0.5 * epochs) + (t >= 0.75 * epochs)
-    shortfall = 0.25 * rate**3 * (0.4 + t / epochs) * (1 + 0.6 * decays) * criterion_factor
+    shortfall = 0.12 * rate**3 * (0.4 + t / epochs) * (1 + 0.6 * decays) * criterion_factor
     shortfall *= (1 - 0.5 * rate) if regen else 1.0
     shortfall *= 1 + 1.5 * probe.pretrained_sparsity
     acc_continue = grid(acc_control - shortfall + 0.003 * jitter(probe.seed + 1))
@@ -235,7 +247,12 @@ def simulate_masks(
     shapes = [shape for _, shape in LAYERS[arch]]
     scale = {name: 1 / math.sqrt(math.prod(shape[1:])) for name, shape in LAYERS[arch]}
     weights = {name: rng.normal(0, scale[name], math.prod(shape)) for name, shape in LAYERS[arch]}
-    start_density = {"static": 1 - sparsity, "rigl": 1 - sparsity, "set": 1 - sparsity, "granet": 1 - init_sparsity}
+    start_density = {
+        "static": 1 - sparsity,
+        "rigl": 1 - sparsity,
+        "set": 1 - sparsity,
+        "granet": 1 - init_sparsity,
+    }
     masks = {}
     for name, layer_density in zip(names, erk_densities(shapes, start_density.get(method, 1.0)), strict=True):
         size = weights[name].size
@@ -249,7 +266,9 @@ def simulate_masks(
     events = []
     for step in _event_steps(method, total, update_frequency, prune_end):
         for name in names:
-            weights[name] = (weights[name] + rng.normal(0, 0.3 * scale[name], weights[name].size)) * masks[name]
+            weights[name] = (weights[name] + rng.normal(0, 0.3 * scale[name], weights[name].size)) * masks[
+                name
+            ]
         before = {name: int(masks[name].sum()) for name in names}
         target = 1 - sparsity
         event = MaskEvent(step, {}, target, None)
@@ -316,7 +335,14 @@ def write_run(
 
 
 def make_config(
-    method: str, arch: str, seed: int, sparsity: float, init_sparsity: float, epochs: int, group: str, job_type: str,
+    method: str,
+    arch: str,
+    seed: int,
+    sparsity: float,
+    init_sparsity: float,
+    epochs: int,
+    group: str,
+    job_type: str,
     keep_checkpoints: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     overrides = {
@@ -328,18 +354,19 @@ def make_config(
     return resolve(method, dataset=DATASET, arch=arch, overrides=overrides).to_dict()
 
 
-def _identifier(config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
-    from harness.config import validate
-
-    base = run_id(validate(config))
-    if extra is None:
-        return base
-    digest = hashlib.sha256(json.dumps([config, extra], sort_keys=True).encode()).hexdigest()[:10]
-    return base.rsplit("-", 1)[0] + "-" + digest
+def _identifier(config: dict[str, Any]) -> str:
+    return run_id(validate(config))
 
 
-def _summary(config: dict[str, Any], identifier: str, group: str, test_acc: float, density: float,
-             train_density: float, epochs: int) -> dict[str, Any]:
+def _summary(
+    config: dict[str, Any],
+    identifier: str,
+    group: str,
+    test_acc: float,
+    density: float,
+    train_density: float,
+    epochs: int,
+) -> dict[str, Any]:
     arch = config["model"]["arch"]
     steps = epochs * STEPS_PER_EPOCH
     dense_inference = INFERENCE_FLOPS_DENSE[arch]
@@ -347,6 +374,7 @@ def _summary(config: dict[str, Any], identifier: str, group: str, test_acc: floa
     return {
         "run_id": identifier,
         "group": group,
+        "job_type": config["tracking"]["job_type"],
         "method": config["sparsity"]["method"],
         "arch": arch,
         "dataset": DATASET,
@@ -364,6 +392,8 @@ def _summary(config: dict[str, Any], identifier: str, group: str, test_acc: floa
         "best_val_acc": grid(test_acc + 0.002),
         "test_acc_at_best_val": test_acc,
         "train_loss": round(2.0 * (1 - test_acc), 4),
+        "masked_weights": MASKED_WEIGHTS[arch],
+        "active_weights": round(density * MASKED_WEIGHTS[arch]),
         "inference_flops": round(density * dense_inference),
         "inference_flops_dense": dense_inference,
         "inference_flops_rel": round(density * dense_inference) / dense_inference,
@@ -376,22 +406,40 @@ def _summary(config: dict[str, Any], identifier: str, group: str, test_acc: floa
     }
 
 
-def epoch_lines(first_epoch: int, last_epoch: int, accuracy: Any, density: float, lr_at: Any) -> list[dict[str, Any]]:
+def epoch_lines(
+    first_epoch: int, last_epoch: int, accuracy: Any, density: float, lr_at: Any
+) -> list[dict[str, Any]]:
     """Train lines every 50 steps and one epoch line per epoch in (first_epoch, last_epoch]."""
     lines = []
     for epoch in range(first_epoch + 1, last_epoch + 1):
         for step in range((epoch - 1) * STEPS_PER_EPOCH + 1, epoch * STEPS_PER_EPOCH + 1):
             if step % 50 == 0:
                 loss = round(2.0 * (1 - accuracy(step / STEPS_PER_EPOCH)), 4)
-                lines.append({"kind": "train", "step": step, "epoch": step / STEPS_PER_EPOCH, "train/loss": loss,
-                              "lr": lr_at(epoch)})
+                lines.append(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": step / STEPS_PER_EPOCH,
+                        "train/loss": loss,
+                        "lr": lr_at(epoch),
+                    }
+                )
         test = accuracy(epoch)
-        lines.append({
-            "kind": "epoch", "step": epoch * STEPS_PER_EPOCH, "epoch": epoch,
-            "train/loss": round(2.0 * (1 - test), 4), "train/acc": grid(min(1.0, test + 0.03)),
-            "val/acc": grid(test + 0.002), "test/acc": test, "test/loss": round(2.5 * (1 - test), 4),
-            "lr": lr_at(epoch), "density": density, "time/epoch_s": 40.0,
-        })
+        lines.append(
+            {
+                "kind": "epoch",
+                "step": epoch * STEPS_PER_EPOCH,
+                "epoch": epoch,
+                "train/loss": round(2.0 * (1 - test), 4),
+                "train/acc": grid(min(1.0, test + 0.03)),
+                "val/acc": grid(test + 0.002),
+                "test/acc": test,
+                "test/loss": round(2.5 * (1 - test), 4),
+                "lr": lr_at(epoch),
+                "density": density,
+                "time/epoch_s": 40.0,
+            }
+        )
     return lines
 
 
@@ -402,11 +450,15 @@ def _lr_schedule(config: dict[str, Any]) -> Any:
 
 
 def _mask_lines(events: list[MaskEvent], initial: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The step-0 record of the initial masks (every run logs one), then one line per mask update."""
+    start = MaskEvent(0, initial, float(np.mean(np.concatenate(list(initial.values())))), None)
     lines = []
-    for event in events:
+    for event in [start, *events]:
         total = sum(mask.size for mask in event.masks.values())
         line: dict[str, Any] = {
-            "kind": "mask_update", "step": event.step, "epoch": event.step / STEPS_PER_EPOCH,
+            "kind": "mask_update",
+            "step": event.step,
+            "epoch": event.step / STEPS_PER_EPOCH,
             "density": sum(int(mask.sum()) for mask in event.masks.values()) / total,
             "target_density": event.target_density,
         }
@@ -431,30 +483,45 @@ def _time_averaged_density(initial: dict[str, np.ndarray], events: list[MaskEven
     return sum(density * (end - start) for (start, density), end in zip(points, ends, strict=True)) / total
 
 
-def write_compare_run(runs_dir: Path, arch: str, method_key: str, sparsity: float, seed: int, spec: StoreSpec,
-                      status: str = "completed") -> Path:
+def write_compare_run(
+    runs_dir: Path,
+    arch: str,
+    method_key: str,
+    sparsity: float,
+    seed: int,
+    spec: StoreSpec,
+    status: str = "completed",
+) -> Path:
     method = "granet" if method_key.startswith("granet") else method_key
     init_sparsity = 0.5 if method_key == "granet-0.5" else 0.0
     config = make_config(method, arch, seed, sparsity, init_sparsity, spec.compare_epochs, "compare", "train")
     identifier = _identifier(config)
     total = spec.compare_epochs * STEPS_PER_EPOCH
-    initial, events = simulate_masks(arch, method, sparsity, init_sparsity, total,
-                                     config["sparsity"]["update_frequency"])
+    initial, events = simulate_masks(
+        arch, method, sparsity, init_sparsity, total, config["sparsity"]["update_frequency"]
+    )
     final_masks = events[-1].masks if events else initial
     size = sum(mask.size for mask in initial.values())
     density = 1.0 if method == "dense" else sum(int(mask.sum()) for mask in final_masks.values()) / size
     test_acc = compare_test_acc(arch, method_key, sparsity, seed)
-    accuracy = lambda epoch: test_acc if epoch >= spec.compare_epochs else grid(  # noqa: E731
-        test_acc - (test_acc - CHANCE) * math.exp(-epoch / (spec.compare_epochs / 5)))
+
+    def accuracy(epoch: float) -> float:
+        if epoch >= spec.compare_epochs:
+            return test_acc
+        return grid(test_acc - (test_acc - CHANCE) * math.exp(-epoch / (spec.compare_epochs / 5)))
+
     lines = epoch_lines(0, spec.compare_epochs, accuracy, density, _lr_schedule(config))
-    lines = sorted(lines + _mask_lines(events, initial), key=lambda line: (line["step"], line["kind"] == "epoch"))
+    lines = sorted(
+        lines + _mask_lines(events, initial), key=lambda line: (line["step"], line["kind"] == "epoch")
+    )
     if status != "completed":
         lines = lines[: len(lines) // 2]
     train_density = 1.0 if method == "dense" else _time_averaged_density(initial, events, total)
     summary = _summary(config, identifier, "compare", test_acc, density, train_density, spec.compare_epochs)
-    run_dir = write_run(runs_dir, "compare", identifier, config, lines,
-                        summary if status == "completed" else None, status)
-    if seed in spec.snapshot_seeds and method != "dense":
+    run_dir = write_run(
+        runs_dir, "compare", identifier, config, lines, summary if status == "completed" else None, status
+    )
+    if seed in spec.snapshot_seeds:
         snapshots = [(0, initial)] + [(event.step, event.masks) for event in events]
         for step, masks in snapshots:
             shaped = {name: torch.from_numpy(masks[name].reshape(shape)) for name, shape in LAYERS[arch]}
@@ -469,20 +536,33 @@ def write_plasticity_runs(runs_dir: Path, spec: StoreSpec) -> list[Path]:
         for pretrained in spec.pretrained_sparsities:
             method = "dense" if pretrained == 0 else "static"
             for seed in spec.seeds:
-                base_config = make_config(method, arch, seed, pretrained or 0.9, 0.0, epochs, "plasticity", "base",
-                                          spec.probe_epochs)
+                base_config = make_config(
+                    method,
+                    arch,
+                    seed,
+                    pretrained,
+                    0.0,
+                    epochs,
+                    "plasticity",
+                    "base",
+                    spec.probe_epochs,
+                )
                 base_id = _identifier(base_config)
                 accuracy = lambda e, a=arch, p=pretrained, s=seed: grid(  # noqa: E731
-                    base_accuracy(a, p, e, epochs) + 0.002 * jitter(s))
+                    base_accuracy(a, p, e, epochs) + 0.002 * jitter(s)
+                )
                 density = 1 - pretrained
                 lines = epoch_lines(0, epochs, accuracy, density, _lr_schedule(base_config))
-                base_summary = _summary(base_config, base_id, "plasticity", accuracy(epochs), density, density, epochs)
+                base_summary = _summary(
+                    base_config, base_id, "plasticity", accuracy(epochs), density, density, epochs
+                )
                 written.append(write_run(runs_dir, "plasticity", base_id, base_config, lines, base_summary))
                 for probe_epoch in spec.probe_epochs:
-                    control_id, control_dir = _write_control(runs_dir, base_config, base_id, probe_epoch, k, pretrained)
+                    control = Probe(arch, probe_epoch, 0.0, False, "global", pretrained, seed)
+                    control_id, control_dir = _probe_run(runs_dir, base_config, base_id, control, k, None)
                     written.append(control_dir)
                     for probe in _probes(spec, arch, pretrained, seed, probe_epoch):
-                        written.append(_write_probe(runs_dir, base_config, base_id, control_id, probe, epochs, k))
+                        written.append(_probe_run(runs_dir, base_config, base_id, probe, k, control_id)[1])
     return written
 
 
@@ -497,50 +577,74 @@ def _probes(spec: StoreSpec, arch: str, pretrained: float, seed: int, probe_epoc
             yield Probe(arch, probe_epoch, rate, regeneration, criterion, pretrained, seed)
 
 
-def _probe_config(base_config: dict[str, Any], job_type: str, stop_after: int) -> dict[str, Any]:
-    config = json.loads(json.dumps(base_config))
-    config["tracking"]["job_type"] = job_type
-    config["run"]["keep_checkpoints"] = []
-    config["run"]["stop_after_epochs"] = stop_after
-    return config
+def _probe_config(base_config: dict[str, Any], job_type: str, plasticity: dict[str, Any]) -> dict[str, Any]:
+    """A probe's or control's config as harness.plasticity builds it: the base's plus a plasticity section."""
+    until = plasticity["probe_epoch"] + plasticity["continue_epochs"]
+    overrides = {
+        "tracking": {"job_type": job_type},
+        "run": {"keep_checkpoints": [], "stop_after_epochs": until},
+        "plasticity": plasticity,
+    }
+    return validate(deep_merge(base_config, overrides)).to_dict()
 
 
-def _write_control(runs_dir: Path, base_config: dict[str, Any], base_id: str, probe_epoch: int, k: int,
-                   pretrained: float) -> tuple[str, Path]:
+def _probe_run(
+    runs_dir: Path,
+    base_config: dict[str, Any],
+    base_id: str,
+    probe: Probe,
+    k: int,
+    control_id: str | None,
+) -> tuple[str, Path]:
+    """A probe (or, with pruning rate 0, the control) with the summary and lines harness.plasticity writes."""
     epochs = base_config["optim"]["epochs"]
-    config = _probe_config(base_config, "control", min(probe_epoch + k, epochs))
-    identifier = _identifier(config, {"probe_epoch": probe_epoch, "continue_epochs": k})
-    arch, seed = base_config["model"]["arch"], base_config["run"]["seed"]
-    values = probe_values(Probe(arch, probe_epoch, 0.0, False, "global", pretrained, seed), epochs, k)
-    accuracy = lambda e: values["acc_control"] if e >= probe_epoch + k else grid(  # noqa: E731
-        values["acc_pre"] + (values["acc_control"] - values["acc_pre"]) * (e - probe_epoch) / k)
-    lines = epoch_lines(probe_epoch, min(probe_epoch + k, epochs), accuracy, 1 - pretrained, _lr_schedule(config))
-    summary = _summary(config, identifier, "plasticity", values["acc_control"], 1 - pretrained, 1 - pretrained, k)
-    summary.update({"probe_epoch": probe_epoch, "continue_epochs": k, "pretrained_sparsity": pretrained,
-                    "base_run": f"plasticity/{base_id}", "acc_control": values["acc_control"]})
-    return identifier, write_run(runs_dir, "plasticity", identifier, config, lines, summary)
-
-
-def _write_probe(runs_dir: Path, base_config: dict[str, Any], base_id: str, control_id: str, probe: Probe,
-                 epochs: int, k: int) -> Path:
-    config = _probe_config(base_config, "probe", min(probe.probe_epoch + k, epochs))
-    parameters = {"probe_epoch": probe.probe_epoch, "pruning_rate": probe.pruning_rate, "criterion": probe.criterion,
-                  "regeneration": probe.regeneration, "continue_epochs": k}
-    identifier = _identifier(config, parameters)
+    until = min(probe.probe_epoch + k, epochs)
+    section = {
+        "base_run": f"plasticity/{base_id}",
+        "probe_epoch": probe.probe_epoch,
+        "pruning_rate": probe.pruning_rate,
+        "criterion": probe.criterion,
+        "regeneration": probe.regeneration,
+        "continue_epochs": until - probe.probe_epoch,
+    }
+    is_control = probe.pruning_rate == 0
+    config = _probe_config(base_config, "control" if is_control else "probe", section)
+    identifier = run_id(validate(config))
     values = probe_values(probe, epochs, k)
+    if is_control:
+        values["acc_post"] = values["acc_pre"]
+        values["acc_continue"] = values["acc_control"]
+        values["plasticity"] = values["acc_continue"] - values["acc_pre"]
     density_before = 1 - probe.pretrained_sparsity
     density = density_before if probe.regeneration else density_before * (1 - probe.pruning_rate)
-    start_step = probe.probe_epoch * STEPS_PER_EPOCH
-    lines = [{"kind": "probe", "step": start_step, "epoch": probe.probe_epoch, "acc_pre": values["acc_pre"],
-              "acc_post": values["acc_post"], **parameters}]
-    accuracy = lambda e: values["acc_continue"] if e >= probe.probe_epoch + k else grid(  # noqa: E731
-        values["acc_post"] + (values["acc_continue"] - values["acc_post"]) * (e - probe.probe_epoch) / k)
-    lines += epoch_lines(probe.probe_epoch, min(probe.probe_epoch + k, epochs), accuracy, density, _lr_schedule(config))
-    summary = _summary(config, identifier, "plasticity", values["acc_continue"], density, density, k)
-    summary.update(parameters)
-    summary.update({"pretrained_sparsity": probe.pretrained_sparsity, **values,
-                    "base_run": f"plasticity/{base_id}", "control_run": f"plasticity/{control_id}"})
-    return write_run(runs_dir, "plasticity", identifier, config, lines, summary)
+    measured = {
+        **{key: value for key, value in section.items() if key != "base_run"},
+        "pretrained_sparsity": probe.pretrained_sparsity,
+        "acc_pre": values["acc_pre"],
+        "acc_post": values["acc_post"],
+        "base_run": section["base_run"],
+    }
+    if not is_control:
+        measured.update({"acc_control": values["acc_control"], "control_run": f"plasticity/{control_id}"})
+    lines = [
+        {"kind": "probe", "step": probe.probe_epoch * STEPS_PER_EPOCH, "epoch": probe.probe_epoch, **measured}
+    ]
+
+    def accuracy(epoch: float) -> float:
+        if epoch >= until:
+            return values["acc_continue"]
+        progress = (epoch - probe.probe_epoch) / (until - probe.probe_epoch)
+        return grid(values["acc_post"] + (values["acc_continue"] - values["acc_post"]) * progress)
+
+    lines += epoch_lines(probe.probe_epoch, until, accuracy, density, _lr_schedule(config))
+    summary = _summary(config, identifier, "plasticity", values["acc_continue"], density, density, until)
+    summary["steps"] = until * STEPS_PER_EPOCH
+    summary.update(measured)
+    summary["acc_continue"] = summary["test_acc"]
+    summary["plasticity"] = summary["acc_continue"] - summary["acc_pre"]
+    if is_control:
+        summary["acc_control"] = summary["acc_continue"]
+    return identifier, write_run(runs_dir, "plasticity", identifier, config, lines, summary)
 
 
 @dataclass(frozen=True)
@@ -550,7 +654,9 @@ class Store:
     run_dirs: tuple[Path, ...]
 
 
-def build_store(root: Path, spec: StoreSpec | None = None, *, compare: bool = True, plasticity: bool = True) -> Store:
+def build_store(
+    root: Path, spec: StoreSpec | None = None, *, compare: bool = True, plasticity: bool = True
+) -> Store:
     """Write the fake run store under `root` (the runs directory) and return where everything went."""
     spec = spec or StoreSpec()
     written: list[Path] = []
@@ -609,8 +715,9 @@ class FakeRun:
             summary.update(line)
         if (run_dir / "summary.json").exists():
             summary.update(json.loads((run_dir / "summary.json").read_text()))
-        summary.update({"_step": len(self._lines) - 1, "_runtime": 12.5, "_timestamp": 1.7e9,
-                        "_wandb": {"runtime": 12}})
+        summary.update(
+            {"_step": len(self._lines) - 1, "_runtime": 12.5, "_timestamp": 1.7e9, "_wandb": {"runtime": 12}}
+        )
         self.summary = FakeSummary(summary)
         self.tags = [summary.get("method", config["sparsity"]["method"]), config["model"]["arch"], DATASET]
 
@@ -628,7 +735,9 @@ class FakeWandbApi:
         self.project = f"{entity}/{project}"
         self.calls: list[tuple[str, Any]] = []
 
-    def runs(self, path: str, filters: dict[str, Any] | None = None, per_page: int = 50, lazy: bool = True) -> list[FakeRun]:
+    def runs(
+        self, path: str, filters: dict[str, Any] | None = None, per_page: int = 50, lazy: bool = True
+    ) -> list[FakeRun]:
         self.calls.append(("runs", {"path": path, "filters": filters, "lazy": lazy}))
         return [run for key, run in self._runs.items() if key.startswith(path + "/")]
 
