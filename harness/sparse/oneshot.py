@@ -48,11 +48,13 @@ def prune_fraction(
         raise ValueError(f"pruning fraction must be in [0, 1], got {fraction}")
     before = masks.active_counts()
     filters = [0] * len(masks)
+    # The removed count is what gets rounded (round(p * n), as for filters below): rounding the kept count
+    # instead differs at halves, e.g. p = 0.1 of 15 would remove round(15) - round(13.5) = 1, not 2.
     if criterion == "global":
-        keep = round((1.0 - fraction) * sum(before))
+        keep = sum(before) - round(fraction * sum(before))
         kept = criteria.global_magnitude(masks.weights, masks.masks, keep)
     elif criterion == "layerwise":
-        keeps = [round((1.0 - fraction) * active) for active in before]
+        keeps = [active - round(fraction * active) for active in before]
         kept = criteria.layerwise_magnitude(masks.weights, masks.masks, keeps)
     elif criterion == "filter":
         kept = []
