@@ -140,6 +140,17 @@ class RunConfig(Section):
     stop_after_epochs: int | None = Field(None, ge=0)
 
 
+class PlasticityConfig(Section):
+    """One probe of the pruning-plasticity study (SPEC section 7); absent for ordinary runs."""
+
+    base_run: str  # `<group>/<run-id>` of the base run, relative to the runs directory
+    probe_epoch: int = Field(ge=0)  # completed epochs of the base run when pruning happens
+    pruning_rate: float = Field(ge=0, le=1)  # fraction of the remaining weights (0 = the unpruned control)
+    criterion: Literal["global", "layerwise", "filter"] = "global"
+    regeneration: bool = False
+    continue_epochs: int | None = Field(None, ge=0)  # None = to the end of the base schedule
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -147,6 +158,7 @@ class Config(Section):
     sparsity: SparsityConfig = SparsityConfig()
     tracking: TrackingConfig = TrackingConfig()
     run: RunConfig = RunConfig()
+    plasticity: PlasticityConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML- and JSON-safe nested dict (paths as strings, tuples as lists)."""
@@ -168,10 +180,15 @@ def run_id(config: Config, world_size: int = 1) -> str:
         for name in fields:
             identity[section].pop(name, None)
     identity["world_size"] = world_size
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return (
-        f"{config.sparsity.method}-{config.model.arch}-{config.data.dataset}-s{config.run.seed}-{digest[:10]}"
-    )
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    stem = f"{config.model.arch}-{config.data.dataset}-s{config.run.seed}"
+    probe = config.plasticity
+    if probe is None:
+        return f"{config.sparsity.method}-{stem}-{digest}"
+    if probe.pruning_rate == 0:
+        return f"control-{stem}-e{probe.probe_epoch}-{digest}"
+    regrowth = "-regen" if probe.regeneration else ""
+    return f"probe-{stem}-e{probe.probe_epoch}-p{probe.pruning_rate:g}-{probe.criterion}{regrowth}-{digest}"
 
 
 # ---------------------------------------------------------------------------------------------------------

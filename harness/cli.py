@@ -1,0 +1,291 @@
+"""The `harness` command: a thin table of sub-commands over the library (no logic lives here).
+
+Every option has a dashed and an underscored spelling (`--init-sparsity` and `--init_sparsity`)
+because W&B sweep agents pass parameter names exactly as the sweep file writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from harness import config as configuration
+from harness.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sparse-training research harness: GraNet, the pruning-plasticity study and its baselines.",
+)
+log = logging.getLogger("harness")
+
+
+@app.callback()
+def harness() -> None:
+    """Sparse-training research harness: GraNet, the pruning-plasticity study and its baselines."""
+
+
+def option(*names: str, help: str, **kwargs: Any) -> Any:
+    """A Typer option under every given name plus the underscored spelling of each dashed one."""
+    spellings = list(names)
+    spellings += [name.replace("-", "_").replace("__", "--", 1) for name in names if "-" in name[2:]]
+    return typer.Option(*spellings, help=help, **kwargs)
+
+
+# Options shared by every command that trains ------------------------------------------------------------
+Arch = Annotated[str, option("--arch", help="resnet20 | resnet32 | resnet56 | vgg19 | resnet50")]
+Dataset = Annotated[str, option("--dataset", help="cifar10 | cifar100 | imagenet | mnist1d | synthetic")]
+DataDir = Annotated[Path | None, option("--data-dir", help="where datasets live (default: data)")]
+Epochs = Annotated[
+    int | None, option("--epochs", help="run length; LR decays and pruning end rescale with it")
+]
+BatchSize = Annotated[int | None, option("--batch-size", help="global batch size (divided among processes)")]
+LearningRate = Annotated[float | None, option("--lr", help="peak learning rate")]
+Seed = Annotated[int | None, option("--seed", help="random seed (part of the run id)")]
+Sparsity = Annotated[float | None, option("--sparsity", help="final sparsity s_f in [0, 1)")]
+InitSparsity = Annotated[float | None, option("--init-sparsity", help="GraNet's initial sparsity s_i")]
+UpdateFrequency = Annotated[int | None, option("--update-frequency", help="steps between mask updates (dT)")]
+RunsDir = Annotated[Path | None, option("--runs-dir", help="root of the run store (default: runs)")]
+Group = Annotated[str | None, option("--group", help="sub-directory of the run store (and W&B group)")]
+Wandb = Annotated[str | None, option("--wandb", help="offline (default) | online | disabled")]
+Device = Annotated[str | None, option("--device", help="auto | cpu | cuda")]
+Assignments = Annotated[
+    list[str] | None, option("--set", help="any config value: section.key=value (repeatable)")
+]
+DryRun = Annotated[bool, option("--dry-run", help="print the resolved config and run directory, then exit")]
+NprocPerNode = Annotated[int, option("--nproc-per-node", help="processes on this machine (torchrun)")]
+Nnodes = Annotated[int, option("--nnodes", help="machines in the job (torchrun)")]
+NodeRank = Annotated[int, option("--node-rank", help="this machine's rank (torchrun, multi-node)")]
+RdzvEndpoint = Annotated[
+    str | None, option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node)")
+]
+MaxRestarts = Annotated[int, option("--max-restarts", help="torchrun restarts of a failed job")]
+
+# Named flags win over --set, which wins over the recipe.
+FLAG_FIELDS = {
+    "data_dir": ("data", "data_dir"),
+    "epochs": ("optim", "epochs"),
+    "batch_size": ("optim", "batch_size"),
+    "lr": ("optim", "lr"),
+    "seed": ("run", "seed"),
+    "sparsity": ("sparsity", "sparsity"),
+    "init_sparsity": ("sparsity", "init_sparsity"),
+    "update_frequency": ("sparsity", "update_frequency"),
+    "runs_dir": ("tracking", "runs_dir"),
+    "group": ("tracking", "group"),
+    "wandb": ("tracking", "wandb"),
+    "device": ("run", "device"),
+}
+
+
+def overrides_from(flags: dict[str, Any], assignments: list[str] | None) -> dict[str, Any]:
+    overrides = configuration.parse_assignments(assignments or [])
+    for name, value in flags.items():
+        if value is not None:
+            section, key = FLAG_FIELDS[name]
+            overrides.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    return overrides
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user's mistake is one line on stderr and exit code 2; never a traceback."""
+    try:
+        yield
+    except UserError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    logging.basicConfig(
+        level=level, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("wandb", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def launcher_argv(
+    nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, max_restarts: int
+) -> list[str] | None:
+    """The torchrun command that re-executes this one on N processes, or None to run in this process."""
+    if "RANK" in os.environ or (nproc_per_node == 1 and nnodes == 1):
+        return None
+    from harness.distributed import torchrun_command
+
+    if nnodes > 1 and not rdzv_endpoint:
+        raise UserError("--rdzv-endpoint: required with --nnodes > 1 (host:port of the rendezvous)")
+    return torchrun_command(
+        strip_launcher_options(sys.argv[1:]),
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+        max_restarts=max_restarts,
+    )
+
+
+LAUNCHER_OPTIONS = {"--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts"}
+
+
+def strip_launcher_options(argv: list[str]) -> list[str]:
+    """The command line without the launcher's own options (the children must not relaunch)."""
+    kept: list[str] = []
+    skip_next = False
+    for token in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        name = token.split("=", 1)[0].replace("_", "-")
+        if name in LAUNCHER_OPTIONS:
+            skip_next = "=" not in token
+            continue
+        kept.append(token)
+    return kept
+
+
+def relaunch(command: tuple[list[str], dict[str, str]] | list[str]) -> None:
+    argv, env = command if isinstance(command, tuple) else (command, {})
+    log.info("launching: %s", " ".join(argv))
+    completed = subprocess.run(argv, env={**os.environ, **env}, check=False)
+    raise typer.Exit(completed.returncode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# harness run
+
+
+def resolve_run_config(
+    method: str | None,
+    method_option: str | None,
+    arch: str,
+    dataset: str,
+    flags: dict[str, Any],
+    assignments: list[str] | None,
+) -> configuration.Config:
+    chosen = method_option or method
+    if chosen is None:
+        raise UserError("method: missing; give it as the first argument or with --method (e.g. granet)")
+    if method and method_option and method != method_option:
+        raise UserError(f"method: given twice with different values ({method!r} and {method_option!r})")
+    return configuration.resolve(
+        chosen, dataset=dataset, arch=arch, overrides=overrides_from(flags, assignments)
+    )
+
+
+@app.command()
+def run(
+    method: Annotated[
+        str | None, typer.Argument(help="dense | static | gmp | gmp-layerwise | granet | rigl | set")
+    ] = None,
+    method_option: Annotated[
+        str | None, typer.Option("--method", help="the method, as an option (for sweeps)")
+    ] = None,
+    arch: Arch = "resnet20",
+    dataset: Dataset = "cifar10",
+    data_dir: DataDir = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    sparsity: Sparsity = None,
+    init_sparsity: InitSparsity = None,
+    update_frequency: UpdateFrequency = None,
+    runs_dir: RunsDir = None,
+    group: Group = None,
+    wandb: Wandb = None,
+    device: Device = None,
+    assignments: Assignments = None,
+    dry_run: DryRun = False,
+    nproc_per_node: NprocPerNode = 1,
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = 0,
+    rdzv_endpoint: RdzvEndpoint = None,
+    max_restarts: MaxRestarts = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """Train one model with one sparsity method; prints the run directory last."""
+    setup_logging(verbose)
+    flags = dict(
+        data_dir=data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        sparsity=sparsity,
+        init_sparsity=init_sparsity,
+        update_frequency=update_frequency,
+        runs_dir=runs_dir,
+        group=group,
+        wandb=wandb,
+        device=device,
+    )
+    with user_errors():
+        config = resolve_run_config(method, method_option, arch, dataset, flags, assignments)
+        world_size = nproc_per_node * nnodes
+        if dry_run:
+            typer.echo(configuration.dump_yaml(config), nl=False)
+            typer.echo(str(run_directory(config, int(os.environ.get("WORLD_SIZE", world_size)))))
+            return
+        command = launcher_argv(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
+        if command is not None:
+            relaunch(command)
+        execute(lambda dist: train_or_skip(config, dist))
+
+
+def run_directory(config: configuration.Config, world_size: int) -> Path:
+    return Path(config.tracking.runs_dir) / config.tracking.group / configuration.run_id(config, world_size)
+
+
+def train_or_skip(config: configuration.Config, dist: Any) -> Path:
+    from harness.train import run_training
+
+    result = run_training(config, dist)
+    if result.skipped:
+        log.info("already completed: %s", result.run_dir)
+    return result.run_dir
+
+
+def execute(work: Any) -> None:
+    """Run `work(dist)` in this process (one rank of a torchrun job, or alone) and print its result path.
+
+    Exit codes: 0 done, 2 user error, 3 stopped by a signal (resumable), 1 anything else.
+    """
+    from harness.distributed import dist_info_from_env, init_distributed, teardown
+    from harness.train import Interrupted
+
+    device = os.environ.get("HARNESS_DEVICE", "auto")
+    dist = dist_info_from_env(device)
+    init_distributed(dist)
+    try:
+        path = work(dist)
+    except Interrupted as stopped:
+        log.warning("%s", stopped)
+        teardown(dist)
+        raise typer.Exit(3) from None
+    except UserError:
+        teardown(dist)
+        raise
+    teardown(dist)
+    if dist.is_main:
+        typer.echo(str(path))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

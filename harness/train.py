@@ -1,0 +1,676 @@
+"""Training: a `Session` holds everything live, `fit` is the loop, `run_training` runs one run directory.
+
+The loop is deliberately one function: forward, backward, a finiteness guard, optimizer.step(), the LR
+schedule, the sparsity method right after the step, logging, and the end-of-epoch evaluation and
+checkpoint. Everything it needs is built once by `build_session` from the config's sections.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from harness import checkpoint as checkpoints
+from harness import config as configuration
+from harness.config import Config, OptimConfig, SparsityConfig
+from harness.console import Console
+from harness.data import Loaders, build_datasets, build_loaders
+from harness.distributed import DistInfo, all_reduce_sum, check_identical
+from harness.errors import UserError
+from harness.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
+from harness.models import build_model
+from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, SparsityMethod, build_method
+from harness.tracking import Tracker, open_tracker
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN/inf; the run stops before the optimizer step."""
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived: a checkpoint was written and the run can be resumed."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks, each from its own config section
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    decayed = [p for p in model.parameters() if optim.decay_norm_and_bias or p.dim() > 1]
+    undecayed = [p for p in model.parameters() if not optim.decay_norm_and_bias and p.dim() <= 1]
+    groups = [{"params": decayed, "weight_decay": optim.weight_decay}]
+    if undecayed:
+        groups.append({"params": undecayed, "weight_decay": 0.0})
+    if optim.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
+
+
+def epoch_step(fraction: float, epochs: int, steps_per_epoch: int) -> int:
+    """A point given as a fraction of the run, in optimizer steps, on an epoch boundary when it is one."""
+    return round(fraction * epochs * steps_per_epoch)
+
+
+def lr_factor(step: int, *, warmup_steps: int, milestones: list[int], decay: float) -> float:
+    """Linear warm-up, then x`decay` at every milestone passed (the paper's step schedule)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return decay ** sum(step >= milestone for milestone in milestones)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    milestones = [epoch_step(point, optim.epochs, steps_per_epoch) for point in optim.lr_decay_at]
+    warmup_steps = epoch_step(optim.warmup, optim.epochs, steps_per_epoch)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, warmup_steps=warmup_steps, milestones=milestones, decay=optim.lr_decay_factor)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def sparsity_hyperparameters(
+    sparsity: SparsityConfig, *, epochs: int, steps_per_epoch: int, seed: int
+) -> Hyperparameters:
+    def steps(fraction: float) -> int:
+        return epoch_step(fraction, epochs, steps_per_epoch)
+
+    return Hyperparameters(
+        total_steps=epochs * steps_per_epoch,
+        sparsity=sparsity.sparsity,
+        init_sparsity=sparsity.init_sparsity,
+        distribution=sparsity.distribution,
+        erk_power=sparsity.erk_power,
+        update_frequency=sparsity.update_frequency,
+        prune_start=steps(sparsity.prune_start),
+        prune_end=steps(sparsity.prune_end),
+        regen_rate=sparsity.regen_rate,
+        regen_rate_min=sparsity.regen_rate_min,
+        regen_until=sparsity.regen_until,
+        growth=sparsity.growth,
+        update_until=steps(sparsity.update_until),
+        seed=seed,
+    )
+
+
+def resolve_device(preference: str, dist: DistInfo) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise UserError("run.device: 'cuda' was requested but no GPU is available; use 'cpu' or 'auto'")
+    return dist.device
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The session: everything live, and its checkpoint
+
+
+@dataclass
+class Best:
+    """Selection on the validation split only (never the test set)."""
+
+    val_acc: float | None = None
+    epoch: int | None = None
+    test_acc: float | None = None
+
+    def update(self, epoch: int, val_acc: float | None, test_acc: float) -> None:
+        if val_acc is not None and (self.val_acc is None or val_acc > self.val_acc):
+            self.val_acc, self.epoch, self.test_acc = val_acc, epoch, test_acc
+
+
+@dataclass
+class Session:
+    config: Config
+    dist: DistInfo
+    device: torch.device
+    loaders: Loaders
+    input_shape: tuple[int, ...]
+    model: nn.Module  # the bare model; `network` is what the loop calls (DDP-wrapped when distributed)
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    masks: MaskSet
+    method: SparsityMethod
+    positions: dict[str, int]
+    flops: TrainingFlops
+    steps_per_epoch: int
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    best: Best = field(default_factory=Best)
+    elapsed: float = 0.0  # wall time of earlier sessions of this run
+    # Running sums of the epoch in progress (loss * samples, correct, samples), kept on the device so the
+    # step path never waits for the host; checkpointed so a mid-epoch resume logs the same numbers.
+    totals: Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.optim.epochs * self.steps_per_epoch
+
+    def current_flops(self) -> InferenceFlops:
+        return inference_flops(self.model, self.masks, self.positions)
+
+    def state_dict(self, rng: Any) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sparsifier": self.method.state_dict(),
+            "flops": self.flops.state_dict(),
+            "rng": rng,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": {"val_acc": self.best.val_acc, "epoch": self.best.epoch, "test_acc": self.best.test_acc},
+            "elapsed": self.elapsed,
+            "totals": self.totals.detach().cpu(),
+            "extra": self.extra,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, rng: bool = True) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["sparsifier"])
+        self.flops.load_state_dict(state["flops"])
+        self.flops.masks_changed(self.current_flops())
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best = Best(**state["best"])
+        self.elapsed = float(state["elapsed"])
+        self.totals = state["totals"].to(self.device)
+        self.extra = dict(state.get("extra", {}))
+        if rng:
+            checkpoints.restore_rng_state(pick_rank_state(state["rng"], self.dist.rank))
+
+
+def pick_rank_state(rng: Any, rank: int) -> Any:
+    """Checkpoints hold one RNG state per rank (a list); this rank's, or the only one."""
+    if isinstance(rng, list):
+        return rng[rank] if rank < len(rng) else rng[0]
+    return rng
+
+
+def build_session(config: Config, dist: DistInfo) -> Session:
+    device = resolve_device(config.run.device, dist)
+    datasets = build_datasets(config.data)
+    loaders = build_loaders(
+        datasets,
+        global_batch_size=config.optim.batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=config.run.seed,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = len(loaders.train)
+    # Identical model and masks on every rank: both are drawn from the run seed before anything else.
+    torch.manual_seed(config.run.seed)
+    spec = datasets.spec
+    model = build_model(
+        config.model.arch,
+        num_classes=spec.num_classes,
+        in_channels=spec.in_channels,
+        spatial_dims=spec.spatial_dims,
+        width=config.model.width,
+        imagenet=config.data.dataset == "imagenet",
+    ).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, steps_per_epoch)
+    sparsity = config.sparsity
+    masks = MaskSet.for_model(
+        model, dense_first_layer=sparsity.dense_first_layer, dense_classifier=sparsity.dense_classifier
+    )
+    hyper = sparsity_hyperparameters(
+        sparsity, epochs=config.optim.epochs, steps_per_epoch=steps_per_epoch, seed=config.run.seed
+    )
+    method = build_method(sparsity.method, masks, optimizer, hyper)
+    positions = output_positions(model, spec.input_shape)
+    # Augmentation draws differ per rank (each rank sees different samples anyway).
+    torch.manual_seed(config.run.seed * 1_000_003 + 7919 * (dist.rank + 1))
+    network: nn.Module = model
+    if dist.is_distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    session = Session(
+        config=config,
+        dist=dist,
+        device=device,
+        loaders=loaders,
+        input_shape=tuple(spec.input_shape),
+        model=model,
+        network=network,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        masks=masks,
+        method=method,
+        positions=positions,
+        flops=TrainingFlops(inference_flops(model, masks, positions)),
+        steps_per_epoch=steps_per_epoch,
+    )
+    session.totals = session.totals.to(device)
+    return session
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(session: Session, split: str) -> tuple[float, float] | tuple[None, None]:
+    """(accuracy, mean loss) over the whole split, summed exactly over ranks."""
+    loader = session.loaders.val if split == "val" else session.loaders.test
+    if loader is None:
+        return None, None
+    model = session.model
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=session.device)
+    for inputs, targets in loader.iterate():
+        inputs, targets = (
+            inputs.to(session.device, non_blocking=True),
+            targets.to(session.device, non_blocking=True),
+        )
+        logits = model(inputs)
+        sums[0] += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        sums[1] += (logits.argmax(dim=1) == targets).sum()
+        sums[2] += targets.numel()
+    model.train(was_training)
+    all_reduce_sum(session.dist, sums)
+    loss, correct, count = sums.tolist()
+    return correct / count, loss / count
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class Hooks:
+    """What the loop reports to, so it never touches files or W&B itself. The base ignores everything."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def mask_update(self, session: Session, update: MaskUpdate) -> None:
+        pass
+
+    def epoch_end(self, session: Session) -> None:
+        pass
+
+    def stop_requested(self) -> bool:
+        return False
+
+
+def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
+    """Train from `session.epoch`/`session.step` up to `until_epoch` completed epochs."""
+    config, network, optimizer = session.config, session.network, session.optimizer
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+    log_every = config.tracking.log_every
+    world_size = session.dist.world_size
+    parameters = [parameter for parameter in session.model.parameters() if parameter.requires_grad]
+    network.train()
+    while session.epoch < until_epoch:
+        epoch = session.epoch
+        started = time.perf_counter()
+        first_batch = session.step - epoch * session.steps_per_epoch
+        for inputs, targets in session.loaders.train.iterate(epoch, first_batch):
+            inputs = inputs.to(session.device, non_blocking=True)
+            targets = targets.to(session.device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(session.device):
+                logits = network(inputs)
+                loss = criterion(logits.float(), targets)
+            loss.backward()
+            check_finite(loss, parameters, session.step + 1)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses; the scheduler moves it on
+            optimizer.step()
+            session.scheduler.step()
+            session.step += 1
+            update = session.method.step()
+            samples = targets.numel() * world_size
+            session.flops.step(samples)
+            if update is not None:
+                if update.dense_gradient:
+                    session.flops.dense_gradient(samples)
+                session.flops.masks_changed(session.current_flops())
+                hooks.mask_update(session, update)
+            batch = torch.stack(
+                [
+                    loss.detach().double() * targets.numel(),
+                    (logits.argmax(1) == targets).sum().double(),
+                    torch.tensor(targets.numel(), dtype=torch.float64, device=session.device),
+                ]
+            )
+            session.totals += batch
+            if session.step % log_every == 0:
+                hooks.log(
+                    {
+                        "kind": "train",
+                        "step": session.step,
+                        "epoch": session.step / session.steps_per_epoch,
+                        "train/loss": float(loss),
+                        "lr": lr,
+                    }
+                )
+            if hooks.stop_requested():
+                raise Interrupted(f"stopped at step {session.step}")
+        session.epoch = epoch + 1
+        totals = session.totals.clone()
+        all_reduce_sum(session.dist, totals)
+        loss_sum, correct, count = totals.tolist()
+        session.totals.zero_()
+        val_acc, _ = evaluate(session, "val")
+        test_acc, test_loss = evaluate(session, "test")
+        session.best.update(session.epoch, val_acc, test_acc)
+        record = {
+            "kind": "epoch",
+            "step": session.step,
+            "epoch": session.epoch,
+            "train/loss": loss_sum / max(count, 1),
+            "train/acc": correct / max(count, 1),
+            "val/acc": val_acc,
+            "test/acc": test_acc,
+            "test/loss": test_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "density": session.masks.density(),
+            "time/epoch_s": time.perf_counter() - started,
+        }
+        session.extra["last_epoch"] = {key: value for key, value in record.items() if key != "kind"}
+        hooks.log(record)
+        hooks.epoch_end(session)
+
+
+def check_finite(loss: Tensor, parameters: list[Tensor], step: int) -> None:
+    """One host sync per step: stop before optimizer.step() if the loss or any gradient is NaN/inf."""
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    total = loss.detach().float()
+    if grads:
+        total = total + torch.stack(torch._foreach_norm(grads)).sum()
+    if not bool(torch.isfinite(total)):
+        kind = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+        raise NonFiniteError(f"non-finite {kind} at step {step}; stopping before the optimizer step")
+
+
+@contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """bf16 autocast on GPUs; full precision on the CPU (where it would only be slower)."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run directory, start to finish
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    skipped: bool = False  # already completed: nothing was done
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step and checkpoints outside the handler."""
+
+    def __init__(self, dist: DistInfo, every: int) -> None:
+        self.dist = dist
+        self.every = every
+        self.requested = False
+        self.calls = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        """Whether to stop now. Under DDP all ranks must stop at the same step, so the flag is agreed on
+        by an all-reduce, every `every` steps (one small collective, not one per step)."""
+        if not self.dist.is_distributed:
+            return self.requested
+        self.calls += 1
+        if self.calls % self.every:
+            return False
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.dist.device)
+        all_reduce_sum(self.dist, flag)
+        return bool(flag.item() > 0)
+
+
+def run_id_and_dir(config: Config, world_size: int) -> tuple[str, Path]:
+    run_id = configuration.run_id(config, world_size)
+    return run_id, Path(config.tracking.runs_dir) / config.tracking.group / run_id
+
+
+def is_completed(run_dir: Path) -> bool:
+    status = run_dir / "status"
+    return status.exists() and status.read_text().strip() == "completed"
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def gather_rng(dist: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG state, so a resumed DDP run continues each rank's augmentation stream exactly."""
+    state = checkpoints.capture_rng_state()
+    if not dist.is_distributed:
+        return [state]
+    gathered: list[Any] = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
+
+
+class RunHooks(Hooks):
+    """Connects the loop to a run directory: tracker records, mask snapshots, checkpoints, DDP mask checks."""
+
+    def __init__(self, session: Session, tracker: Tracker, run_dir: Path, console: Console | None):
+        self.session = session
+        self.tracker = tracker
+        self.run_dir = run_dir
+        self.console = console
+        self.stop: Callable[[], bool] = lambda: False
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.tracker.log(record)
+        if self.console is not None:
+            self.console.record(record)
+
+    def stop_requested(self) -> bool:
+        return self.stop()
+
+    def mask_update(self, session: Session, update: MaskUpdate) -> None:
+        check_masks(session, session.step)
+        self.tracker.log(
+            {
+                "kind": "mask_update",
+                "step": update.step,
+                "epoch": update.step / session.steps_per_epoch,
+                **update.record(),
+            }
+        )
+        self.tracker.log_masks(update.step, session.masks.as_dict())
+
+    def epoch_end(self, session: Session) -> None:
+        check_masks(session, session.step)
+        self.checkpoint()
+
+    def checkpoint(self) -> Path:
+        session = self.session
+        state = session.state_dict(gather_rng(session.dist))
+        path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
+        if session.dist.is_main:
+            checkpoints.save_checkpoint(path, state)
+            if (
+                session.epoch in session.config.run.keep_checkpoints
+                and session.step == session.epoch * session.steps_per_epoch
+            ):
+                checkpoints.keep_copy(path, session.epoch)
+        return path
+
+
+def check_masks(session: Session, step: int) -> None:
+    if session.dist.is_distributed:
+        check_identical(session.dist, session.masks.checksums(), session.masks.names, what="mask", step=step)
+
+
+def run_training(
+    config: Config,
+    dist: DistInfo,
+    *,
+    prepare: Callable[[Session, Tracker], None] | None = None,
+    finish: Callable[[Session, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run (or resume, or skip if completed) the run directory that `config` addresses.
+
+    `prepare` runs once on a fresh start, after the session is built and before training, and `finish`
+    may add to the summary; the plasticity study uses them to load a base checkpoint, prune, and report.
+    """
+    run_id, run_dir = run_id_and_dir(config, dist.world_size)
+    if is_completed(run_dir):
+        return RunResult(run_dir, read_summary(run_dir), skipped=True)
+    started = time.perf_counter()
+    session = build_session(config, dist)  # validates data and config before any directory is created
+    with run_lock(run_dir, dist):
+        if is_completed(run_dir):  # finished by the process we waited for
+            return RunResult(run_dir, read_summary(run_dir), skipped=True)
+        resume_path = checkpoints.latest_checkpoint(run_dir)
+        if resume_path is not None:
+            session.load_state_dict(checkpoints.load_checkpoint(resume_path))
+            log.info("resuming %s from epoch %d, step %d", run_id, session.epoch, session.step)
+        tracker = open_tracker(
+            run_dir,
+            config.to_dict(),
+            tracking=config.tracking,
+            run_id=run_id,
+            tags=[config.sparsity.method, config.model.arch, config.data.dataset],
+            is_main=dist.is_main,
+            resume_step=session.step if resume_path is not None else None,
+        )
+        console = (
+            Console(run_id, total_steps=session.total_steps, start_step=session.step)
+            if dist.is_main
+            else None
+        )
+        hooks = RunHooks(session, tracker, run_dir, console)
+        try:
+            with StopFlag(dist, config.tracking.log_every) as stop:
+                hooks.stop = stop
+                if resume_path is None:
+                    start(session, tracker, hooks, prepare)
+                fit(session, hooks, until_epoch=last_epoch(config))
+            summary = summarize(session, run_id, session.elapsed + time.perf_counter() - started)
+            if finish is not None:
+                finish(session, summary)
+        except Interrupted:
+            session.elapsed += time.perf_counter() - started
+            hooks.checkpoint()
+            log.warning("interrupted at step %d; checkpoint written, the same command resumes", session.step)
+            raise
+        except BaseException:
+            tracker.finish("failed")
+            raise
+        finally:
+            if console is not None:
+                console.close()
+        tracker.finish("completed", summary)
+        return RunResult(run_dir, summary)
+
+
+def last_epoch(config: Config) -> int:
+    stop = config.run.stop_after_epochs
+    return config.optim.epochs if stop is None else min(stop, config.optim.epochs)
+
+
+@contextmanager
+def run_lock(run_dir: Path, dist: DistInfo) -> Iterator[None]:
+    """One process per run directory: others (a second sweep worker, a W&B agent) wait, then skip or resume."""
+    if not dist.is_main:
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the run directory, never deleted: unlinking a lock file lets two waiters lock different inodes.
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process running %s", run_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def start(
+    session: Session, tracker: Tracker, hooks: RunHooks, prepare: Callable[[Session, Tracker], None] | None
+) -> None:
+    """A fresh run: the initial masks as the step-0 event, the epoch-0 checkpoint if it is to be kept."""
+    if prepare is not None:
+        prepare(session, tracker)  # logs its own mask event
+    else:
+        initial = session.method.initial_record()
+        tracker.log({"kind": "mask_update", "step": 0, "epoch": 0, **initial.record()})
+        tracker.log_masks(0, session.masks.as_dict())
+    if session.epoch in session.config.run.keep_checkpoints:
+        hooks.checkpoint()
+
+
+def summarize(session: Session, run_id: str, wall_time: float) -> dict[str, Any]:
+    config = session.config
+    last = session.extra.get("last_epoch", {})
+    inference = session.current_flops()
+    return {
+        "run_id": run_id,
+        "group": config.tracking.group,
+        "job_type": config.tracking.job_type,
+        "method": config.sparsity.method,
+        "arch": config.model.arch,
+        "dataset": config.data.dataset,
+        "seed": config.run.seed,
+        "epochs": session.epoch,
+        "steps": session.step,
+        "world_size": session.dist.world_size,
+        "sparsity": 1.0 - session.method.target_density(session.total_steps),
+        "init_sparsity": 1.0 - session.method.initial_density(),
+        "density": session.masks.density(),
+        "test_acc": last.get("test/acc"),
+        "test_loss": last.get("test/loss"),
+        "val_acc": last.get("val/acc"),
+        "train_loss": last.get("train/loss"),
+        "best_val_epoch": session.best.epoch,
+        "best_val_acc": session.best.val_acc,
+        "test_acc_at_best_val": session.best.test_acc,
+        "masked_weights": session.masks.total,
+        "active_weights": sum(session.masks.active_counts()),
+        "inference_flops": inference.sparse,
+        "inference_flops_dense": inference.dense,
+        "inference_flops_rel": inference.relative,
+        "train_flops": session.flops.total,
+        "train_flops_dense": session.flops.dense_total,
+        "train_flops_rel": session.flops.relative,
+        "wall_time_s": wall_time,
+        "device": str(session.device),
+        "torch_version": torch.__version__,
+    }
