@@ -381,13 +381,18 @@ def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
             "val/acc": val_acc,
             "test/acc": test_acc,
             "test/loss": test_loss,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr_at(session.scheduler, session.step - 1),
             "density": session.masks.density(),
             "time/epoch_s": time.perf_counter() - started,
         }
         session.extra["last_epoch"] = {key: value for key, value in record.items() if key != "kind"}
         hooks.log(record)
         hooks.epoch_end(session)
+
+
+def lr_at(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> float:
+    """The learning rate optimizer step `step` (0-based) used, in the first parameter group."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](max(step, 0))
 
 
 def check_finite(loss: Tensor, parameters: list[Tensor], step: int) -> None:
