@@ -1,0 +1,240 @@
+"""The pruning-plasticity study (SPEC section 7): base runs, probes and their unpruned controls.
+
+A probe is an ordinary run directory whose config carries a `plasticity` section. It starts from a
+checkpoint the base run kept at the probe epoch (weights, optimizer state, LR schedule position, masks,
+RNG), measures test accuracy (acc_pre), prunes a fraction of the remaining weights, optionally regrows
+as many per layer by gradient (zero-cost neuroregeneration), measures again (acc_post), and continues
+training on the base run's LR schedule for k epochs (acc_continue). The control continues the same
+checkpoint unpruned for the same k epochs (acc_control), so recovery can be told apart from extra training.
+
+    base (dense, or a fixed ERK mask at the pre-trained sparsity; keeps a checkpoint every `probe_every`)
+      -> control(t, k)                           one per probe epoch and continuation length
+      -> probe(t, p, criterion, regeneration, k) many
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness import checkpoint as checkpoints
+from harness.config import Config, PlasticityConfig, deep_merge, validate
+from harness.distributed import DistInfo
+from harness.errors import UserError
+from harness.sparse import LayerUpdate, MaskUpdate, prune_fraction, regrow
+from harness.tracking import Tracker
+from harness.train import Best, RunResult, Session, evaluate, read_summary, run_id_and_dir, run_training
+
+log = logging.getLogger(__name__)
+
+GROUP = "plasticity"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One point of the study grid, before it is turned into run configs."""
+
+    probe_epoch: int
+    pruning_rate: float
+    criterion: str = "global"
+    regeneration: bool = False
+    continue_epochs: int | None = None  # None = to the end of the base schedule
+    pretrained_sparsity: float = 0.0
+    probe_every: int | None = None  # None = the recipe's epochs / 16 (every 10 epochs of 160)
+
+
+def default_probe_every(epochs: int) -> int:
+    return max(1, round(epochs / 16))
+
+
+def probe_epochs(epochs: int, every: int) -> tuple[int, ...]:
+    return tuple(range(0, epochs + 1, every))
+
+
+def base_config(recipe: Config, study: Study) -> Config:
+    """Dense, or a fixed ERK mask at the pre-trained sparsity, keeping every probe epoch's checkpoint."""
+    epochs = recipe.optim.epochs
+    every = study.probe_every or default_probe_every(epochs)
+    kept = probe_epochs(epochs, every)
+    if study.probe_epoch not in kept:
+        raise UserError(
+            f"probe_epoch: {study.probe_epoch} is not a checkpoint of the base run, which keeps epochs "
+            f"{', '.join(map(str, kept))} (every {every}; change it with probe_every)"
+        )
+    method = "dense" if study.pretrained_sparsity == 0 else "static"
+    overrides: dict[str, Any] = {
+        "sparsity": {"method": method, "sparsity": study.pretrained_sparsity, "init_sparsity": 0.0},
+        "tracking": {"job_type": "base"},
+        "run": {"keep_checkpoints": list(kept), "stop_after_epochs": None},
+        "plasticity": None,
+    }
+    return validate(deep_merge(recipe.to_dict(), overrides))
+
+
+def probe_config(base: Config, study: Study, world_size: int = 1) -> Config:
+    epochs = base.optim.epochs
+    until = (
+        epochs if study.continue_epochs is None else min(study.probe_epoch + study.continue_epochs, epochs)
+    )
+    base_id, _ = run_id_and_dir(base, world_size)
+    plasticity = PlasticityConfig(
+        base_run=f"{base.tracking.group}/{base_id}",
+        probe_epoch=study.probe_epoch,
+        pruning_rate=study.pruning_rate,
+        criterion=study.criterion,
+        regeneration=study.regeneration,
+        continue_epochs=until - study.probe_epoch,
+    )
+    overrides = {
+        "tracking": {"job_type": "probe"},
+        "run": {"keep_checkpoints": [], "stop_after_epochs": until},
+        "plasticity": plasticity.model_dump(),
+    }
+    return validate(deep_merge(base.to_dict(), overrides))
+
+
+def plan(recipe: Config, study: Study, world_size: int = 1) -> list[Config]:
+    """The runs one probe needs, in order: base, control, probe (a rate of 0 is the control itself)."""
+    base = base_config(recipe, study)
+    probe = probe_config(base, study, world_size)
+    return [base, control_of(probe), probe] if study.pruning_rate > 0 else [base, control_of(probe)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running a probe
+
+
+def run_probe(config: Config, dist: DistInfo) -> RunResult:
+    """Run a probe or control whose base (and, for a probe, control) have completed."""
+    probe = config.plasticity
+    if probe is None:
+        raise ValueError("run_probe needs a config with a plasticity section")
+    runs_dir = Path(config.tracking.runs_dir)
+    base_dir = runs_dir / probe.base_run
+    checkpoint = checkpoints.checkpoint_dir(base_dir) / checkpoints.epoch_checkpoint_name(probe.probe_epoch)
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: the base run has no checkpoint for probe epoch {probe.probe_epoch}")
+    extra: dict[str, Any] = {}
+    if probe.pruning_rate > 0:
+        _, control_dir = run_id_and_dir(control_of(config), dist.world_size)
+        control_summary = read_summary(control_dir)
+        if "acc_continue" not in control_summary:
+            raise UserError(f"{control_dir}: the control run of this probe has not completed")
+        extra = {
+            "acc_control": control_summary["acc_continue"],
+            "control_run": str(control_dir.relative_to(runs_dir)),
+        }
+
+    def prepare(session: Session, tracker: Tracker) -> None:
+        prune_and_measure(session, tracker, checkpoint, probe, extra)
+
+    return run_training(config, dist, prepare=prepare, finish=add_outcome)
+
+
+def add_outcome(session: Session, summary: dict[str, Any]) -> None:
+    """acc_continue is the probe's final test accuracy; plasticity = acc_continue - acc_pre."""
+    summary.update(session.extra["probe"])
+    summary["acc_continue"] = summary["test_acc"]
+    summary["plasticity"] = summary["acc_continue"] - summary["acc_pre"]
+    if summary["pruning_rate"] == 0:
+        summary["acc_control"] = summary["acc_continue"]
+
+
+def control_of(config: Config) -> Config:
+    """The unpruned control of a probe: the same checkpoint and continuation, nothing pruned."""
+    overrides = {
+        "tracking": {"job_type": "control"},
+        "plasticity": {"pruning_rate": 0.0, "criterion": "global", "regeneration": False},
+    }
+    return validate(deep_merge(config.to_dict(), overrides))
+
+
+def prune_and_measure(
+    session: Session, tracker: Tracker, checkpoint: Path, probe: PlasticityConfig, extra: dict[str, Any]
+) -> None:
+    """Load the base checkpoint, measure, prune, optionally regrow, measure; record it all in the session."""
+    state = checkpoints.load_checkpoint(checkpoint)
+    session.load_state_dict(state)
+    # The probe's own history starts here: its FLOPs and wall time count only what it trains itself.
+    session.flops.total = session.flops.dense_total = 0.0
+    session.elapsed = 0.0
+    session.best = Best()
+    acc_pre, _ = evaluate(session, "test")
+    before = session.masks.active_counts()
+    pruned = prune_fraction(session.masks, probe.pruning_rate, probe.criterion, session.optimizer)
+    grown = [0] * len(before)
+    if probe.regeneration and probe.pruning_rate > 0:
+        regrowth_gradient(session)
+        grown = regrow(session.masks, pruned, probe.criterion, session.optimizer)
+        session.optimizer.zero_grad(set_to_none=True)
+    session.flops.masks_changed(session.current_flops())
+    acc_post, loss_post = evaluate(session, "test")
+    # Until the continuation trains an epoch, the probe's latest numbers are those right after pruning.
+    session.extra["last_epoch"] = {
+        "test/acc": acc_post,
+        "test/loss": loss_post,
+        "val/acc": None,
+        "train/loss": None,
+    }
+    record_masks(session, tracker, pruned.weights, grown)
+    summary = {
+        "probe_epoch": probe.probe_epoch,
+        "pruning_rate": probe.pruning_rate,
+        "criterion": probe.criterion,
+        "regeneration": probe.regeneration,
+        "continue_epochs": probe.continue_epochs,
+        "pretrained_sparsity": session.config.sparsity.sparsity
+        if session.config.sparsity.method == "static"
+        else 0.0,
+        "acc_pre": acc_pre,
+        "acc_post": acc_post,
+        "base_run": probe.base_run,
+        **extra,
+    }
+    tracker.log({"kind": "probe", "step": session.step, "epoch": session.epoch, **summary})
+    session.extra["probe"] = summary
+
+
+def regrowth_gradient(session: Session) -> None:
+    """The dense gradient of one training mini-batch, without side effects on the run.
+
+    The global RNG is forked and BatchNorm statistics restored, so a probe with regeneration and one
+    without see exactly the same data and model afterwards: they differ only in the regrowth itself.
+    """
+    model = session.model
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    with torch.random.fork_rng(devices=[]):
+        inputs, targets = next(iter(session.loaders.train.iterate(session.epoch)))
+        model.train()
+        session.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(inputs.to(session.device)), targets.to(session.device))
+        loss.backward()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+
+
+def record_masks(session: Session, tracker: Tracker, pruned: list[int], grown: list[int]) -> None:
+    masks = session.masks
+    counts = masks.active_counts()
+    layers = {
+        name: LayerUpdate(active=count, size=size, pruned=removed, grown=added)
+        for name, count, size, removed, added in zip(
+            masks.names, counts, masks.numels, pruned, grown, strict=True
+        )
+    }
+    update = MaskUpdate(
+        step=session.step,
+        target_density=sum(counts) / masks.total,
+        density=sum(counts) / masks.total,
+        regen_rate=None,
+        layers=layers,
+        checksum=int(masks.checksums().sum()),
+    )
+    tracker.log({"kind": "mask_update", "step": session.step, "epoch": session.epoch, **update.record()})
+    tracker.log_masks(session.step, masks.as_dict())
