@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -164,25 +165,103 @@ def relaunch(command: tuple[list[str], dict[str, str]] | list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# harness run
+# From a command's parameters to the run configs it stands for. The sweep runner uses the same functions
+# (through `plan_invocation`) to know which run directories a command line will produce, without running it.
 
 
-def resolve_run_config(
-    method: str | None,
-    method_option: str | None,
-    arch: str,
-    dataset: str,
-    flags: dict[str, Any],
-    assignments: list[str] | None,
-) -> configuration.Config:
+def world_size_of(params: dict[str, Any]) -> int:
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return params.get("nproc_per_node", 1) * params.get("nnodes", 1)
+
+
+def run_config(params: dict[str, Any]) -> configuration.Config:
+    method, method_option = params.get("method"), params.get("method_option")
     chosen = method_option or method
     if chosen is None:
         raise UserError("method: missing; give it as the first argument or with --method (e.g. granet)")
     if method and method_option and method != method_option:
         raise UserError(f"method: given twice with different values ({method!r} and {method_option!r})")
+    flags = {name: params.get(name) for name in FLAG_FIELDS}
     return configuration.resolve(
-        chosen, dataset=dataset, arch=arch, overrides=overrides_from(flags, assignments)
+        chosen,
+        dataset=params["dataset"],
+        arch=params["arch"],
+        overrides=overrides_from(flags, params.get("assignments")),
     )
+
+
+STAGES = ("base", "control", "probe")
+
+
+def plasticity_configs(params: dict[str, Any]) -> list[configuration.Config]:
+    """[base, control, probe] (without the probe when the rate is 0), cut at `--stage`."""
+    from harness import plasticity
+
+    flags = {name: params.get(name) for name in FLAG_FIELDS if name in params}
+    flags["group"] = flags.get("group") or plasticity.GROUP
+    recipe = configuration.resolve(
+        "dense",
+        dataset=params["dataset"],
+        arch=params["arch"],
+        overrides=overrides_from(flags, params.get("assignments")),
+    )
+    study = plasticity.Study(
+        probe_epoch=params["probe_epoch"],
+        pruning_rate=params["pruning_rate"],
+        criterion=params["criterion"],
+        regeneration=params["regeneration"],
+        continue_epochs=params["continue_epochs"],
+        pretrained_sparsity=params["pretrained_sparsity"],
+        probe_every=params["probe_every"],
+    )
+    if params["stage"] not in STAGES:
+        raise UserError(f"--stage: {params['stage']!r} is not one of {', '.join(STAGES)}")
+    configs = plasticity.plan(recipe, study, world_size_of(params))
+    return configs[: STAGES.index(params["stage"]) + 1]
+
+
+def run_directory(config: configuration.Config, world_size: int) -> Path:
+    return Path(config.tracking.runs_dir) / config.tracking.group / configuration.run_id(config, world_size)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run directory a command line produces, the argv that produces exactly it, and what it needs first."""
+
+    run_dir: Path
+    argv: tuple[str, ...]
+    needs: tuple[Path, ...] = ()
+
+
+def plan_invocation(argv: list[str]) -> list[PlannedRun]:
+    """The runs `harness <argv>` would produce, in dependency order. Raises UserError for bad arguments."""
+    import click
+
+    group = typer.main.get_command(app)
+    if not argv or argv[0] not in ("run", "plasticity"):
+        raise UserError(f"sweep command: expected 'run' or 'plasticity' after the program, got {argv[:1]}")
+    command = group.get_command(click.Context(group), argv[0])
+    try:
+        params = command.make_context(argv[0], list(argv[1:])).params
+    except click.ClickException as error:
+        raise UserError(f"{' '.join(argv)}: {error.format_message()}") from None
+    world_size = world_size_of(params)
+    if argv[0] == "run":
+        return [PlannedRun(run_directory(run_config(params), world_size), tuple(argv))]
+    runs: list[PlannedRun] = []
+    for stage, config in zip(STAGES, plasticity_configs(params), strict=False):
+        stage_argv = tuple(argv) if stage == "probe" else (*argv, "--stage", stage)
+        needs = (runs[-1].run_dir,) if runs else ()
+        runs.append(PlannedRun(run_directory(config, world_size), stage_argv, needs))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 
 
 @app.command()
@@ -214,39 +293,100 @@ def run(
     node_rank: NodeRank = 0,
     rdzv_endpoint: RdzvEndpoint = None,
     max_restarts: MaxRestarts = 0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train one model with one sparsity method; prints the run directory last."""
+    params = locals()
     setup_logging(verbose)
-    flags = dict(
-        data_dir=data_dir,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        sparsity=sparsity,
-        init_sparsity=init_sparsity,
-        update_frequency=update_frequency,
-        runs_dir=runs_dir,
-        group=group,
-        wandb=wandb,
-        device=device,
-    )
     with user_errors():
-        config = resolve_run_config(method, method_option, arch, dataset, flags, assignments)
-        world_size = nproc_per_node * nnodes
+        config = run_config(params)
         if dry_run:
             typer.echo(configuration.dump_yaml(config), nl=False)
-            typer.echo(str(run_directory(config, int(os.environ.get("WORLD_SIZE", world_size)))))
+            typer.echo(str(run_directory(config, world_size_of(params))))
             return
-        command = launcher_argv(nproc_per_node, nnodes, node_rank, rdzv_endpoint, max_restarts)
-        if command is not None:
-            relaunch(command)
-        execute(lambda dist: train_or_skip(config, dist))
+        launch_if_needed(params)
+        execute(config.run.device, lambda dist: train_or_skip(config, dist))
 
 
-def run_directory(config: configuration.Config, world_size: int) -> Path:
-    return Path(config.tracking.runs_dir) / config.tracking.group / configuration.run_id(config, world_size)
+@app.command()
+def plasticity(
+    probe_epoch: Annotated[int, option("--probe-epoch", help="epoch of the base run at which to prune")],
+    pruning_rate: Annotated[
+        float, option("--pruning-rate", help="fraction of the remaining weights to prune")
+    ],
+    criterion: Annotated[str, option("--criterion", help="global | layerwise | filter")] = "global",
+    regeneration: Annotated[
+        bool, typer.Option("--regeneration/--no-regeneration", help="regrow as many weights by gradient")
+    ] = False,
+    continue_epochs: Annotated[
+        int | None, option("--continue-epochs", help="epochs of training after pruning (default: to the end)")
+    ] = None,
+    pretrained_sparsity: Annotated[
+        float, option("--pretrained-sparsity", help="sparsity of the base run's fixed ERK mask (0 = dense)")
+    ] = 0.0,
+    probe_every: Annotated[
+        int | None,
+        option("--probe-every", help="epochs between the base run's kept checkpoints (default: epochs/16)"),
+    ] = None,
+    stage: Annotated[str, option("--stage", help="stop after: base | control | probe")] = "probe",
+    arch: Arch = "resnet20",
+    dataset: Dataset = "cifar10",
+    data_dir: DataDir = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    seed: Seed = None,
+    runs_dir: RunsDir = None,
+    group: Group = None,
+    wandb: Wandb = None,
+    device: Device = None,
+    assignments: Assignments = None,
+    dry_run: DryRun = False,
+    nproc_per_node: NprocPerNode = 1,
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = 0,
+    rdzv_endpoint: RdzvEndpoint = None,
+    max_restarts: MaxRestarts = 0,
+    verbose: Verbose = False,
+) -> None:
+    """One probe of the pruning-plasticity study (training its base run and control first if needed)."""
+    params = locals()
+    setup_logging(verbose)
+    with user_errors():
+        configs = plasticity_configs(params)
+        if dry_run:
+            typer.echo(configuration.dump_yaml(configs[-1]), nl=False)
+            for config in configs:
+                typer.echo(str(run_directory(config, world_size_of(params))))
+            return
+        launch_if_needed(params)
+        execute(configs[-1].run.device, lambda dist: run_plasticity(configs, dist))
+
+
+def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
+    from harness.plasticity import run_probe
+    from harness.train import run_training
+
+    path = None
+    for config in configs:
+        result = run_training(config, dist) if config.plasticity is None else run_probe(config, dist)
+        if result.skipped:
+            log.info("already completed: %s", result.run_dir)
+        path = result.run_dir
+    assert path is not None
+    return path
+
+
+def launch_if_needed(params: dict[str, Any]) -> None:
+    command = launcher_argv(
+        params["nproc_per_node"],
+        params["nnodes"],
+        params["node_rank"],
+        params["rdzv_endpoint"],
+        params["max_restarts"],
+    )
+    if command is not None:
+        relaunch(command)
 
 
 def train_or_skip(config: configuration.Config, dist: Any) -> Path:
@@ -258,15 +398,14 @@ def train_or_skip(config: configuration.Config, dist: Any) -> Path:
     return result.run_dir
 
 
-def execute(work: Any) -> None:
+def execute(device: str, work: Any) -> None:
     """Run `work(dist)` in this process (one rank of a torchrun job, or alone) and print its result path.
 
-    Exit codes: 0 done, 2 user error, 3 stopped by a signal (resumable), 1 anything else.
+    Exit codes: 0 done, 2 user error, 3 stopped by a signal (resumable), 1 a failed run.
     """
-    from harness.distributed import dist_info_from_env, init_distributed, teardown
-    from harness.train import Interrupted
+    from harness.distributed import MaskMismatchError, dist_info_from_env, init_distributed, teardown
+    from harness.train import Interrupted, NonFiniteError
 
-    device = os.environ.get("HARNESS_DEVICE", "auto")
     dist = dist_info_from_env(device)
     init_distributed(dist)
     try:
@@ -278,6 +417,10 @@ def execute(work: Any) -> None:
     except UserError:
         teardown(dist)
         raise
+    except (MaskMismatchError, NonFiniteError) as failure:
+        # A failed run with a clear cause: one line, no traceback; peers are stopped by torchrun.
+        typer.echo(f"error: {failure}", err=True)
+        raise typer.Exit(1) from None
     teardown(dist)
     if dist.is_main:
         typer.echo(str(path))

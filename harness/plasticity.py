@@ -82,18 +82,18 @@ def probe_config(base: Config, study: Study, world_size: int = 1) -> Config:
         epochs if study.continue_epochs is None else min(study.probe_epoch + study.continue_epochs, epochs)
     )
     base_id, _ = run_id_and_dir(base, world_size)
-    plasticity = PlasticityConfig(
-        base_run=f"{base.tracking.group}/{base_id}",
-        probe_epoch=study.probe_epoch,
-        pruning_rate=study.pruning_rate,
-        criterion=study.criterion,
-        regeneration=study.regeneration,
-        continue_epochs=until - study.probe_epoch,
-    )
+    plasticity = {
+        "base_run": f"{base.tracking.group}/{base_id}",
+        "probe_epoch": study.probe_epoch,
+        "pruning_rate": study.pruning_rate,
+        "criterion": study.criterion,
+        "regeneration": study.regeneration,
+        "continue_epochs": until - study.probe_epoch,
+    }
     overrides = {
         "tracking": {"job_type": "probe"},
         "run": {"keep_checkpoints": [], "stop_after_epochs": until},
-        "plasticity": plasticity.model_dump(),
+        "plasticity": plasticity,
     }
     return validate(deep_merge(base.to_dict(), overrides))
 
