@@ -377,6 +377,23 @@ def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
     return path
 
 
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="a sweep file in W&B's format (method: grid)")],
+    workers: Annotated[int, option("--workers", help="runs in parallel")] = 1,
+    runs_dir: RunsDir = None,
+    dry_run: Annotated[bool, option("--dry-run", help="list what would run and what is complete, then exit")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run every grid point of a sweep file locally: dependencies first, completed runs skipped."""
+    from harness.sweep import run_sweep
+
+    setup_logging(verbose)
+    with user_errors():
+        code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run)
+    raise typer.Exit(code)
+
+
 def launch_if_needed(params: dict[str, Any]) -> None:
     command = launcher_argv(
         params["nproc_per_node"],
