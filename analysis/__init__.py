@@ -1,6 +1,11 @@
 """Analysis of harness runs: load run stores or W&B projects into pandas, aggregate over seeds, plot.
 
-`analysis.figures` (matplotlib) is imported on demand, so loading runs stays light.
+`analysis.figures` (matplotlib) is imported on demand, so loading runs stays light:
+
+    from analysis import load_runs
+    from analysis.figures import write_figures
+
+    report = write_figures(load_runs("runs"), "figures")   # PNG + PDF per figure, tables, index.md
 """
 
 from analysis.aggregate import comparison_table, plasticity_table, regeneration_gain, seed_stats

@@ -595,7 +595,11 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     )
     turnover.set_ylabel("mask turnover (% of active weights)")
     turnover.set_title("mask turnover between updates")
-    turnover.legend(loc="best")
+    highest = np.nanmax(
+        np.append(100 * removed.to_numpy(dtype=float), 100 * changed["turnover"].to_numpy(dtype=float))
+    )
+    turnover.set_ylim(0, 1.35 * highest if highest > 0 else 1)  # headroom: the legend sits above the curves
+    turnover.legend(loc="upper right")
     for axis in axes.flat:
         axis.set_xlabel("epoch")
         axis.set_xlim(left=0)

@@ -40,6 +40,17 @@ LOCATION_COLUMNS = ("source", "run_dir", "run_path")
 STATUSES = ("completed", "running", "failed")
 KINDS = ("epoch", "train", "mask_update", "probe")
 
+# summary.json keys of the run-store contract, ordinary runs then plasticity probes.
+SUMMARY_ORDER = (
+    "method", "arch", "dataset", "seed", "epochs", "steps", "world_size", "sparsity", "init_sparsity",
+    "density", "test_acc", "test_loss", "val_acc", "best_val_epoch", "best_val_acc", "test_acc_at_best_val",
+    "train_loss", "inference_flops", "inference_flops_dense", "inference_flops_rel", "train_flops",
+    "train_flops_dense", "train_flops_rel", "wall_time_s", "device", "torch_version",
+    "probe_epoch", "pruning_rate", "criterion", "regeneration", "continue_epochs", "pretrained_sparsity",
+    "acc_pre", "acc_post", "acc_continue", "acc_control", "plasticity", "base_run", "control_run",
+)  # fmt: skip
+_SUMMARY_RANK = frozenset(SUMMARY_ORDER)
+
 # W&B run states -> the run store's status words.
 _WANDB_STATES = {
     "finished": "completed",
@@ -84,9 +95,14 @@ def run_row(config: Mapping[str, Any], summary: Mapping[str, Any], meta: Mapping
     sections = {
         key: value for key, value in config.items() if not str(key).startswith("_") and value is not None
     }
-    row.update(flatten(sections))
-    for key, value in summary.items():
+    # Sorted so that both sources give the same column order (W&B does not keep the YAML's key order).
+    row.update(sorted(flatten(sections).items()))
+    # The contract's keys in the contract's order, then any others sorted: both sources give one order.
+    known = [key for key in SUMMARY_ORDER if key in summary]
+    others = sorted(key for key in summary if key not in _SUMMARY_RANK)
+    for key in known + others:
         if key not in META_COLUMNS:
+            value = summary[key]
             row[key] = tuple(value) if isinstance(value, list) else value
     return row
 
@@ -97,10 +113,10 @@ def _frame(rows: list[dict[str, Any]], status: str | None) -> pd.DataFrame:
         if len(kept) < len(rows):
             logger.info("kept %d %s runs, left out %d others", len(kept), status, len(rows) - len(kept))
         rows = kept
-    frame = pd.DataFrame.from_records(rows)
-    if frame.empty:
+    if not rows:
         return pd.DataFrame(columns=list(META_COLUMNS))
-    return frame.sort_values("run_key", kind="stable").reset_index(drop=True)
+    # Sorting rows first fixes the column order too (columns appear in first-seen order), whichever source.
+    return pd.DataFrame.from_records(sorted(rows, key=lambda row: row["run_key"]))
 
 
 def load_runs(
