@@ -8,7 +8,7 @@ RUNS_DIR ?= runs
 WORKERS  ?= 2
 SCALE    ?= paper
 
-.PHONY: setup test test-fast lint format demo bench sweep-plasticity sweep-granet figures clean
+.PHONY: setup test test-fast lint format demo bench sweep-plasticity sweep-plasticity-structured sweep-granet figures clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,26 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/harness bench
+
+# Sweeps (sweeps/*.yaml, W&B's format) run locally by `harness sweep`: completed runs are skipped, so an
+# interrupted sweep finishes what is missing when run again. SCALE=paper (CIFAR, GPU-sized) or SCALE=cpu
+# (MNIST-1D, minutes on 2 cores); WORKERS runs in parallel; RUNS_DIR is the run store.
+sweep-plasticity: $(STAMP)
+	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
+	$(BIN)/harness sweep sweeps/$(if $(filter cpu,$(SCALE)),plasticity-mnist1d,plasticity).yaml \
+		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
+
+sweep-plasticity-structured: $(STAMP)
+	$(BIN)/harness sweep sweeps/plasticity-structured.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR)
+
+# SCALE=paper runs the CIFAR-10 and then the CIFAR-100 comparison (the second even if the first had failures).
+sweep-granet: $(STAMP)
+	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
+	status=0; \
+	for file in $(if $(filter cpu,$(SCALE)),granet-mnist1d,granet-cifar10 granet-cifar100); do \
+		$(BIN)/harness sweep sweeps/$$file.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR) || status=$$?; \
+	done; \
+	exit $$status
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
