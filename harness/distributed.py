@@ -131,10 +131,10 @@ def init_distributed(info: DistInfo, timeout_s: float = DEFAULT_TIMEOUT_S) -> No
 def teardown(info: DistInfo) -> None:
     """Leave the process group cleanly: garbage-collect, pass a barrier, then destroy the group.
 
-    The caller deletes its model, DDP wrapper and optimizer first. On this torch version gloo aborts at
-    interpreter exit in a fraction of runs if DDP's communication buffers (held by the model and its
-    reducer) are still alive when the group is destroyed; collecting them first and letting every rank
-    reach the same point before destruction avoids that.
+    The caller deletes its model, DDP wrapper and optimizer first. Why (a pitfall measured on this torch
+    version): gloo aborts at interpreter exit in a fraction of runs otherwise. DDP's reducer holds the
+    process group, so the wrapper must be gone (deleted, then collected here) before the group is
+    destroyed; and the barrier keeps one rank from destroying its end while a peer still communicates.
     """
     if not info.is_distributed or not dist.is_initialized():
         return
