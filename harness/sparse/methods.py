@@ -191,7 +191,8 @@ class SparsityMethod:
     def regenerate(self, rate: float) -> tuple[list[int], list[int]]:
         """Per layer: drop ceil(rate * n_l) smallest-|w| active weights, grow as many by the growth score.
 
-        Regrown weights and their optimizer state start at exactly 0. Active counts are unchanged.
+        Newly activated weights and their optimizer state start at exactly 0; a weight dropped and regrown
+        in the same event is kept as it was. Active counts are unchanged.
         """
         scores = criteria.growth_scores(
             self.growth,
@@ -206,7 +207,10 @@ class SparsityMethod:
             count = math.ceil(rate * active)
             new_mask, dropped, grown = criteria.drop_and_grow(weight, mask, score, count)
             new_masks.append(new_mask)
-            grown_masks.append(grown)
+            # Only newly activated positions start at 0. A weight dropped and regrown in the same event
+            # keeps its value and state, as in the authors' code and RigL (reinit_when_same=False);
+            # zeroing it would reset the smallest ceil(r * n) weights of every dense layer at every event.
+            grown_masks.append(grown & ~mask.bool())
             dropped_counts.append(count)
             grown_counts.append(count)
         self.masks.set(new_masks)
