@@ -60,6 +60,11 @@ def inference_flops(model: nn.Module, masks: MaskSet | None, positions: dict[str
         if isinstance(module, SPARSE_MODULE_TYPES)
     }
     active = dict(zip(masks.names, masks.active_counts(), strict=True)) if masks is not None else {}
+    # A mask that matches no layer (e.g. masks built on a DDP wrapper, names prefixed "module.") would
+    # otherwise be silently counted as a dense layer.
+    unmatched = sorted(set(active) - set(weights))
+    if unmatched:
+        raise ValueError(f"masks name tensors that are not conv/linear weights of this model: {unmatched}")
     dense = sum(2.0 * weight.numel() * positions[name] for name, weight in weights.items())
     sparse = sum(2.0 * active.get(name, weight.numel()) * positions[name] for name, weight in weights.items())
     return InferenceFlops(sparse=sparse, dense=dense)
