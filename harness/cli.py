@@ -114,7 +114,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=level, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    for noisy in ("wandb", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("wandb", "urllib3", "matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -382,7 +382,9 @@ def sweep(
     file: Annotated[Path, typer.Argument(help="a sweep file in W&B's format (method: grid)")],
     workers: Annotated[int, option("--workers", help="runs in parallel")] = 1,
     runs_dir: RunsDir = None,
-    dry_run: Annotated[bool, option("--dry-run", help="list what would run and what is complete, then exit")] = False,
+    dry_run: Annotated[
+        bool, option("--dry-run", help="list what would run and what is complete, then exit")
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Run every grid point of a sweep file locally: dependencies first, completed runs skipped."""
@@ -392,6 +394,84 @@ def sweep(
     with user_errors():
         code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run)
     raise typer.Exit(code)
+
+
+@app.command()
+def figures(
+    roots: Annotated[list[Path] | None, typer.Argument(help="run directories, groups or runs roots")] = None,
+    out: Annotated[Path, option("--out", help="directory for the figures, tables and index.md")] = Path(
+        "figures"
+    ),
+    wandb_project: Annotated[
+        str | None, option("--wandb", help="read runs from a W&B project ENTITY/PROJECT instead")
+    ] = None,
+    dynamics_run: Annotated[
+        str | None, option("--dynamics-run", help="group/run-id of the run for the training-dynamics figure")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Write every figure and table the runs support (PNG + PDF) and an index.md listing them."""
+    import functools
+
+    from analysis import load_curves, load_runs
+    from analysis.figures import write_figures
+
+    setup_logging(verbose)
+    with user_errors():
+        if wandb_project is not None and roots:
+            raise UserError("figures: give run roots or --wandb, not both")
+        if wandb_project is not None:
+            import wandb as wandb_module
+
+            api = wandb_module.Api()
+            runs = load_runs(wandb_project=wandb_project, api=api)
+            loader = functools.partial(load_curves, api=api)
+        else:
+            runs = load_runs(roots or [Path("runs")])
+            loader = load_curves
+        if runs.empty:
+            raise UserError(f"figures: no completed runs under {', '.join(map(str, roots or ['runs']))}")
+        report = write_figures(runs, out, curves_loader=loader, dynamics_run=dynamics_run)
+    for name, paths in report.written.items():
+        typer.echo(f"wrote {name}: {', '.join(str(path) for path in paths)}")
+    for name, reason in report.skipped.items():
+        typer.echo(f"skipped {name}: {reason}")
+    typer.echo(str(report.index))
+
+
+@app.command()
+def runs(
+    roots: Annotated[list[Path] | None, typer.Argument(help="runs roots or groups (default: runs)")] = None,
+) -> None:
+    """List runs with their status and headline numbers."""
+    from analysis import load_runs
+
+    with user_errors():
+        frame = load_runs(roots or [Path("runs")], status=None)
+    if frame.empty:
+        typer.echo("no runs")
+        return
+    columns = [
+        c for c in ("run_key", "status", "method", "test_acc", "density", "epochs") if c in frame.columns
+    ]
+    typer.echo(frame[columns].to_string(index=False))
+
+
+@app.command()
+def bench(
+    archs: Annotated[list[str] | None, typer.Argument(help="architectures (default: resnet20 vgg19)")] = None,
+    batch_size: Annotated[int, option("--batch-size", help="CIFAR-shaped batch")] = 128,
+    repetitions: Annotated[int, option("--repetitions", help="timed repetitions (medians reported)")] = 5,
+) -> None:
+    """Time a masked vs a dense training step and one mask update vs one step, side by side."""
+    from harness.bench import format_rows, run_benchmarks
+
+    setup_logging(False)
+    with user_errors():
+        rows = run_benchmarks(
+            tuple(archs or ("resnet20", "vgg19")), batch_size=batch_size, repetitions=repetitions
+        )
+    typer.echo(format_rows(rows))
 
 
 def launch_if_needed(params: dict[str, Any]) -> None:
