@@ -26,7 +26,7 @@ from harness import config as configuration
 from harness.config import Config, OptimConfig, SparsityConfig
 from harness.console import Console
 from harness.data import Loaders, build_datasets, build_loaders
-from harness.distributed import DistInfo, all_reduce_sum, check_identical
+from harness.distributed import DistInfo, all_reduce_sum, broadcast_tensors, check_identical
 from harness.errors import UserError
 from harness.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
 from harness.models import build_model
@@ -273,6 +273,10 @@ def evaluate(session: Session, split: str) -> tuple[float, float] | tuple[None, 
     if loader is None:
         return None, None
     model = session.model
+    if session.dist.is_distributed:
+        # BatchNorm statistics drift apart during an epoch (each rank normalises its own batches; DDP
+        # re-syncs them only at the next forward): evaluate every shard with rank 0's, as the checkpoint does.
+        broadcast_tensors(session.dist, list(model.buffers()))
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=session.device)
@@ -358,7 +362,7 @@ def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
                         "kind": "train",
                         "step": session.step,
                         "epoch": session.step / session.steps_per_epoch,
-                        "train/loss": float(loss),
+                        "train/loss": float(loss.detach()),
                         "lr": lr,
                     }
                 )
