@@ -94,6 +94,22 @@ class SparsityConfig(Section):
     dense_first_layer: bool = False
     dense_classifier: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reset_unread(cls, data: Any) -> Any:
+        """Fields the method does not read go back to their defaults (sparsity to 0 for dense), so two
+        runs that differ only in ignored values have one config and one run id."""
+        from harness.sparse.methods import METHODS
+
+        if not isinstance(data, dict) or data.get("method") not in METHODS:
+            return data
+        reads = METHODS[data["method"]].reads
+        unread = set(_METHOD_FIELDS) - reads - ({"dense_first_layer", "dense_classifier"} if reads else set())
+        normalised = {key: value for key, value in data.items() if key not in unread}
+        if "sparsity" in unread:
+            normalised["sparsity"] = 0.0
+        return normalised
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -118,6 +134,25 @@ class SparsityConfig(Section):
                 f"regen_rate_min ({self.regen_rate_min}) must not exceed regen_rate ({self.regen_rate})"
             )
         return self
+
+
+# Every SparsityConfig field a method may or may not read (all but `method` itself).
+_METHOD_FIELDS = (
+    "sparsity",
+    "init_sparsity",
+    "distribution",
+    "erk_power",
+    "update_frequency",
+    "prune_start",
+    "prune_end",
+    "regen_rate",
+    "regen_rate_min",
+    "regen_until",
+    "growth",
+    "update_until",
+    "dense_first_layer",
+    "dense_classifier",
+)
 
 
 class TrackingConfig(Section):

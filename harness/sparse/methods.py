@@ -106,6 +106,9 @@ class SparsityMethod:
     name: ClassVar[str] = "dense"
     reference: ClassVar[str] = ""
     default_growth: ClassVar[str] = "gradient"
+    # The Hyperparameters fields the method reads: configs reset the others, so that runs differing
+    # only in values a method ignores are the same run.
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
         self.masks = masks
@@ -295,6 +298,7 @@ class Static(SparsityMethod):
     """A random mask at the final density, drawn per layer by the distribution (ERK by default), fixed."""
 
     name = "static"
+    reads = frozenset({"sparsity", "distribution", "erk_power"})
     reference = "fixed random sparse mask (e.g. Mocanu et al. 2018, Evci et al. 2020 as baseline)"
 
     def initial_density(self) -> float:
@@ -305,6 +309,17 @@ class GradualMagnitude(SparsityMethod):
     """GMP (Zhu & Gupta 2017): cubic schedule from s_i to s_f, global magnitude pruning at each event."""
 
     name = "gmp"
+    reads = frozenset(
+        {
+            "sparsity",
+            "init_sparsity",
+            "distribution",
+            "erk_power",
+            "update_frequency",
+            "prune_start",
+            "prune_end",
+        }
+    )
     reference = "Zhu & Gupta, To prune, or not to prune, 2017"
     layerwise = False
 
@@ -350,6 +365,7 @@ class GraNet(GradualMagnitude):
     """
 
     name = "granet"
+    reads = GradualMagnitude.reads | {"regen_rate", "regen_rate_min", "regen_until", "growth"}
     reference = (
         "Liu et al., Sparse Training via Boosting Pruning Plasticity with Neuroregeneration, NeurIPS 2021"
     )
@@ -378,6 +394,18 @@ class SET(SparsityMethod):
     """SET (Mocanu et al. 2018): fixed density from an ERK start; every dT drop by magnitude, grow at random."""
 
     name = "set"
+    reads = frozenset(
+        {
+            "sparsity",
+            "distribution",
+            "erk_power",
+            "update_frequency",
+            "regen_rate",
+            "regen_rate_min",
+            "growth",
+            "update_until",
+        }
+    )
     reference = "Mocanu et al., Scalable training of artificial neural networks with adaptive sparse connectivity, 2018"
     default_growth = "random"
 
