@@ -139,11 +139,18 @@ def teardown(info: DistInfo) -> None:
     if not info.is_distributed or not dist.is_initialized():
         return
     gc.collect()
+    barrier(info)
+    dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait until every rank gets here (bounded by the process-group timeout). A no-op for one process."""
+    if not info.is_distributed:
+        return
     if info.backend == "nccl":
         dist.barrier(device_ids=[info.local_rank])
     else:
         dist.barrier()
-    dist.destroy_process_group()
 
 
 def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:

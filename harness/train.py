@@ -26,7 +26,7 @@ from harness import config as configuration
 from harness.config import Config, OptimConfig, SparsityConfig
 from harness.console import Console
 from harness.data import Loaders, build_datasets, build_loaders
-from harness.distributed import DistInfo, all_reduce_sum, broadcast_tensors, check_identical
+from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
 from harness.errors import UserError
 from harness.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
 from harness.models import build_model
@@ -604,7 +604,10 @@ def run_training(
             if console is not None:
                 console.close()
         tracker.finish("completed", summary)
-        return RunResult(run_dir, summary)
+    # Rank 0 has written the summary and status: no rank may read this run's files (e.g. a plasticity
+    # probe reading its control's summary) before that.
+    barrier(dist)
+    return RunResult(run_dir, summary)
 
 
 def last_epoch(config: Config) -> int:
