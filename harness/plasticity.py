@@ -24,7 +24,7 @@ from torch import nn
 
 from harness import checkpoint as checkpoints
 from harness.config import Config, PlasticityConfig, deep_merge, validate
-from harness.distributed import DistInfo
+from harness.distributed import DistInfo, all_reduce_sum
 from harness.errors import UserError
 from harness.sparse import LayerUpdate, MaskUpdate, prune_fraction, regrow
 from harness.tracking import Tracker
@@ -214,9 +214,24 @@ def regrowth_gradient(session: Session) -> None:
         session.optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(inputs.to(session.device)), targets.to(session.device))
         loss.backward()
+    average_gradients(session)
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
+
+
+def average_gradients(session: Session) -> None:
+    """Under DDP, the gradient of the whole global batch on every rank (identical bits everywhere, so every
+    rank regrows the same weights); the bare model's backward above saw only this rank's share."""
+    if not session.dist.is_distributed:
+        return
+    gradients = [parameter.grad for parameter in session.model.parameters() if parameter.grad is not None]
+    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+    all_reduce_sum(session.dist, flat).div_(session.dist.world_size)
+    offset = 0
+    for gradient in gradients:
+        gradient.copy_(flat[offset : offset + gradient.numel()].view_as(gradient))
+        offset += gradient.numel()
 
 
 def record_masks(session: Session, tracker: Tracker, pruned: list[int], grown: list[int]) -> None:
