@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -522,11 +523,11 @@ class RunHooks(Hooks):
         self.tracker.log_masks(update.step, session.masks.as_dict())
 
     def epoch_end(self, session: Session) -> None:
-        check_masks(session, session.step)
         self.checkpoint()
 
     def checkpoint(self) -> Path:
         session = self.session
+        check_masks(session, session.step)
         state = session.state_dict(gather_rng(session.dist))
         path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
         if session.dist.is_main:
@@ -539,9 +540,39 @@ class RunHooks(Hooks):
         return path
 
 
+CHECKSUM_LOG_VARIABLE = "HARNESS_CHECKSUM_LOG"
+
+
 def check_masks(session: Session, step: int) -> None:
-    if session.dist.is_distributed:
-        check_identical(session.dist, session.masks.checksums(), session.masks.names, what="mask", step=step)
+    """Stop the run (MaskMismatchError on every rank) unless all ranks hold exactly the same masks."""
+    log_directory = os.environ.get(CHECKSUM_LOG_VARIABLE)
+    if not session.dist.is_distributed and not log_directory:
+        return
+    checksums = session.masks.checksums()
+    if log_directory:
+        append_checksums(Path(log_directory), session, step, checksums)
+    check_identical(session.dist, checksums, session.masks.names, what="mask", step=step)
+
+
+def append_checksums(directory: Path, session: Session, step: int, checksums: Tensor) -> None:
+    """Debug aid: every rank appends the checksums it compares to <directory>/rank<k>.jsonl (before the
+    comparison, so a mismatching run leaves the evidence), to verify agreement from outside the job."""
+    directory.mkdir(parents=True, exist_ok=True)
+    named = dict(zip(session.masks.names, checksums.tolist(), strict=True))
+    record = {"step": step, "rank": session.dist.rank, "checksums": named}
+    with open(directory / f"rank{session.dist.rank}.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def check_resume_point(session: Session) -> None:
+    """Every rank must start from the same step: each reads the run directory rank 0 writes."""
+    check_identical(
+        session.dist,
+        torch.tensor([session.step]),
+        ["optimizer steps"],
+        what="the resume point (is the runs directory on a file system every node shares?)",
+        step=session.step,
+    )
 
 
 def run_training(
@@ -568,6 +599,7 @@ def run_training(
         if resume_path is not None:
             session.load_state_dict(checkpoints.load_checkpoint(resume_path))
             log.info("resuming %s from epoch %d, step %d", run_id, session.epoch, session.step)
+        check_resume_point(session)
         tracker = open_tracker(
             run_dir,
             config.to_dict(),
@@ -645,6 +677,7 @@ def start(
         initial = session.method.initial_record()
         tracker.log({"kind": "mask_update", "step": 0, "epoch": 0, **initial.record()})
         tracker.log_masks(0, session.masks.as_dict())
+    check_masks(session, session.step)
     if session.epoch in session.config.run.keep_checkpoints:
         hooks.checkpoint()
 
