@@ -653,9 +653,13 @@ def run_lock(run_dir: Path, dist: DistInfo) -> Iterator[None]:
     if not dist.is_main:
         yield
         return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the run directory, never deleted: unlinking a lock file lets two waiters lock different inodes.
-    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as handle:
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the run directory, never deleted: unlinking a lock file lets two waiters lock different inodes.
+        handle = open(run_dir.parent / f".{run_dir.name}.lock", "w")
+    except OSError as error:
+        raise UserError(f"{run_dir}: cannot create the run directory ({error.strerror})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
