@@ -35,6 +35,8 @@ def top_k(scores: Tensor, k: int) -> Tensor:
         return torch.zeros(n, dtype=torch.bool, device=scores.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device)
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("scores contain NaN: cannot select weights (non-finite weights or gradients?)")
     threshold = kth_largest(scores, k).to(scores.device)
     keep = scores > threshold
     missing = k - int(keep.sum())

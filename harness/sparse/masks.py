@@ -69,6 +69,7 @@ class MaskSet:
         self.numels: list[int] = [weight.numel() for weight in self.weights]
         self.is_dense = True  # all-ones masks need no per-step work
         self._state_cache_key: tuple[int, ...] | None = None
+        self._state_owner: object = None
         self._state_tensors: list[Tensor] = []
         self._state_masks: list[Tensor] = []
 
@@ -143,12 +144,12 @@ class MaskSet:
         """Optimizer state tensors shaped like a masked weight, paired with that weight's mask.
 
         Built once and cached; the key changes when state is created lazily (first step) or replaced
-        (`optimizer.load_state_dict`), so a stale list is never used. Checking the key costs a couple of
-        look-ups for the whole set, not one per parameter.
+        (`optimizer.load_state_dict`), so a stale list is never used. Checking the key costs two cheap
+        reads for the whole set, not a look-up per parameter.
         """
-        first_state = optimizer.state.get(self.weights[0]) if self.weights else None
-        first_ids = tuple(id(value) for value in first_state.values()) if first_state else ()
-        key = (id(optimizer), len(optimizer.state), *first_ids)
+        # `load_state_dict` installs a new state dict object and lazy creation changes its length; the
+        # cached list holds a reference to the object, so its id cannot be reused by another one.
+        key = (id(optimizer.state), len(optimizer.state))
         if key != self._state_cache_key:
             tensors, masks = [], []
             for weight, mask in zip(self.weights, self.masks, strict=True):
@@ -157,6 +158,7 @@ class MaskSet:
                         tensors.append(value)
                         masks.append(mask)
             self._state_tensors, self._state_masks, self._state_cache_key = tensors, masks, key
+            self._state_owner = optimizer.state
         return self._state_tensors, self._state_masks
 
     # ----------------------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ class Hyperparameters:
             raise ValueError(
                 f"need 0 <= init_sparsity <= sparsity < 1, got {self.init_sparsity}, {self.sparsity}"
             )
+        if not 0.0 <= self.regen_rate_min <= self.regen_rate <= 1.0:
+            raise ValueError(
+                f"need 0 <= regen_rate_min <= regen_rate <= 1, got {self.regen_rate_min}, {self.regen_rate}"
+            )
         if self.regen_until not in ("end", "prune_end"):
             raise ValueError(f"regen_until must be 'end' or 'prune_end', got {self.regen_until!r}")
         if self.growth is not None and self.growth not in criteria.GROWTH_SCORES:
@@ -378,14 +382,17 @@ class GraNet(GradualMagnitude):
         if self.schedule.is_event(t):
             return True
         return (
-            self.hyper.regen_until == "end" and t > self.schedule.end and t % self.hyper.update_frequency == 0
+            self.hyper.regen_until == "end"
+            and self.schedule.end < t < self.hyper.total_steps
+            and t % self.hyper.update_frequency == 0
         )
 
     def update(self, t: int) -> MaskUpdate:
         target = self.target_density(t)
         pruned = self.prune_to(target) if self.schedule.is_event(t) else None
         rate = self.rate(t)
-        dropped, grown = self.regenerate(rate)
+        # Regrowing at the very last step would add weights that never train.
+        dropped, grown = self.regenerate(rate) if t < self.hyper.total_steps else (None, None)
         layers, counts = self._layers(pruned=pruned, dropped=dropped, grown=grown)
         return self._event(t, target, rate, layers, counts)
 
@@ -418,7 +425,8 @@ class SET(SparsityMethod):
         return 1.0 - self.hyper.sparsity
 
     def is_update_step(self, t: int) -> bool:
-        return t % self.hyper.update_frequency == 0 and t <= self.last_update
+        # Never at the very last step: regrown weights would never train.
+        return t % self.hyper.update_frequency == 0 and t <= self.last_update and t < self.hyper.total_steps
 
     def update(self, t: int) -> MaskUpdate:
         rate = self.rate(t)
