@@ -495,11 +495,20 @@ def gather_rng(dist: DistInfo) -> list[dict[str, Any]]:
 class RunHooks(Hooks):
     """Connects the loop to a run directory: tracker records, mask snapshots, checkpoints, DDP mask checks."""
 
-    def __init__(self, session: Session, tracker: Tracker, run_dir: Path, console: Console | None):
+    def __init__(
+        self,
+        session: Session,
+        tracker: Tracker,
+        run_dir: Path,
+        console: Console | None,
+        started: float | None = None,
+    ):
         self.session = session
         self.tracker = tracker
         self.run_dir = run_dir
         self.console = console
+        # time.perf_counter() when this process began the run: checkpoints count its wall time from here.
+        self.started = time.perf_counter() if started is None else started
         self.stop: Callable[[], bool] = lambda: False
 
     def log(self, record: dict[str, Any]) -> None:
@@ -529,6 +538,9 @@ class RunHooks(Hooks):
         session = self.session
         check_masks(session, session.step)
         state = session.state_dict(gather_rng(session.dist))
+        # The wall time so far, this process's included: a run killed without warning (SIGKILL, a lost
+        # node) resumes from this checkpoint, and its summary would otherwise leave out the time before.
+        state["elapsed"] = session.elapsed + time.perf_counter() - self.started
         path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
         if session.dist.is_main:
             checkpoints.save_checkpoint(path, state)
@@ -614,7 +626,7 @@ def run_training(
             if dist.is_main
             else None
         )
-        hooks = RunHooks(session, tracker, run_dir, console)
+        hooks = RunHooks(session, tracker, run_dir, console, started)
         try:
             with StopFlag(dist, config.tracking.log_every) as stop:
                 hooks.stop = stop
@@ -625,7 +637,6 @@ def run_training(
             if finish is not None:
                 finish(session, summary)
         except Interrupted:
-            session.elapsed += time.perf_counter() - started
             hooks.checkpoint()
             log.warning("interrupted at step %d; checkpoint written, the same command resumes", session.step)
             raise
