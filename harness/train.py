@@ -189,7 +189,9 @@ class Session:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best = Best(**state["best"])
         self.elapsed = float(state["elapsed"])
-        self.totals = state["totals"].to(self.device)
+        # The checkpoint holds the sums over all ranks: rank 0 carries them on, the others restart from 0.
+        totals = state["totals"].to(self.device)
+        self.totals = totals if self.dist.is_main else torch.zeros_like(totals)
         self.extra = dict(state.get("extra", {}))
         if rng:
             checkpoints.restore_rng_state(pick_rank_state(state["rng"], self.dist.rank))
@@ -541,6 +543,8 @@ class RunHooks(Hooks):
         # The wall time so far, this process's included: a run killed without warning (SIGKILL, a lost
         # node) resumes from this checkpoint, and its summary would otherwise leave out the time before.
         state["elapsed"] = session.elapsed + time.perf_counter() - self.started
+        # Every rank's running sums of the epoch, so a mid-epoch resume logs what an uninterrupted run does.
+        state["totals"] = all_reduce_sum(session.dist, session.totals.clone()).cpu()
         path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
         if session.dist.is_main:
             checkpoints.save_checkpoint(path, state)
