@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -509,11 +510,13 @@ def execute(device: str, work: Any) -> None:
         path = work(dist)
     except Interrupted as stopped:
         log.warning("%s", stopped)
+        # The traceback's frames still hold the model and its DDP wrapper, which must be gone before
+        # teardown (see harness.distributed.teardown).
+        traceback.clear_frames(stopped.__traceback__)
         teardown(dist)
         raise typer.Exit(3) from None
-    except UserError:
-        teardown(dist)
-        raise
+    # Any other failure, a UserError included, leaves without teardown: it may have happened on this rank
+    # only, and teardown's barrier would wait for peers that never arrive. torchrun stops the peers.
     except (MaskMismatchError, NonFiniteError) as failure:
         # A failed run with a clear cause: one line, no traceback; peers are stopped by torchrun.
         typer.echo(f"error: {failure}", err=True)
