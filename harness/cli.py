@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -159,10 +160,43 @@ def strip_launcher_options(argv: list[str]) -> list[str]:
 
 
 def relaunch(command: tuple[list[str], dict[str, str]] | list[str]) -> None:
+    from harness.sweep import die_with_parent
+
     argv, env = command if isinstance(command, tuple) else (command, {})
     log.info("launching: %s", " ".join(argv))
-    completed = subprocess.run(argv, env={**os.environ, **env}, check=False)
-    raise typer.Exit(completed.returncode)
+    # If this launcher is killed outright, torchrun gets SIGTERM (its workers checkpoint) instead of
+    # training on as an orphan that a re-run would race with.
+    process = subprocess.Popen(argv, env={**os.environ, **env}, preexec_fn=die_with_parent())
+    raise typer.Exit(wait_passing_on_stop(process))
+
+
+def wait_passing_on_stop(process: subprocess.Popen) -> int:
+    """Wait for the torchrun job; a SIGTERM sent to this launcher (by a sweep runner, a scheduler, `kill`)
+    is passed on once, so the workers checkpoint and stop. Ctrl-C is not passed on: the terminal delivers
+    it to torchrun and the workers themselves, and a second signal would cut torchrun's shutdown short.
+
+    Returns torchrun's exit code, or 3 (stopped, resumable) when a stop signal ended the job.
+    """
+    stops: list[int] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        if not stops:
+            process.send_signal(signum)
+        stops.append(signum)
+
+    def note(signum: int, frame: Any) -> None:
+        stops.append(signum)
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
+        signal.SIGINT: signal.signal(signal.SIGINT, note),
+    }
+    try:
+        code = process.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 3 if stops and code != 0 else code
 
 
 # ---------------------------------------------------------------------------------------------------------
