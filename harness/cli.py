@@ -362,7 +362,7 @@ def run(
             typer.echo(configuration.dump_yaml(config), nl=False)
             typer.echo(str(run_directory(config, world_size_of(params))))
             return
-        launch_if_needed(params)
+        launch_if_needed(params, config.optim.batch_size)
         execute(config.run.device, lambda dist: train_or_skip(config, dist))
 
 
@@ -417,7 +417,7 @@ def plasticity(
             for config in configs:
                 typer.echo(str(run_directory(config, world_size_of(params))))
             return
-        launch_if_needed(params)
+        launch_if_needed(params, configs[-1].optim.batch_size)
         execute(configs[-1].run.device, lambda dist: run_plasticity(configs, dist))
 
 
@@ -532,7 +532,7 @@ def bench(
     typer.echo(format_rows(rows))
 
 
-def launch_if_needed(params: dict[str, Any]) -> None:
+def launch_if_needed(params: dict[str, Any], batch_size: int) -> None:
     command = launcher_argv(
         params["nproc_per_node"],
         params["nnodes"],
@@ -541,6 +541,13 @@ def launch_if_needed(params: dict[str, Any]) -> None:
         params["max_restarts"],
     )
     if command is not None:
+        # Checked here too, so the mistake is one line now rather than one per rank after torchrun starts.
+        world_size = params["nproc_per_node"] * params["nnodes"]
+        if batch_size % world_size:
+            raise UserError(
+                f"optim.batch_size: the global batch size {batch_size} must be divisible by the "
+                f"number of processes ({world_size})"
+            )
         relaunch(command)
 
 
