@@ -107,7 +107,8 @@ def test_sigkill_after_a_checkpoint_then_the_same_command_ends_bit_identical(
 
     process = harness_cli.spawn(*argv)
     last = run_dir / "checkpoints" / "last.pt"
-    # Killed inside epoch 2, after the epoch-1 checkpoint and some logged steps it will have to forget.
+    # Killed inside epoch 2 (usually: a loaded machine may let it reach the epoch-2 checkpoint), after the
+    # epoch-1 checkpoint and some logged steps that the resume has to forget.
     wait_until(
         lambda: last.exists() and max(steps_logged(run_dir), default=0) >= STEPS_PER_EPOCH + 4, process
     )
@@ -118,7 +119,6 @@ def test_sigkill_after_a_checkpoint_then_the_same_command_ends_bit_identical(
     state = torch.load(last, weights_only=True)
     checkpointed = state["step"]
     assert checkpointed % STEPS_PER_EPOCH == 0 and checkpointed < EPOCHS * STEPS_PER_EPOCH
-    assert max(steps_logged(run_dir)) > checkpointed  # lines past the checkpoint exist until the resume
     # The killed process's wall time up to its checkpoint survives the kill ...
     assert state["elapsed"] > 0
 
