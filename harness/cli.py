@@ -195,8 +195,9 @@ def relaunch(command: tuple[list[str], dict[str, str]] | list[str]) -> None:
 
 def wait_passing_on_stop(process: subprocess.Popen) -> int:
     """Wait for the torchrun job; a SIGTERM sent to this launcher (by a sweep runner, a scheduler, `kill`)
-    is passed on once, so the workers checkpoint and stop. Ctrl-C is not passed on: the terminal delivers
-    it to torchrun and the workers themselves, and a second signal would cut torchrun's shutdown short.
+    is passed on once; torchrun passes it to the workers, which checkpoint and stop. Ctrl-C is not passed
+    on: the terminal delivers it to torchrun too (same process group), and a second signal would cut
+    torchrun's shutdown short.
 
     Returns torchrun's exit code, or 3 (stopped, resumable) when a stop signal ended the job.
     """
