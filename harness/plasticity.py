@@ -58,6 +58,12 @@ def probe_epochs(epochs: int, every: int) -> tuple[int, ...]:
 
 def base_config(recipe: Config, study: Study) -> Config:
     """Dense, or a fixed ERK mask at the pre-trained sparsity, keeping every probe epoch's checkpoint."""
+    # Checked here, not by the config: a bad value would otherwise surface as another field's error
+    # (sparsity.sparsity), a garbled list of kept epochs, or, for probe_every 0, the default in silence.
+    if study.probe_every is not None and study.probe_every < 1:
+        raise UserError(f"probe_every: must be a positive number of epochs (got {study.probe_every})")
+    if not 0.0 <= study.pretrained_sparsity < 1.0:
+        raise UserError(f"pretrained_sparsity: must be in [0, 1) (got {study.pretrained_sparsity})")
     epochs = recipe.optim.epochs
     every = study.probe_every or default_probe_every(epochs)
     kept = probe_epochs(epochs, every)
