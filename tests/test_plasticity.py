@@ -153,6 +153,30 @@ def test_probe_at_an_epoch_the_base_does_not_keep_is_a_one_line_error(
     assert sorted(runs_dir.rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--probe-every", "0", "probe_every: must be a positive number of epochs (got 0)"),
+        ("--probe-every", "-3", "probe_every: must be a positive number of epochs (got -3)"),
+        ("--pretrained-sparsity", "1.0", "pretrained_sparsity: must be in [0, 1) (got 1.0)"),
+        ("--pretrained-sparsity", "-0.2", "pretrained_sparsity: must be in [0, 1) (got -0.2)"),
+        ("--pruning-rate", "1.5", "plasticity.pruning_rate: Input should be less than or equal to 1 (got 1.5)"),
+        ("--criterion", "weights", "plasticity.criterion: Input should be 'global', 'layerwise' or 'filter' "
+                                   "(got 'weights')"),  # fmt: skip
+        ("--stage", "all", "--stage: 'all' is not one of base, control, probe"),
+    ],
+)
+def test_bad_study_parameters_are_one_line_errors(
+    harness_cli: HarnessCli, option: str, value: str, message: str
+) -> None:
+    argv = study_argv(harness_cli, harness_cli.runs_dir, 0.0, "--pruning-rate", "0.5")
+    argv[argv.index("--probe-every") + 1] = "1"  # keeps epoch 1; the option under test may override it
+    result = harness_cli.invoke(*argv, option, value)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {message}\n"
+    assert not harness_cli.runs_dir.exists()
+
+
 def test_probe_whose_base_lost_the_checkpoint_is_a_one_line_error(
     harness_cli: HarnessCli, runs_dir: Path
 ) -> None:
