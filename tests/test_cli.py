@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import HarnessCli
 
@@ -79,6 +80,52 @@ def test_unknown_method_is_a_user_error(harness_cli: HarnessCli) -> None:
     valid = "dense, static, gmp, gmp-layerwise, granet, rigl, set"
     assert_user_error(result, f"sparsity.method: unknown method 'lottery'; valid: {valid}")
     assert not harness_cli.runs_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "method: missing; give it as the first argument or with --method (e.g. granet)"),
+        (["granet", "--method", "gmp"], "method: given twice with different values ('granet' and 'gmp')"),
+        (
+            ["granet", "--device", "cuda"],
+            "run.device: 'cuda' was requested but no GPU is available; use 'cpu' or 'auto'",
+        ),
+        (["granet", "--epochs", "0"], "optim.epochs: Input should be greater than or equal to 1 (got 0)"),
+        (
+            ["granet", "--nnodes", "2"],
+            "--rdzv-endpoint: required with --nnodes > 1 (host:port of the rendezvous)",
+        ),
+    ],
+)
+def test_method_device_and_launcher_mistakes_are_user_errors(
+    harness_cli: HarnessCli, argv: list[str], message: str
+) -> None:
+    if "--device" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_user_error(harness_cli.invoke("run", *argv, *harness_cli.mnist1d(epochs=None)), message)
+    assert not harness_cli.runs_dir.exists()
+
+
+def test_sweep_spellings_resolve_to_the_same_run(harness_cli: HarnessCli) -> None:
+    """W&B agents pass `--method granet` and underscored names; they must address the same run directory."""
+    dashed = harness_cli.invoke(
+        "run",
+        "granet",
+        *harness_cli.mnist1d(),
+        "--init-sparsity",
+        "0.5",
+        "--update-frequency",
+        "7",
+        "--dry-run",
+    )
+    underscored = harness_cli.invoke(
+        "run", "--method", "granet", *[arg.replace("--batch-size", "--batch_size") for arg in harness_cli.mnist1d()],
+        "--init_sparsity", "0.5", "--update_frequency", "7", "--dry-run",
+    )  # fmt: skip
+    assert dashed.exit_code == underscored.exit_code == 0
+    assert dashed.stdout == underscored.stdout
+    assert "init_sparsity: 0.5\n" in dashed.stdout and "update_frequency: 7\n" in dashed.stdout
 
 
 def test_missing_cifar10_without_network_is_a_user_error_in_a_real_process(

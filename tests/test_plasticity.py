@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import HarnessCli, RunFiles
 
 from harness import data, plasticity
+from harness.config import load_config_file
 
 STEPS_PER_EPOCH = 9
 PROBE_EPOCH = 1
@@ -138,6 +140,23 @@ def test_probe_summary_control_and_base(harness_cli: HarnessCli, runs_dir: Path)
     assert all(torch.equal(continued["model"][name], kept["model"][name]) for name in kept["model"])
 
 
+def test_dry_run_names_the_directories_the_study_writes(harness_cli: HarnessCli, runs_dir: Path) -> None:
+    argv = study_argv(harness_cli, runs_dir, 0.0, "--pruning-rate", "0.5", "--criterion", "layerwise")
+    before = sorted(runs_dir.rglob("*"))
+    dry = harness_cli.invoke(*argv, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert sorted(runs_dir.rglob("*")) == before
+    *config_lines, base_dir, control_dir, probe_dir = dry.stdout.splitlines()
+
+    files = probe(harness_cli, runs_dir, 0.0, "--pruning-rate", "0.5", "--criterion", "layerwise")
+    assert probe_dir == str(files.path)
+    assert base_dir == str(runs_dir / files.summary["base_run"])
+    assert control_dir == str(runs_dir / files.summary["control_run"])
+    printed = yaml.safe_load("\n".join(config_lines))
+    assert printed == load_config_file(files.path / "config.yaml").to_dict()
+    assert printed["plasticity"]["criterion"] == "layerwise" and printed["tracking"]["job_type"] == "probe"
+
+
 def test_probe_at_an_epoch_the_base_does_not_keep_is_a_one_line_error(
     harness_cli: HarnessCli, runs_dir: Path
 ) -> None:
@@ -160,9 +179,16 @@ def test_probe_at_an_epoch_the_base_does_not_keep_is_a_one_line_error(
         ("--probe-every", "-3", "probe_every: must be a positive number of epochs (got -3)"),
         ("--pretrained-sparsity", "1.0", "pretrained_sparsity: must be in [0, 1) (got 1.0)"),
         ("--pretrained-sparsity", "-0.2", "pretrained_sparsity: must be in [0, 1) (got -0.2)"),
-        ("--pruning-rate", "1.5", "plasticity.pruning_rate: Input should be less than or equal to 1 (got 1.5)"),
-        ("--criterion", "weights", "plasticity.criterion: Input should be 'global', 'layerwise' or 'filter' "
-                                   "(got 'weights')"),  # fmt: skip
+        (
+            "--pruning-rate",
+            "1.5",
+            "plasticity.pruning_rate: Input should be less than or equal to 1 (got 1.5)",
+        ),
+        (
+            "--criterion",
+            "weights",
+            "plasticity.criterion: Input should be 'global', 'layerwise' or 'filter' (got 'weights')",
+        ),  # fmt: skip
         ("--stage", "all", "--stage: 'all' is not one of base, control, probe"),
     ],
 )
