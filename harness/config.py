@@ -94,22 +94,6 @@ class SparsityConfig(Section):
     dense_first_layer: bool = False
     dense_classifier: bool = False
 
-    @model_validator(mode="before")
-    @classmethod
-    def _reset_unread(cls, data: Any) -> Any:
-        """Fields the method does not read go back to their defaults (sparsity to 0 for dense), so two
-        runs that differ only in ignored values have one config and one run id."""
-        from harness.sparse.methods import METHODS
-
-        if not isinstance(data, dict) or data.get("method") not in METHODS:
-            return data
-        reads = METHODS[data["method"]].reads
-        unread = set(_METHOD_FIELDS) - reads - ({"dense_first_layer", "dense_classifier"} if reads else set())
-        normalised = {key: value for key, value in data.items() if key not in unread}
-        if "sparsity" in unread:
-            normalised["sparsity"] = 0.0
-        return normalised
-
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
@@ -134,6 +118,26 @@ class SparsityConfig(Section):
                 f"regen_rate_min ({self.regen_rate_min}) must not exceed regen_rate ({self.regen_rate})"
             )
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _reset_unread(cls, data: Any, handler: Any) -> Any:
+        """Fields the method does not read go back to their defaults (sparsity to 0 for dense), so two
+        runs that differ only in ignored values have one config and one run id. Every value given is
+        validated first, ignored or not."""
+        from harness.sparse.methods import METHODS
+
+        validated = handler(data)
+        reads = METHODS[validated.method].reads
+        unread = set(_METHOD_FIELDS) - reads - ({"dense_first_layer", "dense_classifier"} if reads else set())
+        defaults = {name: cls.model_fields[name].default for name in unread}
+        if "sparsity" in unread:
+            defaults["sparsity"] = 0.0
+        changed = {name: value for name, value in defaults.items() if getattr(validated, name) != value}
+        if not changed:
+            return validated
+        # Validated again from the reset values (not copied), so that construction through __init__ works too.
+        return handler({**validated.model_dump(), **changed})
 
 
 # Every SparsityConfig field a method may or may not read (all but `method` itself).
@@ -180,7 +184,8 @@ class PlasticityConfig(Section):
 
     base_run: str  # `<group>/<run-id>` of the base run, relative to the runs directory
     probe_epoch: int = Field(ge=0)  # completed epochs of the base run when pruning happens
-    pruning_rate: float = Field(ge=0, le=1)  # fraction of the remaining weights (0 = the unpruned control)
+    # Fraction of the remaining weights, in [0, 1): 0 is the unpruned control; 1 would leave nothing to train.
+    pruning_rate: float = Field(ge=0, lt=1)
     criterion: Literal["global", "layerwise", "filter"] = "global"
     regeneration: bool = False
     continue_epochs: int | None = Field(None, ge=0)  # None = to the end of the base schedule

@@ -146,6 +146,8 @@ def add_outcome(session: Session, summary: dict[str, Any]) -> None:
     """acc_continue is the probe's final test accuracy; plasticity = acc_continue - acc_pre."""
     summary.update(session.extra["probe"])
     summary["acc_continue"] = summary["test_acc"]
+    # What the probe trained at, not the base method's target (0 for a dense base).
+    summary["sparsity"] = 1.0 - summary["density"]
     summary["plasticity"] = summary["acc_continue"] - summary["acc_pre"]
     if summary["pruning_rate"] == 0:
         summary["acc_control"] = summary["acc_continue"]
