@@ -444,14 +444,17 @@ def sweep(
     dry_run: Annotated[
         bool, option("--dry-run", help="list what would run and what is complete, then exit")
     ] = False,
+    nproc_per_node: NprocPerNode = 1,
     verbose: Verbose = False,
 ) -> None:
     """Run every grid point of a sweep file locally: dependencies first, completed runs skipped."""
     from harness.sweep import run_sweep
 
     setup_logging(verbose)
+    # Every run of the sweep on N processes (a grid parameter `nproc-per-node` does the same per point).
+    extra_args = [f"--nproc-per-node={nproc_per_node}"] if nproc_per_node != 1 else []
     with user_errors():
-        code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run)
+        code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run, extra_args=extra_args)
     raise typer.Exit(code)
 
 
