@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
 import urllib.error
 from collections.abc import Callable, Iterator, Sequence
@@ -427,6 +428,7 @@ class TrainLoader:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             generator=generator,
+            worker_init_fn=_ignore_stop_signals,
         )
         return iter(loader)
 
@@ -468,8 +470,20 @@ class EvalLoader:
             pin_memory=self.pin_memory,
             # Its own generator: otherwise creating the iterator draws from the global RNG.
             generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_ignore_stop_signals,
         )
         return iter(loader)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the main process, which finishes its step and checkpoints.
+
+    A scheduler that signals the whole process group (preemption) would otherwise kill the workers
+    first, and the main process would fail waiting for a batch instead of checkpointing; the workers
+    still exit with the main process (the DataLoader shuts them down).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _chunks(indices: Tensor, size: int) -> list[Tensor]:
