@@ -206,7 +206,12 @@ def pick_rank_state(rng: Any, rank: int) -> Any:
 
 def build_session(config: Config, dist: DistInfo) -> Session:
     device = resolve_device(config.run.device, dist)
+    # Rank 0 first: a download or a dataset generation must not run on every rank into the same folder.
+    if not dist.is_main:
+        barrier(dist)
     datasets = build_datasets(config.data)
+    if dist.is_main:
+        barrier(dist)
     loaders = build_loaders(
         datasets,
         global_batch_size=config.optim.batch_size,

@@ -182,7 +182,7 @@ def test_probe_at_an_epoch_the_base_does_not_keep_is_a_one_line_error(
         (
             "--pruning-rate",
             "1.5",
-            "plasticity.pruning_rate: Input should be less than or equal to 1 (got 1.5)",
+            "plasticity.pruning_rate: Input should be less than 1 (got 1.5)",
         ),
         (
             "--criterion",
