@@ -72,6 +72,7 @@ SWEEP_KEYS = frozenset(
 DISTRIBUTION_KEYS = ("distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
 RUNS_DIR_FLAG = "--runs-dir"
 LOG_TAIL_LINES = 12
+MAX_LOG_TAILS = 5  # failures whose log tail the final report shows
 POLL_SECONDS = 0.2
 
 
@@ -597,7 +598,13 @@ def judge(job: Job, code: int) -> Outcome:
     if code == 0 and is_completed(job.run_dir):
         return Outcome(job, COMPLETED)
     if code == 0:
-        return Outcome(job, FAILED, f"exited 0 but {job.run_dir / 'status'} is {read_status(job.run_dir)!r}")
+        # The run went to another directory than planned: the recipes or the code changed since planning.
+        return Outcome(
+            job,
+            FAILED,
+            f"exited 0 but {job.run_dir / 'status'} is {read_status(job.run_dir)!r} "
+            "(did the harness code or a recipe change while the sweep ran?)",
+        )
     if code == 3:
         return Outcome(job, STOPPED, "stopped by a signal (exit code 3); re-run the sweep to resume")
     if code < 0:
@@ -658,11 +665,14 @@ def format_report(sweep: Sweep, outcomes: Sequence[Outcome]) -> str:
     problems = [outcome for outcome in outcomes if outcome.state in (FAILED, BLOCKED, STOPPED)]
     if problems:
         lines.append("not completed:")
+    tails_left = MAX_LOG_TAILS
     for outcome in problems:
         lines.append(f"  {outcome.state}: {outcome.job.run_dir} ({outcome.detail})")
         if outcome.state == FAILED:
             lines.append(f"    log: {outcome.job.log_path}")
-            lines += [f"    | {line}" for line in tail(outcome.job.log_path)]
+            if tails_left > 0:  # many failures usually share one cause: the first few logs show it
+                lines += [f"    | {line}" for line in tail(outcome.job.log_path)]
+                tails_left -= 1
     return "\n".join(lines) + "\n"
 
 

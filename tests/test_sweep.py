@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -324,26 +325,28 @@ def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "points", "sample"),
+    ("name", "points"),
     [
-        ("plasticity", 2 * 3 * 16 * 4 * 2, None),
-        ("plasticity-structured", 2 * 3 * 4 * 16 * 4 * 2, None),
-        ("plasticity-mnist1d", 8 * 4 * 2, "all"),
-        ("granet-cifar10", 3 * 6 * 3 * 2 * 3, None),
-        ("granet-cifar100", 6 * 3 * 2 * 3, None),
-        ("granet-mnist1d", 6 * 3 * 2 * 3, "all"),
+        ("plasticity", 2 * 3 * 16 * 4 * 2),
+        ("plasticity-structured", 2 * 3 * 4 * 16 * 4 * 2),
+        ("plasticity-mnist1d", 8 * 4 * 2),
+        ("granet-cifar10", 3 * 6 * 3 * 2 * 3),
+        ("granet-cifar100", 6 * 3 * 2 * 3),
+        ("granet-mnist1d", 6 * 3 * 2 * 3),
     ],
 )
-def test_shipped_sweep_files_expand_and_plan(name, points, sample):
+def test_shipped_sweep_files_expand_and_plan(name, points):
+    """Grid sizes, and the first, middle and last points plan (the CPU sweeps are planned whole below)."""
     loaded = sweep.load_sweep(SWEEPS / f"{name}.yaml")
     grid = sweep.grid_points(loaded)
     assert len(grid) == points
-    chosen = grid if sample == "all" else [grid[0], grid[len(grid) // 2], grid[-1]]
-    for point in chosen:
+    for point in (grid[0], grid[len(grid) // 2], grid[-1]):
         command = sweep.agent_command(loaded, point)
         assert command[:2] == ["/usr/bin/env", "harness"]
         planned = cli.plan_invocation(sweep.harness_argv(command, loaded.path).argv)
-        assert planned[-1].run_dir.parent.name in ("plasticity", "default")
+        assert planned[-1].run_dir.parent.name == (
+            "plasticity" if name.startswith("plasticity") else "default"
+        )
 
 
 def test_the_cpu_plasticity_sweep_is_one_base_eight_controls_and_its_probes():
@@ -353,6 +356,13 @@ def test_the_cpu_plasticity_sweep_is_one_base_eight_controls_and_its_probes():
     assert kinds.count("control") == 8
     assert kinds.count("probe") == 8 * 4 * 2
     assert sum("-regen-" in job.run_dir.name for job in jobs) == 8 * 4
+
+
+def test_the_cpu_comparison_runs_each_distinct_experiment_once():
+    """Grid points differing only in settings a method ignores share one run (dense at any sparsity...)."""
+    jobs = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "granet-mnist1d.yaml"), runs_dir=Path("r"))
+    methods = Counter(job.run_dir.name.split("-")[0] for job in jobs)
+    assert methods == {"dense": 3, "rigl": 9, "set": 9, "static": 9, "gmp": 18, "granet": 18}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -416,7 +426,10 @@ def chain(root: Path, prefix: str) -> list[Job]:
     def job(name: str, *needs: str) -> Job:
         run_dir = root / "g" / f"{prefix}{name}"
         return Job(
-            run_dir, (name,), tuple(root / "g" / f"{prefix}{need}" for need in needs), root / f"{name}.log"
+            run_dir,
+            (name,),
+            tuple(root / "g" / f"{prefix}{need}" for need in needs),
+            root / f"{prefix}{name}.log",
         )
 
     return [job("base"), job("control", "base"), job("probe1", "control"), job("probe2", "control")]
@@ -505,6 +518,21 @@ def test_run_sweep_reports_failures_with_their_log_tail_and_exits_1(tmp_path):
     ]
 
 
+def test_the_report_shows_the_log_tails_of_the_first_failures_only(tmp_path):
+    jobs = chain(tmp_path, "a-") + chain(tmp_path, "b-")
+    for job in jobs:
+        job.log_path.write_text(f"last words of {job.name}\n")
+    outcomes = [Outcome(job, FAILED, "exit code 1") for job in jobs[:7]] + [
+        Outcome(jobs[7], BLOCKED, "needs x")
+    ]
+    report = sweep.format_report(sweep.load_sweep(synthetic_plasticity(tmp_path)), outcomes).splitlines()
+    assert sum(line.startswith("    log: ") for line in report) == 7
+    assert [line for line in report if line.startswith("    | ")] == [
+        f"    | last words of {job.name}" for job in jobs[: sweep.MAX_LOG_TAILS]
+    ]
+    assert report[-1] == f"  {BLOCKED}: {jobs[7].run_dir} (needs x)"
+
+
 def test_dry_run_lists_what_would_run_and_what_is_complete(tmp_path):
     path = synthetic_plasticity(tmp_path)
     runs = tmp_path / "runs"
@@ -547,7 +575,9 @@ def test_stopping_the_runner_stops_children_and_reports_them_resumable(tmp_path)
 
 def test_judge_trusts_the_run_directory_not_only_the_exit_code(tmp_path):
     job = chain(tmp_path, "a-")[0]
-    assert sweep.judge(job, 0) == Outcome(job, FAILED, f"exited 0 but {job.run_dir / 'status'} is None")
+    mismatch = sweep.judge(job, 0)
+    assert mismatch.state == FAILED
+    assert mismatch.detail.startswith(f"exited 0 but {job.run_dir / 'status'} is None (did the harness code")
     job.run_dir.mkdir(parents=True)
     (job.run_dir / "status").write_text("completed\n")
     assert sweep.judge(job, 0).state == COMPLETED
@@ -643,12 +673,19 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
     runs = tmp_path / "runs"
     jobs = sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs)
 
+    def epochs_done(job: Job) -> int:
+        metrics = job.run_dir / "metrics.jsonl"
+        return metrics.read_text().count('"kind": "epoch"') if metrics.exists() else 0
+
     def midway() -> bool:
+        """One run completed and the next checkpointed, with half its epochs still to go: a wide window."""
         done = [job for job in jobs if sweep.is_completed(job.run_dir)]
         started = [
             job
             for job in jobs
-            if not sweep.is_completed(job.run_dir) and (job.run_dir / "checkpoints" / "last.pt").exists()
+            if not sweep.is_completed(job.run_dir)
+            and (job.run_dir / "checkpoints" / "last.pt").exists()
+            and epochs_done(job) <= 3
         ]
         return bool(done) and bool(started)
 
