@@ -303,6 +303,7 @@ def plan_jobs(sweep: Sweep, *, runs_dir: Path | None = None, extra_args: Sequenc
     """
     from harness.cli import plan_invocation
 
+    check_boolean_flags(sweep)
     jobs: dict[Path, Job] = {}
     depth: dict[Path, int] = {}
     for point in grid_points(sweep):
@@ -327,6 +328,18 @@ def plan_jobs(sweep: Sweep, *, runs_dir: Path | None = None, extra_args: Sequenc
             )
     # Stable: within a depth, grid order. All base runs first lets independent work start early.
     return sorted(jobs.values(), key=lambda job: depth[job.run_dir])
+
+
+def check_boolean_flags(sweep: Sweep) -> None:
+    """The harness CLI's booleans are `--flag/--no-flag`, which reject the `--flag=True` that ${args} writes."""
+    if "${args}" not in sweep.command:
+        return
+    for name, values in sweep.parameters.items():
+        if any(isinstance(value, bool) for value in values):
+            raise UserError(
+                f"{sweep.path}: parameters.{name}: ${{args}} passes booleans as --{name}=True/False, which "
+                "the harness CLI rejects; use ${args_no_boolean_flags} in command"
+            )
 
 
 def log_path(run_dir: Path, sweep_name: str) -> Path:

@@ -306,6 +306,25 @@ def test_plan_shares_base_and_control_and_orders_dependencies_first(tmp_path):
     assert base.log_path == runs / ".sweeps" / "tiny" / f"{base.run_dir.name}.log"
 
 
+def test_booleans_under_plain_args_are_refused_with_the_macro_to_use(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        {
+            "dataset": {"value": "synthetic"},
+            "probe_epoch": {"value": 1},
+            "pruning_rate": {"value": 0.5},
+            "regeneration": {"values": [False, True]},
+        },
+        command=["${env}", "${program}", "plasticity", "${args}"],
+    )
+    with pytest.raises(UserError) as raised:
+        sweep.plan_jobs(sweep.load_sweep(path))
+    assert str(raised.value) == (
+        f"{path}: parameters.regeneration: ${{args}} passes booleans as --regeneration=True/False, which "
+        "the harness CLI rejects; use ${args_no_boolean_flags} in command"
+    )
+
+
 def test_runs_dir_argument_overrides_the_sweeps_own(tmp_path):
     path = synthetic_plasticity(tmp_path, runs_dir={"value": str(tmp_path / "theirs")})
     own = sweep.plan_jobs(sweep.load_sweep(path))
