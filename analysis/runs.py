@@ -91,9 +91,10 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_row(config: Mapping[str, Any], summary: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """The one place a run becomes a row, whichever the source: meta, then config, then summary columns."""
     row: dict[str, Any] = {column: meta.get(column) for column in META_COLUMNS}
-    # W&B adds `_wandb` to the config; a section set to None (e.g. `plasticity` of ordinary runs) is absent.
+    # Only the config's sections (mappings) are columns: W&B adds `_wandb`, a W&B sweep adds its parameters
+    # as top-level scalars, and a section set to None (`plasticity` of ordinary runs) is absent.
     sections = {
-        key: value for key, value in config.items() if not str(key).startswith("_") and value is not None
+        key: value for key, value in config.items() if not str(key).startswith("_") and isinstance(value, Mapping)
     }
     # Sorted so that both sources give the same column order (W&B does not keep the YAML's key order).
     row.update(sorted(flatten(sections).items()))
@@ -241,9 +242,11 @@ def _wandb_rows(project: str, api: Any, filters: dict[str, Any] | None) -> Itera
         raise UserError(f"wandb project {project!r}: expected ENTITY/PROJECT")
     # lazy=False fetches config and summary with the run list instead of one request per run.
     for run in _wandb_api(api).runs(project, filters=filters, per_page=500, lazy=False):
+        # A run started by a W&B sweep agent has the agent's id; the harness's run id is its name.
+        run_id = run.name or run.id
         meta = {
-            "run_key": f"{run.group}/{run.id}",
-            "run_id": run.id,
+            "run_key": f"{run.group}/{run_id}",
+            "run_id": run_id,
             "group": run.group,
             "job_type": run.job_type,
             "status": _WANDB_STATES.get(run.state, run.state),

@@ -54,7 +54,8 @@ Epochs = Annotated[
 BatchSize = Annotated[int | None, option("--batch-size", help="global batch size (divided among processes)")]
 LearningRate = Annotated[float | None, option("--lr", help="peak learning rate")]
 Seed = Annotated[int | None, option("--seed", help="random seed (part of the run id)")]
-Sparsity = Annotated[float | None, option("--sparsity", help="final sparsity s_f in [0, 1)")]
+# `--final-sparsity` too: a W&B sweep parameter named `sparsity` would clash with the config section.
+Sparsity = Annotated[float | None, option("--sparsity", "--final-sparsity", help="final sparsity s_f in [0, 1)")]
 InitSparsity = Annotated[float | None, option("--init-sparsity", help="GraNet's initial sparsity s_i")]
 UpdateFrequency = Annotated[int | None, option("--update-frequency", help="steps between mask updates (dT)")]
 RunsDir = Annotated[Path | None, option("--runs-dir", help="root of the run store (default: runs)")]
@@ -427,8 +428,12 @@ def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
     from harness.train import run_training
 
     path = None
-    for config in configs:
-        result = run_training(config, dist) if config.plasticity is None else run_probe(config, dist)
+    for index, config in enumerate(configs):
+        target = index == len(configs) - 1  # what a W&B sweep agent launched this command for
+        if config.plasticity is None:
+            result = run_training(config, dist, sweep_run=target)
+        else:
+            result = run_probe(config, dist, sweep_run=target)
         if result.skipped:
             log.info("already completed: %s", result.run_dir)
         path = result.run_dir

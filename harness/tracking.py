@@ -18,11 +18,12 @@ failure (import, init, log, artifact, finish) logs one warning and leaves the lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -317,8 +318,12 @@ def open_tracker(
     tags: list[str],
     is_main: bool,
     resume_step: int | None,
+    sweep_run: bool = True,
 ) -> Tracker:
     """Start (or resume) tracking one run; non-main ranks get a Tracker that does nothing.
+
+    Under a W&B sweep agent, `sweep_run` says whether this is the run the agent launched the command for
+    (see `WandbMirror.open`); a plasticity probe's base and control runs are not.
 
     `config` is the resolved config as a nested dict (`Config.to_dict()`). With `resume_step=None` the
     run starts fresh: earlier metrics, summary and mask snapshots in `run_dir` are removed. With a step,
@@ -343,6 +348,7 @@ def open_tracker(
             run_id=run_id,
             tags=tags,
             resumed=resume_step is not None,
+            sweep_run=sweep_run,
         )
     return RunTracker(store, mirror, mask_snapshots=tracking.mask_snapshots)
 
@@ -372,8 +378,15 @@ class WandbMirror:
         run_id: str,
         tags: list[str],
         resumed: bool,
+        sweep_run: bool = True,
     ) -> WandbMirror | None:
-        """A mirror onto a new or resumed W&B run, or None (after one warning) if W&B cannot start."""
+        """A mirror onto a new or resumed W&B run, or None (after one warning) if W&B cannot start.
+
+        Under `wandb agent` (WANDB_SWEEP_ID and WANDB_RUN_ID set) the sweep's run is the agent's: it keeps
+        the agent's run id (the local run id becomes its name) and is online, since a sweep sees only
+        online runs. Runs the command needs first (a probe's base and control) are mirrored as ordinary
+        runs of the project, outside the sweep.
+        """
         try:
             import wandb
         except ImportError as error:
@@ -382,6 +395,10 @@ class WandbMirror:
             )
             return None
         mode = tracking.wandb
+        agent = _agent_run_id()
+        wandb_id = run_id
+        if agent is not None and sweep_run:
+            wandb_id, mode = agent, "online"
         try:
             if mode == "online" and not _has_credentials(wandb):
                 logger.warning(
@@ -390,21 +407,22 @@ class WandbMirror:
                     run_dir / "wandb",
                 )
                 mode = "offline"
-            run = wandb.init(
-                project=tracking.wandb_project,
-                entity=tracking.wandb_entity,
-                # WANDB_DIR, when set, wins; otherwise W&B's files go to <run_dir>/wandb.
-                dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
-                id=run_id,
-                name=run_id,
-                group=tracking.group,
-                job_type=tracking.job_type,
-                tags=list(tags),
-                config=dict(config),
-                mode=mode,
-                resume="allow",
-                settings=_wandb_settings(wandb),
-            )
+            with _outside_sweep(agent is not None and not sweep_run):
+                run = wandb.init(
+                    project=tracking.wandb_project,
+                    entity=tracking.wandb_entity,
+                    # WANDB_DIR, when set, wins; otherwise W&B's files go to <run_dir>/wandb.
+                    dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
+                    id=wandb_id,
+                    name=run_id,
+                    group=tracking.group,
+                    job_type=tracking.job_type,
+                    tags=list(tags),
+                    config=dict(config),
+                    mode=mode,
+                    resume="allow",
+                    settings=_wandb_settings(wandb),
+                )
             run.define_metric("step")
             run.define_metric("*", step_metric="step")
         except (
@@ -464,6 +482,30 @@ class WandbMirror:
             run.finish(exit_code=1)
         except Exception as finish_error:  # already warned; the run must go on
             logger.debug("W&B finish after failure also failed: %s", finish_error)
+
+
+def _agent_run_id() -> str | None:
+    """The run id a W&B sweep agent assigned to this command, if the command runs under one."""
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return os.environ.get("WANDB_RUN_ID")
+    return None
+
+
+@contextlib.contextmanager
+def _outside_sweep(active: bool) -> Iterator[None]:
+    """Hide the agent's variables while W&B starts a run that must not join the sweep."""
+    if not active:
+        yield
+        return
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name in _AGENT_VARIABLES}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+# What `wandb agent` sets for the command it launches (wandb/sdk/launch/sweeps, wandb/agents).
+_AGENT_VARIABLES = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME")
 
 
 def _has_credentials(wandb: Any) -> bool:

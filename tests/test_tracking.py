@@ -453,3 +453,55 @@ def test_wandb_failure_mid_run_warns_once_and_the_local_store_keeps_everything(
     assert not tracker.mirror.active
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 11
     assert (tmp_path / "run" / "status").read_text() == "completed\n"
+
+
+class _RecordingWandb:
+    """Stands in for the wandb module's init: records its arguments and the agent's variables it saw."""
+
+    def __init__(self, monkeypatch) -> None:
+        import wandb
+
+        self.calls: list[dict] = []
+        monkeypatch.setattr(wandb, "init", self.init)
+
+    def init(self, **kwargs):
+        import os
+
+        seen = {name: os.environ.get(name) for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID")}
+        self.calls.append({**kwargs, "environment": seen})
+
+        class Run:
+            dir = "unused"
+
+            def define_metric(self, *args, **kwargs) -> None:
+                pass
+
+        return Run()
+
+
+@pytest.mark.parametrize("sweep_run", [True, False])
+def test_under_a_sweep_agent_only_the_launched_run_joins_the_sweep(tmp_path: Path, monkeypatch, sweep_run) -> None:
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun9")
+    recorder = _RecordingWandb(monkeypatch)
+    monkeypatch.setattr(tracking, "_has_credentials", lambda wandb: True)
+
+    mirror = tracking.WandbMirror.open(
+        tmp_path, {"data": {}}, tracking=TrackingConfig(), run_id="granet-x-1", tags=[], resumed=False,
+        sweep_run=sweep_run,
+    )  # fmt: skip
+
+    assert mirror is not None and len(recorder.calls) == 1
+    call = recorder.calls[0]
+    assert call["name"] == "granet-x-1"
+    if sweep_run:
+        # The agent's run: its id, online (a sweep sees only online runs) though the config says offline.
+        assert (call["id"], call["mode"]) == ("agentrun9", "online")
+        assert call["environment"] == {"WANDB_SWEEP_ID": "sweep123", "WANDB_RUN_ID": "agentrun9"}
+    else:
+        # A base or control run: an ordinary run of the project, started with the agent's variables hidden.
+        assert (call["id"], call["mode"]) == ("granet-x-1", "offline")
+        assert call["environment"] == {"WANDB_SWEEP_ID": None, "WANDB_RUN_ID": None}
+    import os
+
+    assert (os.environ["WANDB_SWEEP_ID"], os.environ["WANDB_RUN_ID"]) == ("sweep123", "agentrun9")
