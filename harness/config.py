@@ -9,6 +9,8 @@ fractions of the run, so `--epochs` rescales them consistently.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -257,11 +259,18 @@ def load_recipe(dataset: str, arch: str) -> dict[str, Any]:
 def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise UserError(f"recipe {path.name}: circular 'extends'")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = copy.deepcopy(_parse_yaml(path))
     parent = data.pop("extends", None)
     if parent is None:
         return data
     return deep_merge(_read_recipe(path.with_name(f"{parent}.yaml"), (*seen, path)), data)
+
+
+@functools.cache
+def _parse_yaml(path: Path) -> dict[str, Any]:
+    """Recipes are package files that do not change while a process runs; planning a sweep reads them
+    once per grid point, so parse each only once (callers get deep copies)."""
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
