@@ -94,7 +94,9 @@ def run_row(config: Mapping[str, Any], summary: Mapping[str, Any], meta: Mapping
     # Only the config's sections (mappings) are columns: W&B adds `_wandb`, a W&B sweep adds its parameters
     # as top-level scalars, and a section set to None (`plasticity` of ordinary runs) is absent.
     sections = {
-        key: value for key, value in config.items() if not str(key).startswith("_") and isinstance(value, Mapping)
+        key: value
+        for key, value in config.items()
+        if not str(key).startswith("_") and isinstance(value, Mapping)
     }
     # Sorted so that both sources give the same column order (W&B does not keep the YAML's key order).
     row.update(sorted(flatten(sections).items()))

@@ -19,7 +19,9 @@ from harness.bench import environment, format_rows, run_benchmarks
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", action="append", help="architecture (repeatable); default resnet20 and vgg19")
+    parser.add_argument(
+        "--arch", action="append", help="architecture (repeatable); default resnet20 and vgg19"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -43,7 +45,9 @@ def main() -> None:
     env["load_average_1min_after"] = environment()["load_average_1min"]
     print(format_rows(rows, env))
     if args.json is not None:
-        args.json.write_text(json.dumps({"environment": env, "rows": [row.as_dict() for row in rows]}, indent=2))
+        args.json.write_text(
+            json.dumps({"environment": env, "rows": [row.as_dict() for row in rows]}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -105,7 +105,11 @@ def run_benchmarks(
     seed: int = 0,
 ) -> list[BenchmarkRow]:
     """One row per architecture; see the module docstring for what is timed."""
-    for field, value, minimum in (("repetitions", repetitions, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1)):
+    for field, value, minimum in (
+        ("repetitions", repetitions, 1),
+        ("warmup", warmup, 0),
+        ("batch_size", batch_size, 1),
+    ):
         if value < minimum:
             raise UserError(f"bench.{field}: must be >= {minimum}, got {value}")
     if not 0.0 <= sparsity < 1.0:
@@ -135,14 +139,20 @@ def format_rows(rows: Sequence[BenchmarkRow], env: dict[str, Any] | None = None)
 # --------------------------------------------------------------------------------------------------
 
 
-def _benchmark_arch(arch: str, batch_size: int, repetitions: int, warmup: int, sparsity: float, seed: int) -> BenchmarkRow:
+def _benchmark_arch(
+    arch: str, batch_size: int, repetitions: int, warmup: int, sparsity: float, seed: int
+) -> BenchmarkRow:
     log.info("benchmarking %s at batch %d (%d repetitions)", arch, batch_size, repetitions)
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(batch_size, 3, 32, 32, generator=generator)
     labels = torch.randint(0, 10, (batch_size,), generator=generator)
 
-    dense_step, masked_step, sparse_step = _step_seconds(arch, inputs, labels, repetitions, warmup, seed, sparsity)
-    granet = _update_seconds(arch, "granet", inputs, labels, repetitions, warmup, seed, sparsity=sparsity, init_sparsity=0.5)
+    dense_step, masked_step, sparse_step = _step_seconds(
+        arch, inputs, labels, repetitions, warmup, seed, sparsity
+    )
+    granet = _update_seconds(
+        arch, "granet", inputs, labels, repetitions, warmup, seed, sparsity=sparsity, init_sparsity=0.5
+    )
     rigl = _update_seconds(arch, "rigl", inputs, labels, repetitions, warmup, seed, sparsity=sparsity)
     return BenchmarkRow(
         arch=arch,
@@ -207,7 +217,11 @@ def _method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, **hyp
 
 
 def _training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, method: SparsityMethod | None, inputs: Tensor, labels: Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: SparsityMethod | None,
+    inputs: Tensor,
+    labels: Tensor,
 ) -> float:
     """One training step; returns the seconds spent in `method.step()` (0 without a method)."""
     optimizer.zero_grad(set_to_none=True)

@@ -56,7 +56,9 @@ BatchSize = Annotated[int | None, option("--batch-size", help="global batch size
 LearningRate = Annotated[float | None, option("--lr", help="peak learning rate")]
 Seed = Annotated[int | None, option("--seed", help="random seed (part of the run id)")]
 # `--final-sparsity` too: a W&B sweep parameter named `sparsity` would clash with the config section.
-Sparsity = Annotated[float | None, option("--sparsity", "--final-sparsity", help="final sparsity s_f in [0, 1)")]
+Sparsity = Annotated[
+    float | None, option("--sparsity", "--final-sparsity", help="final sparsity s_f in [0, 1)")
+]
 InitSparsity = Annotated[float | None, option("--init-sparsity", help="GraNet's initial sparsity s_i")]
 UpdateFrequency = Annotated[int | None, option("--update-frequency", help="steps between mask updates (dT)")]
 RunsDir = Annotated[Path | None, option("--runs-dir", help="root of the run store (default: runs)")]

@@ -115,7 +115,9 @@ def tiny_model(kind: type[nn.Module] = TinyNet, seed: int = 0) -> nn.Module:
     return kind()
 
 
-def make_batches(model: nn.Module, count: int, batch_size: int = 8, seed: int = 1) -> list[tuple[Tensor, Tensor]]:
+def make_batches(
+    model: nn.Module, count: int, batch_size: int = 8, seed: int = 1
+) -> list[tuple[Tensor, Tensor]]:
     """`count` random (inputs, labels) batches shaped for `model` (which has input_shape, num_classes)."""
     generator = torch.Generator().manual_seed(seed)
     batches = []

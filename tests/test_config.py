@@ -21,17 +21,33 @@ def test_every_table_1_row_has_a_recipe_with_the_papers_numbers():
     ]:
         config = resolve("granet", dataset=dataset, arch=arch)
         optim = config.optim
-        assert (optim.epochs, optim.batch_size, optim.lr, optim.momentum, optim.nesterov) == (160, 128, 0.1, 0.9, True)
-        assert optim.weight_decay == 5e-4 and optim.lr_decay_at == (0.5, 0.75) and optim.lr_decay_factor == 0.1
+        assert (optim.epochs, optim.batch_size, optim.lr, optim.momentum, optim.nesterov) == (
+            160,
+            128,
+            0.1,
+            0.9,
+            True,
+        )
+        assert (
+            optim.weight_decay == 5e-4 and optim.lr_decay_at == (0.5, 0.75) and optim.lr_decay_factor == 0.1
+        )
         assert [round(point * optim.epochs) for point in optim.lr_decay_at] == [80, 120]
         assert config.sparsity.update_frequency == 1000 and config.sparsity.prune_end * optim.epochs == 80
         assert config.data.val_size == 5000 and config.data.dataset == dataset and config.model.arch == arch
     imagenet = resolve("granet", dataset="imagenet", arch="resnet50")
     optim = imagenet.optim
-    assert (optim.epochs, optim.lr, optim.nesterov, optim.weight_decay, optim.label_smoothing) == (100, 0.1, False, 1e-4, 0.1)
+    assert (optim.epochs, optim.lr, optim.nesterov, optim.weight_decay, optim.label_smoothing) == (
+        100,
+        0.1,
+        False,
+        1e-4,
+        0.1,
+    )
     assert optim.decay_norm_and_bias is False and round(optim.warmup * optim.epochs) == 5
     assert [round(point * optim.epochs) for point in optim.lr_decay_at] == [30, 60, 90]
-    assert imagenet.sparsity.update_frequency == 4000 and round(imagenet.sparsity.prune_end * optim.epochs) == 30
+    assert (
+        imagenet.sparsity.update_frequency == 4000 and round(imagenet.sparsity.prune_end * optim.epochs) == 30
+    )
 
 
 def test_arch_specific_recipe_extends_the_dataset_recipe_and_others_fall_back_to_it():
@@ -42,7 +58,9 @@ def test_arch_specific_recipe_extends_the_dataset_recipe_and_others_fall_back_to
 
 
 def test_layers_win_in_order_defaults_recipe_overrides():
-    config = resolve("granet", dataset="mnist1d", overrides={"optim": {"lr": 0.05}, "sparsity": {"sparsity": 0.95}})
+    config = resolve(
+        "granet", dataset="mnist1d", overrides={"optim": {"lr": 0.05}, "sparsity": {"sparsity": 0.95}}
+    )
     assert config.optim.lr == 0.05 and config.sparsity.sparsity == 0.95
     assert config.optim.batch_size == load_recipe("mnist1d", "resnet20")["optim"]["batch_size"]
     assert config.tracking.wandb == "offline"  # a default no layer touched
@@ -63,7 +81,10 @@ def test_set_assignments_parse_yaml_values():
     ("overrides", "message"),
     [
         ({"sparsity": {"sparsity": 1.5}}, r"^sparsity\.sparsity: Input should be less than 1 \(got 1\.5\)$"),
-        ({"sparsity": {"sparsity": 0.5, "init_sparsity": 0.7}}, r"^sparsity: init_sparsity \(0\.7\) must not exceed"),
+        (
+            {"sparsity": {"sparsity": 0.5, "init_sparsity": 0.7}},
+            r"^sparsity: init_sparsity \(0\.7\) must not exceed",
+        ),
         ({"optim": {"lr_decay_at": [0.75, 0.5]}}, r"^optim\.lr_decay_at: must be increasing fractions"),
         ({"optim": {"momentum": 1.0}}, r"^optim\.momentum: Input should be less than 1"),
         ({"optim": {"bogus": 1}}, r"^optim\.bogus: unknown field$"),
@@ -77,7 +98,9 @@ def test_invalid_values_are_one_line_errors_naming_the_field(overrides, message)
 
 
 def test_unknown_method_arch_and_dataset_list_the_valid_names():
-    with pytest.raises(UserError, match=r"sparsity\.method: unknown method 'snap'; valid: dense, static, gmp"):
+    with pytest.raises(
+        UserError, match=r"sparsity\.method: unknown method 'snap'; valid: dense, static, gmp"
+    ):
         resolve("snap", dataset="mnist1d")
     with pytest.raises(UserError, match=r"model\.arch: Input should be 'resnet20', 'resnet32'"):
         resolve("dense", dataset="mnist1d", arch="resnet18")
@@ -87,9 +110,13 @@ def test_unknown_method_arch_and_dataset_list_the_valid_names():
 
 def test_run_id_is_a_content_address():
     base = resolve("granet", dataset="mnist1d")
-    same = resolve("granet", dataset="mnist1d", overrides={"data": {"data_dir": "/elsewhere", "num_workers": 7}})
+    same = resolve(
+        "granet", dataset="mnist1d", overrides={"data": {"data_dir": "/elsewhere", "num_workers": 7}}
+    )
     assert run_id(base) == run_id(same)  # where data lives and how fast it loads are not identity
-    assert run_id(base) == run_id(resolve("granet", dataset="mnist1d", overrides={"tracking": {"runs_dir": "/x"}}))
+    assert run_id(base) == run_id(
+        resolve("granet", dataset="mnist1d", overrides={"tracking": {"runs_dir": "/x"}})
+    )
     assert run_id(base).startswith("granet-resnet20-mnist1d-s0-")
     different = [
         resolve("granet", dataset="mnist1d", overrides={"run": {"seed": 1}}),
@@ -101,12 +128,18 @@ def test_run_id_is_a_content_address():
 
 
 def test_fields_a_method_does_not_read_are_reset_so_runs_are_shared():
-    dense = resolve("dense", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "init_sparsity": 0.5}})
+    dense = resolve(
+        "dense", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "init_sparsity": 0.5}}
+    )
     assert dense.sparsity.sparsity == 0.0 and dense.sparsity.init_sparsity == 0.0
     assert run_id(dense) == run_id(resolve("dense", dataset="mnist1d"))
-    rigl = resolve("rigl", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "init_sparsity": 0.5}})
+    rigl = resolve(
+        "rigl", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "init_sparsity": 0.5}}
+    )
     assert (rigl.sparsity.sparsity, rigl.sparsity.init_sparsity) == (0.95, 0.0)
-    granet = resolve("granet", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "init_sparsity": 0.5}})
+    granet = resolve(
+        "granet", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "init_sparsity": 0.5}}
+    )
     assert (granet.sparsity.sparsity, granet.sparsity.init_sparsity) == (0.95, 0.5)
     # Ignored values are still validated first.
     with pytest.raises(UserError, match=r"sparsity\.sparsity"):
@@ -114,7 +147,9 @@ def test_fields_a_method_does_not_read_are_reset_so_runs_are_shared():
 
 
 def test_a_written_config_reads_back_identically(tmp_path: Path):
-    config = resolve("granet", dataset="cifar10", arch="vgg19", overrides={"run": {"keep_checkpoints": [0, 10]}})
+    config = resolve(
+        "granet", dataset="cifar10", arch="vgg19", overrides={"run": {"keep_checkpoints": [0, 10]}}
+    )
     path = tmp_path / "config.yaml"
     path.write_text(configuration.dump_yaml(config))
     assert configuration.load_config_file(path) == config

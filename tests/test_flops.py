@@ -32,7 +32,9 @@ DENSE = 13_824 + 6_912 + 60
 
 def hand_flops(counts: list[int]) -> float:
     """2 * active * positions, summed over conv1, conv2, fc."""
-    return float(sum(2 * count * positions for count, positions in zip(counts, POSITIONS.values(), strict=True)))
+    return float(
+        sum(2 * count * positions for count, positions in zip(counts, POSITIONS.values(), strict=True))
+    )
 
 
 def masks_with_counts(model: nn.Module, counts: list[int], **options: bool) -> MaskSet:

@@ -18,7 +18,6 @@ def _single_thread() -> Iterator[None]:
         yield
 
 
-
 def quantised(shape: tuple[int, ...], seed: int, levels: int = 5) -> torch.Tensor:
     """Weights with many exact ties: values in {-levels..levels} / 4."""
     generator = torch.Generator().manual_seed(seed)
@@ -54,7 +53,9 @@ def test_top_k_matches_the_full_sort_reference(k: int, dtype: torch.dtype) -> No
     assert selected.dtype == torch.bool
     assert int(selected.sum()) == k
     assert true_indices(selected) == expected
-    assert true_indices(criteria.bottom_k(scores, k)) == reference_order(scores.double().tolist(), k, largest=False)
+    assert true_indices(criteria.bottom_k(scores, k)) == reference_order(
+        scores.double().tolist(), k, largest=False
+    )
 
 
 def test_kth_largest_on_both_paths() -> None:

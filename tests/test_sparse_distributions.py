@@ -34,7 +34,9 @@ def closed_form_score(shape: tuple[int, ...], kind: str, power: float = 1.0) -> 
     return (sum(shape) / math.prod(shape)) ** power
 
 
-def bisection_densities(shapes: list[tuple[int, ...]], density: float, kind: str, power: float = 1.0) -> list[float]:
+def bisection_densities(
+    shapes: list[tuple[int, ...]], density: float, kind: str, power: float = 1.0
+) -> list[float]:
     """Solve sum_l min(1, eps * score_l) * n_l = d * N for eps by bisection.
 
     The left side is continuous and non-decreasing in eps, so the root is the eps of the iterative
@@ -89,7 +91,9 @@ def test_densities_match_the_independent_solve(arch: str, kind: str, density: fl
     for got, want in zip(actual, expected, strict=True):
         assert (got == 1.0) == (want >= 1.0 - 1e-12)
     sizes = [math.prod(shape) for shape in shapes]
-    assert sum(d * n for d, n in zip(actual, sizes, strict=True)) == pytest.approx(density * sum(sizes), rel=1e-12)
+    assert sum(d * n for d, n in zip(actual, sizes, strict=True)) == pytest.approx(
+        density * sum(sizes), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize(
@@ -171,7 +175,9 @@ def test_bad_distribution_and_density_raise() -> None:
 
 def initial_masks(arch_model: torch.nn.Module, method: str, density: float, kind: str = "erk") -> MaskSet:
     masks = MaskSet.for_model(arch_model)
-    hyper = Hyperparameters(total_steps=100, sparsity=1.0 - density, init_sparsity=1.0 - density, distribution=kind)
+    hyper = Hyperparameters(
+        total_steps=100, sparsity=1.0 - density, init_sparsity=1.0 - density, distribution=kind
+    )
     build_method(method, masks, None, hyper)
     return masks
 
@@ -194,7 +200,9 @@ def vgg19() -> torch.nn.Module:
 
 @pytest.mark.parametrize("method", ["static", "set", "rigl", "granet"])
 @pytest.mark.parametrize("density", DENSITIES)
-def test_resnet20_initial_masks_have_the_exact_counts(resnet20: torch.nn.Module, method: str, density: float) -> None:
+def test_resnet20_initial_masks_have_the_exact_counts(
+    resnet20: torch.nn.Module, method: str, density: float
+) -> None:
     masks = initial_masks(resnet20, method, density)
     assert masks.active_counts() == expected_counts("resnet20", density)
     # Masked weights were zeroed when the masks were drawn.
@@ -209,7 +217,9 @@ def test_vgg19_initial_masks_have_the_exact_counts(vgg19: torch.nn.Module, densi
 
 
 @pytest.mark.parametrize("kind", ["uniform", "er"])
-def test_other_distributions_give_their_counts_to_the_initial_mask(resnet20: torch.nn.Module, kind: str) -> None:
+def test_other_distributions_give_their_counts_to_the_initial_mask(
+    resnet20: torch.nn.Module, kind: str
+) -> None:
     masks = initial_masks(resnet20, "static", 0.1, kind)
     assert masks.active_counts() == expected_counts("resnet20", 0.1, kind)
 

@@ -45,6 +45,7 @@ def _single_thread() -> Iterator[None]:
     with one_thread():
         yield
 
+
 ALL_METHODS = sorted(METHODS)
 # Short runs with frequent mask updates: every method that updates does so at least 5 times in 30 steps.
 SHORT_RUN: dict[str, Any] = {
@@ -73,7 +74,6 @@ def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
         ({"total_steps": 10, "growth": "magic"}, "unknown growth"),
     ],
 )
-
 def test_bad_hyperparameters_raise(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Hyperparameters(**fields)
@@ -86,9 +86,9 @@ def test_bad_hyperparameters_raise(fields: dict[str, Any], message: str) -> None
 def test_sparsifiable_weights_selects_conv_and_linear_weights_only() -> None:
     model = tiny_model()
     assert [name for name, _ in sparsifiable_weights(model)] == ["conv1.weight", "conv2.weight", "fc.weight"]
-    assert [name for name, _ in sparsifiable_weights(model, dense_first_layer=True, dense_classifier=True)] == [
-        "conv2.weight"
-    ]
+    assert [
+        name for name, _ in sparsifiable_weights(model, dense_first_layer=True, dense_classifier=True)
+    ] == ["conv2.weight"]
     with pytest.raises(MaskError, match="no convolution or linear"):
         sparsifiable_weights(nn.Sequential(nn.ReLU()))
 
@@ -168,10 +168,14 @@ def test_pruned_weights_with_momentum_and_decay_stay_exactly_zero() -> None:
         assert_invariants(masks, optimizer)
     assert all(torch.equal(before, after) for before, after in zip(initial, masks.masks, strict=True))
     # The optimizer really did see non-zero gradients at the masked positions (SPEC 2.4: dense gradient).
-    assert all(bool(weight.grad[mask == 0].any()) for weight, mask in zip(masks.weights, masks.masks, strict=True))
+    assert all(
+        bool(weight.grad[mask == 0].any()) for weight, mask in zip(masks.weights, masks.masks, strict=True)
+    )
 
 
-def copy_state(source: tuple[nn.Module, torch.optim.Optimizer], target: tuple[nn.Module, torch.optim.Optimizer]) -> None:
+def copy_state(
+    source: tuple[nn.Module, torch.optim.Optimizer], target: tuple[nn.Module, torch.optim.Optimizer]
+) -> None:
     target[0].load_state_dict(copy.deepcopy(source[0].state_dict()))
     target[1].load_state_dict(copy.deepcopy(source[1].state_dict()))
 
@@ -260,7 +264,9 @@ def spy_on_regeneration(method: SparsityMethod) -> Iterator[list[dict[str, Any]]
                     for weight in method.masks.weights
                 ],
                 "generator": method.generator.get_state(),
-                "momentum": [buffer.clone() for buffer in method.momentum.buffers] if method.momentum else None,
+                "momentum": [buffer.clone() for buffer in method.momentum.buffers]
+                if method.momentum
+                else None,
             }
         )
         return original(rate)
@@ -312,9 +318,13 @@ def run_and_check_regeneration(
             scores = growth_scores(call)
             for index, layer_name in enumerate(masks.names):
                 old_mask, weight = call["masks"][index], masks.weights[index]
-                dropped, grown = expected_regeneration(call["weights"][index], old_mask, scores[index], call["rate"])
+                dropped, grown = expected_regeneration(
+                    call["weights"][index], old_mask, scores[index], call["rate"]
+                )
                 new_mask = masks.masks[index].bool().reshape(-1)
-                expected_mask = (set(torch.nonzero(old_mask.reshape(-1)).reshape(-1).tolist()) - dropped) | grown
+                expected_mask = (
+                    set(torch.nonzero(old_mask.reshape(-1)).reshape(-1).tolist()) - dropped
+                ) | grown
                 assert set(torch.nonzero(new_mask).reshape(-1).tolist()) == expected_mask, layer_name
                 assert masks.active_counts()[index] == before_counts[index]
                 layer = update.layers[layer_name]
@@ -339,7 +349,9 @@ def run_and_check_regeneration(
 
 
 def test_gradient_regeneration_by_hand() -> None:
-    fresh = run_and_check_regeneration("rigl", lambda call: [gradient.abs() for gradient in call["gradients"]])
+    fresh = run_and_check_regeneration(
+        "rigl", lambda call: [gradient.abs() for gradient in call["gradients"]]
+    )
     # Growth picked positions that were masked, which only a dense gradient can rank.
     assert fresh > 0
 
@@ -414,7 +426,9 @@ def test_regenerating_a_dense_layer_changes_no_weight() -> None:
 def test_gmp_events_hit_exact_counts(layerwise: bool) -> None:
     model = tiny_model()
     name = "gmp-layerwise" if layerwise else "gmp"
-    optimizer, masks, method = setup_method(name, model, "sgd", total_steps=30, sparsity=0.9, update_frequency=5, prune_end=18)
+    optimizer, masks, method = setup_method(
+        name, model, "sgd", total_steps=30, sparsity=0.9, update_frequency=5, prune_end=18
+    )
     seen = []
     for batch in make_batches(model, 30):
         before = masks.active_counts()
@@ -426,10 +440,14 @@ def test_gmp_events_hit_exact_counts(layerwise: bool) -> None:
         assert update.target_density == pytest.approx(1 - sparsity, abs=1e-12)
         counts = masks.active_counts()
         if layerwise:
-            assert counts == [min(round((1 - sparsity) * n), a) for n, a in zip(masks.numels, before, strict=True)]
+            assert counts == [
+                min(round((1 - sparsity) * n), a) for n, a in zip(masks.numels, before, strict=True)
+            ]
         else:
             assert sum(counts) == round((1 - sparsity) * masks.total)
-        assert [layer.pruned for layer in update.layers.values()] == [b - a for b, a in zip(before, counts, strict=True)]
+        assert [layer.pruned for layer in update.layers.values()] == [
+            b - a for b, a in zip(before, counts, strict=True)
+        ]
         assert update.regen_rate is None and not update.dense_gradient
     assert seen == [5, 10, 15, 18]
     assert sum(masks.active_counts()) == round(0.1 * masks.total) or layerwise
@@ -440,7 +458,10 @@ def test_one_shot_gmp_prunes_to_the_final_sparsity_at_the_start_step() -> None:
     optimizer, masks, method = setup_method(
         "gmp", model, "sgd", total_steps=20, sparsity=0.9, update_frequency=100, prune_start=7, prune_end=7
     )
-    updates = [(step, train_step(model, optimizer, method, batch)) for step, batch in enumerate(make_batches(model, 20), 1)]
+    updates = [
+        (step, train_step(model, optimizer, method, batch))
+        for step, batch in enumerate(make_batches(model, 20), 1)
+    ]
     events = [(step, update) for step, update in updates if update is not None]
     assert [step for step, _ in events] == [7]
     assert sum(masks.active_counts()) == round(0.1 * masks.total)
@@ -460,7 +481,11 @@ def test_rigl_stops_updating_after_update_until() -> None:
     optimizer, masks, method = setup_method(
         "rigl", model, "sgd", total_steps=40, sparsity=0.8, update_frequency=5, update_until=22
     )
-    steps = [step for step, batch in enumerate(make_batches(model, 40), 1) if train_step(model, optimizer, method, batch)]
+    steps = [
+        step
+        for step, batch in enumerate(make_batches(model, 40), 1)
+        if train_step(model, optimizer, method, batch)
+    ]
     assert steps == [5, 10, 15, 20]
     # RigL's rate is annealed over the updating part of the run: r(20) with horizon 22.
     assert method.rate(22) == 0.005
@@ -534,14 +559,18 @@ def test_granet_trace(regen_until: str, init_sparsity: float) -> None:
             assert layer.size == masks.numels[index]
             assert layer.active == after[index]
             assert before[index] - layer.pruned - layer.dropped + layer.grown == layer.active
-            assert layer.dropped == layer.grown == math.ceil(update.regen_rate * (before[index] - layer.pruned))
+            assert (
+                layer.dropped == layer.grown == math.ceil(update.regen_rate * (before[index] - layer.pruned))
+            )
             if not pruning_event:
                 assert layer.pruned == 0
         record = update.record()
         assert record["density"] == update.density and record["regen/rate"] == update.regen_rate
         assert record["mask/checksum"] == update.checksum
         assert {key for key in record if key.startswith("layers/")} == {
-            f"layers/{name}/{field}" for name in masks.names for field in ("density", "pruned", "dropped", "grown")
+            f"layers/{name}/{field}"
+            for name in masks.names
+            for field in ("density", "pruned", "dropped", "grown")
         }
     assert seen == expected_steps
     assert sum(masks.active_counts()) == round((1 - final) * masks.total)
@@ -577,7 +606,10 @@ def test_state_dict_round_trip_is_bit_identical(name: str, tmp_path: Path) -> No
     for batch in batches[:23]:
         train_step(model, optimizer, method, batch)
     path = tmp_path / "state.pt"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict()}, path)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict()},
+        path,
+    )
     del model, optimizer, masks, method
 
     state = torch.load(path, weights_only=True)
@@ -599,7 +631,9 @@ def test_state_dict_round_trip_is_bit_identical(name: str, tmp_path: Path) -> No
         assert all(torch.equal(got[key], want[key]) for key in want)
 
     reference = tiny_model()
-    reference_optimizer, _, reference_method = setup_method(method_name, reference, "sgd", **resume_hyper(name))
+    reference_optimizer, _, reference_method = setup_method(
+        method_name, reference, "sgd", **resume_hyper(name)
+    )
     for batch in batches:
         train_step(reference, reference_optimizer, reference_method, batch)
     for (key, got), want in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
@@ -666,14 +700,24 @@ def forbid(*_: Any, **__: Any) -> Any:
 
 
 @pytest.mark.parametrize("name", [*ALL_METHODS, "rigl-momentum"])
-def test_non_update_steps_do_not_synchronise_or_look_up_per_parameter(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_update_steps_do_not_synchronise_or_look_up_per_parameter(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A model with many masked tensors, so per-parameter work would be visible in the count.
     model = nn.Sequential(*[nn.Linear(6, 6) for _ in range(12)])
     model.input_shape, model.num_classes = (6,), 6  # type: ignore[assignment]
     growth = {"growth": "momentum"} if name == "rigl-momentum" else {}
     optimizer, masks, method = setup_method(
-        name.split("-momentum")[0], model, "adam", total_steps=100, sparsity=0.5, init_sparsity=0.5 if name == "granet" else 0.0,
-        update_frequency=50, prune_start=0, prune_end=50, **growth
+        name.split("-momentum")[0],
+        model,
+        "adam",
+        total_steps=100,
+        sparsity=0.5,
+        init_sparsity=0.5 if name == "granet" else 0.0,
+        update_frequency=50,
+        prune_start=0,
+        prune_end=50,
+        **growth,
     )
     optimizer.state = CountingState(optimizer.state)  # type: ignore[assignment]
     for step, batch in enumerate(make_batches(model, 6), start=1):
@@ -682,7 +726,16 @@ def test_non_update_steps_do_not_synchronise_or_look_up_per_parameter(name: str,
         optimizer.step()
         CountingState.lookups = 0
         with monkeypatch.context() as patch:
-            for attribute in ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy", "cpu"):
+            for attribute in (
+                "item",
+                "__bool__",
+                "__int__",
+                "__float__",
+                "__index__",
+                "tolist",
+                "numpy",
+                "cpu",
+            ):
                 patch.setattr(torch.Tensor, attribute, forbid)
             CountingState.counting = True
             try:
@@ -698,7 +751,9 @@ def test_non_update_steps_do_not_synchronise_or_look_up_per_parameter(name: str,
 @pytest.mark.parametrize("name", ["gmp", "gmp-layerwise", "granet", "rigl", "set", "static"])
 def test_mask_updates_never_sort(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_model(TinyMLP)
-    optimizer, masks, method = setup_method(name, model, "sgd", total_steps=20, sparsity=0.8, update_frequency=5)
+    optimizer, masks, method = setup_method(
+        name, model, "sgd", total_steps=20, sparsity=0.8, update_frequency=5
+    )
     for target, attribute in [
         (torch, "sort"), (torch, "argsort"), (torch, "msort"), (torch.Tensor, "sort"), (torch.Tensor, "argsort"),
         (np, "sort"), (np, "argsort"), (np, "lexsort"),

@@ -194,7 +194,8 @@ def test_filter_regrowth_picks_filters_by_gradient_score(fraction: float) -> Non
             continue
         dead = ~old_mask.reshape(weight.shape[0], -1).any(dim=1)
         scores = [
-            float(weight.grad[row].abs().sum()) if bool(dead[row]) else -math.inf for row in range(weight.shape[0])
+            float(weight.grad[row].abs().sum()) if bool(dead[row]) else -math.inf
+            for row in range(weight.shape[0])
         ]
         chosen = reference_order(scores, pruned.filters[index])
         for row in range(weight.shape[0]):

@@ -18,7 +18,6 @@ def _single_thread() -> Iterator[None]:
         yield
 
 
-
 def test_cubic_values_at_chosen_steps() -> None:
     schedule = CubicSparsity(initial=0.0, final=0.9, start=0, end=1000, every=100)
     # s(t) = 0.9 - 0.9 * (1 - t/1000)^3, by hand:

@@ -480,7 +480,9 @@ class _RecordingWandb:
 
 
 @pytest.mark.parametrize("sweep_run", [True, False])
-def test_under_a_sweep_agent_only_the_launched_run_joins_the_sweep(tmp_path: Path, monkeypatch, sweep_run) -> None:
+def test_under_a_sweep_agent_only_the_launched_run_joins_the_sweep(
+    tmp_path: Path, monkeypatch, sweep_run
+) -> None:
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
     monkeypatch.setenv("WANDB_RUN_ID", "agentrun9")
     recorder = _RecordingWandb(monkeypatch)
