@@ -38,6 +38,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/harness bench
 
+# Every figure and table the runs under RUNS_DIR support, with an index.md, into FIGURES_DIR.
+FIGURES_DIR ?= figures
+figures: $(STAMP)
+	$(BIN)/harness figures $(RUNS_DIR) --out $(FIGURES_DIR)
+
 # Sweeps (sweeps/*.yaml, W&B's format) run locally by `harness sweep`: completed runs are skipped, so an
 # interrupted sweep finishes what is missing when run again. SCALE=paper (CIFAR, GPU-sized) or SCALE=cpu
 # (MNIST-1D, minutes on 2 cores); WORKERS runs in parallel; RUNS_DIR is the run store.
