@@ -15,7 +15,6 @@ setup: $(STAMP)
 # Re-installs only when the project's dependencies change, so `make setup` is cheap to repeat.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
