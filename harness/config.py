@@ -131,7 +131,9 @@ class SparsityConfig(Section):
 
         validated = handler(data)
         reads = METHODS[validated.method].reads
-        unread = set(_METHOD_FIELDS) - reads - ({"dense_first_layer", "dense_classifier"} if reads else set())
+        # Every field but the method itself; the mask-set options matter to every method but dense.
+        fields = set(cls.model_fields) - {"method"}
+        unread = fields - reads - ({"dense_first_layer", "dense_classifier"} if reads else set())
         defaults = {name: cls.model_fields[name].default for name in unread}
         if "sparsity" in unread:
             defaults["sparsity"] = 0.0
@@ -140,25 +142,6 @@ class SparsityConfig(Section):
             return validated
         # Validated again from the reset values (not copied), so that construction through __init__ works too.
         return handler({**validated.model_dump(), **changed})
-
-
-# Every SparsityConfig field a method may or may not read (all but `method` itself).
-_METHOD_FIELDS = (
-    "sparsity",
-    "init_sparsity",
-    "distribution",
-    "erk_power",
-    "update_frequency",
-    "prune_start",
-    "prune_end",
-    "regen_rate",
-    "regen_rate_min",
-    "regen_until",
-    "growth",
-    "update_until",
-    "dense_first_layer",
-    "dense_classifier",
-)
 
 
 class TrackingConfig(Section):
