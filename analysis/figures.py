@@ -114,6 +114,10 @@ def _band(
     axis: Axes, x: pd.Series, mean: pd.Series, std: pd.Series, *, scale: float = 100.0, **line: object
 ) -> None:
     """A mean line with markers and a ± std band (no band where std is NaN, i.e. a single seed)."""
+    # In x order: a curve can gather rows from several groups (e.g. continuation lengths cut at the end
+    # of the schedule), which would otherwise be joined out of order.
+    order = np.argsort(np.asarray(x, dtype=float), kind="stable")
+    x, mean, std = (series.iloc[order] for series in (pd.Series(x), pd.Series(mean), pd.Series(std)))
     axis.plot(x, scale * mean, marker="o", **line)
     spread = scale * std.fillna(0.0)
     axis.fill_between(
@@ -136,7 +140,10 @@ def _rate_legend(axis: Axes, colours: dict[float, object]) -> None:
     handles = [
         Line2D([], [], color=colour, marker="o", label=f"{100 * rate:g}%") for rate, colour in colours.items()
     ]
-    axis.legend(handles=handles, title="pruning rate", loc="best")
+    # Outside the panel, on the right: inside, it covered curves or the "LR decay" labels.
+    axis.legend(
+        handles=handles, title="pruning rate", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0
+    )
 
 
 def _empty_panel(axis: Axes, text: str) -> None:
@@ -254,7 +261,10 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
                 )
             _plasticity_axes(axis, decays)
             axis.set_title(f"{arch} / {dataset}: {'with' if regeneration else 'without'} regeneration")
+        # One y range for both panels, covering both: sharing after plotting would keep only the first's.
+        limits = [axes[row, column].get_ylim() for column in (0, 1)]
         axes[row, 1].sharey(axes[row, 0])
+        axes[row, 0].set_ylim(min(low for low, _ in limits), max(high for _, high in limits))
         axis = axes[row, 2]
         gains = gain[(gain["arch"] == arch) & (gain["dataset"] == dataset)]
         for rate, curve in gains.groupby("pruning_rate"):

@@ -348,7 +348,7 @@ def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
     [
         ("plasticity", 2 * 3 * 16 * 4 * 2),
         ("plasticity-structured", 2 * 3 * 4 * 16 * 4 * 2),
-        ("plasticity-mnist1d", 8 * 4 * 2),
+        ("plasticity-mnist1d", 9 * 4 * 2),
         ("granet-cifar10", 3 * 6 * 3 * 2 * 3),
         ("granet-cifar100", 6 * 3 * 2 * 3),
         ("granet-mnist1d", 6 * 3 * 2 * 3),
@@ -368,13 +368,18 @@ def test_shipped_sweep_files_expand_and_plan(name, points):
         )
 
 
-def test_the_cpu_plasticity_sweep_is_one_base_eight_controls_and_its_probes():
+def test_the_cpu_plasticity_sweep_is_one_base_nine_controls_and_its_probes():
     jobs = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
     kinds = [job.run_dir.name.split("-")[0] for job in jobs]
     assert kinds.count("dense") == 1
-    assert kinds.count("control") == 8
-    assert kinds.count("probe") == 8 * 4 * 2
-    assert sum("-regen-" in job.run_dir.name for job in jobs) == 8 * 4
+    assert kinds.count("control") == 9
+    assert kinds.count("probe") == 9 * 4 * 2
+    assert sum("-regen-" in job.run_dir.name for job in jobs) == 9 * 4
+    # Every probe continues for the full 8 epochs: none is cut short by the end of the 30-epoch schedule.
+    probe_epochs = {
+        int(name.split("-")[4][1:]) for name in (job.run_dir.name for job in jobs) if name.startswith("probe")
+    }
+    assert probe_epochs == {0, 2, 4, 6, 8, 12, 16, 20, 22} and max(probe_epochs) + 8 <= 30
 
 
 def test_the_cpu_comparison_runs_each_distinct_experiment_once():
