@@ -181,6 +181,7 @@ def prune_and_measure(
         grown = regrow(session.masks, pruned, probe.criterion, session.optimizer)
         session.optimizer.zero_grad(set_to_none=True)
     session.flops.masks_changed(session.current_flops())
+    session.batchnorm.masks_changed()
     acc_post, loss_post = evaluate(session, "test")
     # Until the continuation trains an epoch, the probe's latest numbers are those right after pruning.
     session.extra["last_epoch"] = {

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from harness import checkpoint as checkpoints
 from harness import config as configuration
+from harness.batchnorm import RevivalGuard, batchnorm_after
 from harness.config import Config, OptimConfig, SparsityConfig
 from harness.console import Console
 from harness.data import Loaders, build_datasets, build_loaders
@@ -146,6 +147,7 @@ class Session:
     method: SparsityMethod
     positions: dict[str, int]
     flops: TrainingFlops
+    batchnorm: RevivalGuard  # resets the statistics of BatchNorm channels that mask updates revive
     steps_per_epoch: int
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
@@ -186,6 +188,7 @@ class Session:
         self.method.load_state_dict(state["sparsifier"])
         self.flops.load_state_dict(state["flops"])
         self.flops.masks_changed(self.current_flops())
+        self.batchnorm.sync()
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best = Best(**state["best"])
         self.elapsed = float(state["elapsed"])
@@ -264,6 +267,7 @@ def build_session(config: Config, dist: DistInfo) -> Session:
         method=method,
         positions=positions,
         flops=TrainingFlops(inference_flops(model, masks, positions)),
+        batchnorm=RevivalGuard(masks, batchnorm_after(model, spec.input_shape)),
         steps_per_epoch=steps_per_epoch,
     )
     session.totals = session.totals.to(device)
@@ -355,6 +359,7 @@ def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
                 if update.dense_gradient:
                     session.flops.dense_gradient(samples)
                 session.flops.masks_changed(session.current_flops())
+                session.batchnorm.masks_changed()
                 hooks.mask_update(session, update)
             batch = torch.stack(
                 [
