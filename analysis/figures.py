@@ -98,12 +98,16 @@ def decay_epochs(runs: pd.DataFrame) -> list[float]:
 def _mark_decays(axis: Axes, decays: list[float]) -> None:
     for epoch in decays:
         axis.axvline(epoch, color="0.45", linestyle=(0, (4, 3)), linewidth=1.0, zorder=0)
+        # Written up along the line, on its left: horizontal text ran out of the panel for a decay near the
+        # right edge (e.g. epoch 22.5 of 30 with the last probe at 22) and into the legend.
         axis.annotate(
             "LR decay",
             xy=(epoch, 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -3),
+            xytext=(-2, -3),
             textcoords="offset points",
+            rotation=90,
+            ha="right",
             va="top",
             fontsize=8,
             color="0.35",
