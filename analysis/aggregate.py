@@ -116,10 +116,15 @@ def regeneration_gain(runs: pd.DataFrame) -> pd.DataFrame:
     return seed_stats(pairs, keys, ["gain", "plasticity_with", "plasticity_without"])
 
 
+# Methods whose initial sparsity s_i is a setting of its own (gradual pruning from s_i); for the others
+# s_i is fixed by the method (dense: 0; static, RigL, SET: the final sparsity).
+GRADUAL_METHODS = ("granet", "gmp", "gmp-layerwise")
+
+
 def method_label(method: str, init_sparsity: float) -> str:
-    """GraNet's sparse-to-sparse variant is a different curve from its dense-to-sparse one."""
-    if method == "granet" and init_sparsity and not np.isnan(init_sparsity):
-        return f"granet (s_i={init_sparsity:g})"
+    """A gradual method's sparse-to-sparse variant is a different curve from its dense-to-sparse one."""
+    if method in GRADUAL_METHODS and init_sparsity and not np.isnan(init_sparsity):
+        return f"{method} (s_i={init_sparsity:g})"
     return method
 
 

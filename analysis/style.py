@@ -48,6 +48,7 @@ METHOD_COLOURS = {
     "dense": "#000000",
     "static": "#999999",
     "gmp": "#E69F00",
+    "gmp (s_i=0.5)": "#A6761D",
     "gmp-layerwise": "#F0E442",
     "rigl": "#56B4E9",
     "set": "#009E73",
@@ -57,7 +58,7 @@ METHOD_COLOURS = {
     "grasp": "#7F3C8D",
     "synflow": "#3969AC",
 }
-_FALLBACK = ("#1B9E77", "#7570B3", "#E7298A", "#66A61E", "#A6761D", "#666666")
+_FALLBACK = ("#1B9E77", "#7570B3", "#E7298A", "#66A61E", "#8C564B", "#666666")
 METHOD_ORDER = tuple(METHOD_COLOURS)
 
 # Stages of a plasticity probe, for damage-vs-recovery plots.
