@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from harness.models import sample_forward
 from harness.sparse.masks import MaskSet
 
 
@@ -52,14 +53,9 @@ def batchnorm_after(
             hooks.append(module.register_forward_hook(record_output(f"{name}.weight" if name else "weight")))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             hooks.append(module.register_forward_pre_hook(match_input(module)))
-    parameter = next(model.parameters())
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
+        sample_forward(model, input_shape)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return found

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.models import sample_forward
 from harness.sparse.masks import SPARSE_MODULE_TYPES, MaskSet
 
 
@@ -29,14 +30,9 @@ def output_positions(model: nn.Module, input_shape: Sequence[int]) -> dict[str, 
                 positions[f"{name}.weight" if name else "weight"] = output[0].numel() // channels
 
             hooks.append(module.register_forward_hook(record))
-    was_training = model.training
-    parameter = next(model.parameters())
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
+        sample_forward(model, input_shape)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return positions

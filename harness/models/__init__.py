@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from torch import nn
 
 from harness.errors import UserError
@@ -64,3 +65,16 @@ def build_model(
 
 
 __all__ = ["ARCHS", "IMAGENET_ARCHS", "build_model"]
+
+
+def sample_forward(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> None:
+    """One forward pass of a single zero sample, in eval mode and without gradients, for tracing what the
+    network does (hooks see every layer); the model's training mode is restored afterwards."""
+    parameter = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        model.train(was_training)
