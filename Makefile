@@ -51,7 +51,9 @@ sweep-plasticity: $(STAMP)
 		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 sweep-plasticity-structured: $(STAMP)
-	$(BIN)/harness sweep sweeps/plasticity-structured.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR)
+	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
+	$(BIN)/harness sweep sweeps/plasticity-structured$(if $(filter cpu,$(SCALE)),-mnist1d).yaml \
+		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 # SCALE=paper runs the CIFAR-10 and then the CIFAR-100 comparison (the second even if the first had failures).
 sweep-granet: $(STAMP)

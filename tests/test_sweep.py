@@ -348,6 +348,7 @@ def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
     [
         ("plasticity", 2 * 3 * 16 * 4 * 2),
         ("plasticity-structured", 2 * 3 * 4 * 16 * 4 * 2),
+        ("plasticity-structured-mnist1d", 4 * 4 * 3 * 2),
         ("plasticity-mnist1d", 9 * 4 * 2),
         ("granet-cifar10", 3 * 6 * 3 * 2 * 3),
         ("granet-cifar100", 6 * 3 * 2 * 3),
