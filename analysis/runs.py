@@ -67,6 +67,7 @@ _WANDB_STATES = {
 # these keys: every metrics key holds a '/', and these are the metrics-line keys without one.
 _HISTORY_ONLY_KEYS = frozenset({"kind", "step", "epoch", "lr", "target_density"})
 
+# The safe loader, in its C implementation where PyYAML has one: configs of hundreds of runs are read.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
