@@ -186,10 +186,10 @@ def strip_launcher_options(argv: list[str]) -> list[str]:
     return kept
 
 
-def relaunch(command: tuple[list[str], dict[str, str]] | list[str]) -> None:
+def relaunch(command: tuple[list[str], dict[str, str]]) -> None:
     from harness.sweep import die_with_parent
 
-    argv, env = command if isinstance(command, tuple) else (command, {})
+    argv, env = command
     log.info("launching: %s", " ".join(argv))
     # If this launcher is killed outright, torchrun gets SIGTERM (its workers checkpoint) instead of
     # training on as an orphan that a re-run would race with.
@@ -284,10 +284,6 @@ def plasticity_configs(params: dict[str, Any]) -> list[configuration.Config]:
     return configs[: STAGES.index(params["stage"]) + 1]
 
 
-def run_directory(config: configuration.Config, world_size: int) -> Path:
-    return Path(config.tracking.runs_dir) / config.tracking.group / configuration.run_id(config, world_size)
-
-
 @functools.cache
 def click_group() -> Any:
     """The CLI as a click group, built once (building it costs ~25 ms, and sweeps plan thousands of runs)."""
@@ -317,12 +313,12 @@ def plan_invocation(argv: list[str]) -> list[PlannedRun]:
         raise UserError(f"{' '.join(argv)}: {error.format_message()}") from None
     world_size = world_size_of(params)
     if argv[0] == "run":
-        return [PlannedRun(run_directory(run_config(params), world_size), tuple(argv))]
+        return [PlannedRun(configuration.run_directory(run_config(params), world_size), tuple(argv))]
     runs: list[PlannedRun] = []
     for stage, config in zip(STAGES, plasticity_configs(params), strict=False):
         stage_argv = tuple(argv) if stage == "probe" else (*argv, "--stage", stage)
         needs = (runs[-1].run_dir,) if runs else ()
-        runs.append(PlannedRun(run_directory(config, world_size), stage_argv, needs))
+        runs.append(PlannedRun(configuration.run_directory(config, world_size), stage_argv, needs))
     return runs
 
 
@@ -371,7 +367,7 @@ def run(
         config = run_config(params)
         if dry_run:
             typer.echo(configuration.dump_yaml(config), nl=False)
-            typer.echo(str(run_directory(config, world_size_of(params))))
+            typer.echo(str(configuration.run_directory(config, world_size_of(params))))
             return
         launch_if_needed(params, config.optim.batch_size)
         execute(config.run.device, lambda dist: train_or_skip(config, dist))
@@ -426,7 +422,7 @@ def plasticity(
         if dry_run:
             typer.echo(configuration.dump_yaml(configs[-1]), nl=False)
             for config in configs:
-                typer.echo(str(run_directory(config, world_size_of(params))))
+                typer.echo(str(configuration.run_directory(config, world_size_of(params))))
             return
         launch_if_needed(params, configs[-1].optim.batch_size)
         execute(configs[-1].run.device, lambda dist: run_plasticity(configs, dist))

@@ -216,6 +216,11 @@ def run_id(config: Config, world_size: int = 1) -> str:
     return f"probe-{stem}-e{probe.probe_epoch}-p{probe.pruning_rate:g}-{probe.criterion}{regrowth}-{digest}"
 
 
+def run_directory(config: Config, world_size: int = 1) -> Path:
+    """`<runs_dir>/<group>/<run id>`: where the run that `config` addresses lives."""
+    return Path(config.tracking.runs_dir) / config.tracking.group / run_id(config, world_size)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Recipes and overrides
 

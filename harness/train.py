@@ -109,12 +109,6 @@ def sparsity_hyperparameters(
     )
 
 
-def resolve_device(preference: str, dist: DistInfo) -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise UserError("run.device: 'cuda' was requested but no GPU is available; use 'cpu' or 'auto'")
-    return dist.device
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The session: everything live, and its checkpoint
 
@@ -138,7 +132,6 @@ class Session:
     dist: DistInfo
     device: torch.device
     loaders: Loaders
-    input_shape: tuple[int, ...]
     model: nn.Module  # the bare model; `network` is what the loop calls (DDP-wrapped when distributed)
     network: nn.Module
     optimizer: torch.optim.Optimizer
@@ -165,7 +158,9 @@ class Session:
     def current_flops(self) -> InferenceFlops:
         return inference_flops(self.model, self.masks, self.positions)
 
-    def state_dict(self, rng: Any) -> dict[str, Any]:
+    def state_dict(self, *, rng: Any, elapsed: float, totals: Tensor) -> dict[str, Any]:
+        """Everything to resume from: `rng` holds every rank's generators, `elapsed` the wall time so far,
+        `totals` the running sums of the epoch in progress over all ranks."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -176,8 +171,8 @@ class Session:
             "epoch": self.epoch,
             "step": self.step,
             "best": {"val_acc": self.best.val_acc, "epoch": self.best.epoch, "test_acc": self.best.test_acc},
-            "elapsed": self.elapsed,
-            "totals": self.totals.detach().cpu(),
+            "elapsed": elapsed,
+            "totals": totals.detach().cpu(),
             "extra": self.extra,
         }
 
@@ -208,7 +203,7 @@ def pick_rank_state(rng: Any, rank: int) -> Any:
 
 
 def build_session(config: Config, dist: DistInfo) -> Session:
-    device = resolve_device(config.run.device, dist)
+    device = dist.device  # chosen once from run.device by dist_info_from_env
     # Rank 0 first: a download or a dataset generation must not run on every rank into the same folder.
     if not dist.is_main:
         barrier(dist)
@@ -258,7 +253,6 @@ def build_session(config: Config, dist: DistInfo) -> Session:
         dist=dist,
         device=device,
         loaders=loaders,
-        input_shape=tuple(spec.input_shape),
         model=model,
         network=network,
         optimizer=optimizer,
@@ -480,8 +474,8 @@ class StopFlag:
 
 
 def run_id_and_dir(config: Config, world_size: int) -> tuple[str, Path]:
-    run_id = configuration.run_id(config, world_size)
-    return run_id, Path(config.tracking.runs_dir) / config.tracking.group / run_id
+    run_dir = configuration.run_directory(config, world_size)
+    return run_dir.name, run_dir
 
 
 def is_completed(run_dir: Path) -> bool:
@@ -549,12 +543,14 @@ class RunHooks(Hooks):
     def checkpoint(self) -> Path:
         session = self.session
         check_masks(session, session.step)
-        state = session.state_dict(gather_rng(session.dist))
-        # The wall time so far, this process's included: a run killed without warning (SIGKILL, a lost
-        # node) resumes from this checkpoint, and its summary would otherwise leave out the time before.
-        state["elapsed"] = session.elapsed + time.perf_counter() - self.started
-        # Every rank's running sums of the epoch, so a mid-epoch resume logs what an uninterrupted run does.
-        state["totals"] = all_reduce_sum(session.dist, session.totals.clone()).cpu()
+        state = session.state_dict(
+            rng=gather_rng(session.dist),
+            # This process's time included: a run killed without warning (SIGKILL, a lost node) resumes
+            # from this checkpoint, and its summary would otherwise leave out the time before.
+            elapsed=session.elapsed + time.perf_counter() - self.started,
+            # Every rank's sums, so a mid-epoch resume logs what an uninterrupted run does.
+            totals=all_reduce_sum(session.dist, session.totals.clone()),
+        )
         path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
         if session.dist.is_main:
             checkpoints.save_checkpoint(path, state)

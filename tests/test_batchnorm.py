@@ -25,7 +25,9 @@ def test_every_convolution_of_the_papers_models_is_paired_with_the_batchnorm_tha
 
 def _tiny() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv1d(1, 4, 3, bias=False), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    return nn.Sequential(
+        nn.Conv1d(1, 4, 3, bias=False), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)
+    )
 
 
 def test_a_revived_filter_gets_fresh_statistics_and_nothing_else_changes():

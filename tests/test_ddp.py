@@ -536,7 +536,7 @@ def test_a_sweep_plans_its_runs_on_n_processes(
             arch="resnet20",
             overrides={"run": {"seed": seed}, "tracking": {"runs_dir": str(runs_dir)}},
         )
-        expected.append(str(cli.run_directory(config, world_size=2)))
+        expected.append(str(configuration.run_directory(config, world_size=2)))
     planned = re.findall(r"^  to run\s+(\S+)$", result.stdout, flags=re.MULTILINE)
     assert planned == expected
     assert all("--nproc-per-node=2" in line for line in result.stdout.splitlines() if line.startswith("   "))

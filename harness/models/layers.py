@@ -51,6 +51,13 @@ def conv_bn(
     ]
 
 
+def shortcut(kit: LayerKit, in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """The residual branch's identity, or 1x1 conv + BatchNorm when the block changes the shape."""
+    if stride != 1 or in_channels != out_channels:
+        return nn.Sequential(*conv_bn(kit, in_channels, out_channels, 1, stride))
+    return nn.Identity()
+
+
 def initialise(model: nn.Module) -> None:
     """Kaiming-normal (fan_out, ReLU) convolutions, BatchNorm at identity; linear layers keep PyTorch's default."""
     for module in model.modules():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torchvision
 from torch import Tensor, nn
 
-from harness.models.layers import LayerKit, conv_bn, initialise, layer_kit, scaled
+from harness.models.layers import LayerKit, conv_bn, initialise, layer_kit, scaled, shortcut
 
 EXPANSION = 4
 STAGE_CHANNELS = (64, 128, 256, 512)
@@ -31,10 +31,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = conv_bn(kit, inner_channels, inner_channels, 3, stride)
         self.conv3, self.bn3 = conv_bn(kit, inner_channels, out_channels, 1)
         self.relu = nn.ReLU(inplace=True)
-        reshapes = stride != 1 or in_channels != out_channels
-        self.shortcut = (
-            nn.Sequential(*conv_bn(kit, in_channels, out_channels, 1, stride)) if reshapes else nn.Identity()
-        )
+        self.shortcut = shortcut(kit, in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from harness.models.layers import LayerKit, conv_bn, initialise, layer_kit, scaled
+from harness.models.layers import LayerKit, conv_bn, initialise, layer_kit, scaled, shortcut
 
 STAGE_CHANNELS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -25,10 +25,7 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = conv_bn(kit, in_channels, out_channels, 3, stride)
         self.conv2, self.bn2 = conv_bn(kit, out_channels, out_channels, 3)
         self.relu = nn.ReLU(inplace=True)
-        reshapes = stride != 1 or in_channels != out_channels
-        self.shortcut = (
-            nn.Sequential(*conv_bn(kit, in_channels, out_channels, 1, stride)) if reshapes else nn.Identity()
-        )
+        self.shortcut = shortcut(kit, in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
