@@ -65,6 +65,9 @@ RunsDir = Annotated[Path | None, option("--runs-dir", help="root of the run stor
 Group = Annotated[str | None, option("--group", help="sub-directory of the run store (and W&B group)")]
 Wandb = Annotated[str | None, option("--wandb", help="offline (default) | online | disabled")]
 Device = Annotated[str | None, option("--device", help="auto | cpu | cuda")]
+Threads = Annotated[
+    int | None, option("--threads", help="intra-op CPU threads per process (part of the run id; default 1)")
+]
 Assignments = Annotated[
     list[str] | None, option("--set", help="any config value: section.key=value (repeatable)")
 ]
@@ -91,6 +94,7 @@ FLAG_FIELDS = {
     "group": ("tracking", "group"),
     "wandb": ("tracking", "wandb"),
     "device": ("run", "device"),
+    "threads": ("run", "threads"),
 }
 
 
@@ -154,7 +158,8 @@ def threads_per_process(nproc_per_node: int, environ: dict[str, str] | os._Envir
     A thread count set for this command (a sweep worker's share of the cores, SLURM's cpus-per-task) is
     the budget of the whole command, so it is divided among the processes: inherited unchanged, N
     processes would each run that many threads and oversubscribe the cores (measured here: 2 ranks with
-    2 threads each on 2 cores train ~8x slower). Unset, torchrun's own default (1) applies.
+    2 threads each on 2 cores train ~8x slower). Unset, torchrun's own default (1) applies. PyTorch's
+    intra-op pool is then set by each process from `run.threads`, which the results depend on.
     """
     threads: dict[str, str] = {}
     for name in THREAD_VARIABLES:
@@ -351,6 +356,7 @@ def run(
     group: Group = None,
     wandb: Wandb = None,
     device: Device = None,
+    threads: Threads = None,
     assignments: Assignments = None,
     dry_run: DryRun = False,
     nproc_per_node: NprocPerNode = 1,
@@ -405,6 +411,7 @@ def plasticity(
     group: Group = None,
     wandb: Wandb = None,
     device: Device = None,
+    threads: Threads = None,
     assignments: Assignments = None,
     dry_run: DryRun = False,
     nproc_per_node: NprocPerNode = 1,

@@ -397,7 +397,10 @@ class Outcome:
 
 
 def threads_per_worker(workers: int) -> int:
-    """CPU threads each worker may use so that N workers do not oversubscribe the machine's cores."""
+    """CPU threads each worker's libraries may start so that N workers do not oversubscribe the cores.
+
+    This bounds OpenMP/MKL pools outside PyTorch's intra-op pool (NumPy, data loading); PyTorch's own
+    count is the run's `run.threads`, set by the run itself, so `--workers` never changes a result."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -615,6 +615,9 @@ def run_training(
     run_id, run_dir = run_id_and_dir(config, dist.world_size)
     if is_completed(run_dir):
         return RunResult(run_dir, read_summary(run_dir), skipped=True)
+    # Before anything is computed: the thread count is part of the run (see RunConfig.threads), so the
+    # environment (OMP_NUM_THREADS, a sweep worker's share, torchrun's default) must not decide it.
+    torch.set_num_threads(config.run.threads)
     started = time.perf_counter()
     session = build_session(config, dist)  # validates data and config before any directory is created
     with run_lock(run_dir, dist):
