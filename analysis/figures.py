@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from analysis import style
+from analysis import collapse, style
 from analysis.aggregate import (
     comparison_table,
     plasticity_table,
@@ -696,6 +696,14 @@ class FigureSpec:
     make: Callable[[pd.DataFrame, dict[str, object]], Figure]
 
 
+def collapse_ablation(runs: pd.DataFrame) -> Figure:
+    """The high-sparsity collapse ablation (analysis.collapse), when the runs hold it."""
+    table = collapse.ablation_table(runs)
+    if table.empty:
+        raise NotSupported("no collapse-ablation runs (job_type ablation, sweeps/collapse-mnist1d.yaml)")
+    return collapse.ablation_figure(table)
+
+
 FIGURES = (
     FigureSpec(
         "plasticity_vs_epoch",
@@ -731,6 +739,11 @@ FIGURES = (
         "accuracy_vs_train_flops",
         "Test accuracy vs training FLOPs",
         lambda runs, options: accuracy_vs_train_flops(runs),
+    ),
+    FigureSpec(
+        "collapse_ablation",
+        "The high-sparsity collapse: one candidate cause changed at a time",
+        lambda runs, options: collapse_ablation(runs),
     ),
 )
 FIGURE_NAMES = tuple(spec.name for spec in FIGURES)
@@ -794,6 +807,11 @@ def write_figures(
         logger.info("wrote %s", spec.name)
     if not training_runs(runs).empty:
         report.tables = write_tables(runs, out_dir, paper)
+    ablation = collapse.ablation_table(runs)
+    if not ablation.empty:
+        path = out_dir / "collapse_table.md"
+        path.write_text(collapse.to_markdown(ablation))
+        report.tables.append(path)
     report.index = write_index(report, runs)
     return report
 
