@@ -348,8 +348,8 @@ def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
     [
         ("plasticity", 2 * 3 * 16 * 4 * 2),
         ("plasticity-structured", 2 * 3 * 4 * 16 * 4 * 2),
-        ("plasticity-structured-mnist1d", 4 * 4 * 3 * 2),
-        ("plasticity-mnist1d", 9 * 4 * 2),
+        ("plasticity-structured-mnist1d", 3 * 4 * 4 * 3 * 2),
+        ("plasticity-mnist1d", 3 * 9 * 4 * 2),
         ("granet-cifar10", 3 * 6 * 3 * 2 * 3),
         ("granet-cifar100", 6 * 3 * 2 * 3),
         ("granet-mnist1d", 6 * 3 * 2 * 3),
@@ -369,18 +369,32 @@ def test_shipped_sweep_files_expand_and_plan(name, points):
         )
 
 
-def test_the_cpu_plasticity_sweep_is_one_base_nine_controls_and_its_probes():
+def test_the_cpu_plasticity_sweep_is_one_base_nine_controls_and_its_probes_per_seed():
     jobs = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
     kinds = [job.run_dir.name.split("-")[0] for job in jobs]
-    assert kinds.count("dense") == 1
-    assert kinds.count("control") == 9
-    assert kinds.count("probe") == 9 * 4 * 2
-    assert sum("-regen-" in job.run_dir.name for job in jobs) == 9 * 4
+    seeds = Counter(job.run_dir.name.split("-")[3] for job in jobs)
+    assert seeds == {"s0": 82, "s1": 82, "s2": 82}
+    assert kinds.count("dense") == 3
+    assert kinds.count("control") == 3 * 9
+    assert kinds.count("probe") == 3 * 9 * 4 * 2
+    assert sum("-regen-" in job.run_dir.name for job in jobs) == 3 * 9 * 4
     # Every probe continues for the full 8 epochs: none is cut short by the end of the 30-epoch schedule.
     probe_epochs = {
         int(name.split("-")[4][1:]) for name in (job.run_dir.name for job in jobs) if name.startswith("probe")
     }
     assert probe_epochs == {0, 2, 4, 6, 8, 12, 16, 20, 22} and max(probe_epochs) + 8 <= 30
+
+
+def test_the_collapse_ablation_runs_each_variant_once_outside_the_comparison():
+    loaded = sweep.load_sweep(SWEEPS / "collapse-mnist1d.yaml")
+    assert len(sweep.grid_points(loaded)) == 4 * 8 * 3
+    jobs = sweep.plan_jobs(loaded, runs_dir=Path("r"))
+    methods = Counter(job.run_dir.name.split("-")[0] for job in jobs)
+    # Per seed: granet 1 + 1 regen_until + 1 r_0 + 1 dT + 1 growth + 2 (width, samples) = 7; rigl 7 (update_until
+    # instead of regen_until); set 7 (growth=random is its own growth, under another id); gmp 4.
+    assert methods == {"granet": 21, "rigl": 21, "set": 21, "gmp": 12}
+    assert {job.run_dir.parent.name for job in jobs} == {"collapse"}
+    assert all("tracking.job_type=ablation" in job.argv for job in jobs)
 
 
 def test_the_cpu_comparison_runs_each_distinct_experiment_once():
