@@ -594,7 +594,7 @@ def resume_hyper(name: str) -> dict[str, Any]:
     return hyper
 
 
-@pytest.mark.parametrize("name", ["granet", "rigl", "set", "gmp", "rigl-momentum"])
+@pytest.mark.parametrize("name", ["granet", "rigl", "set", "gmp", "rigl-momentum", "mest", "acdc"])
 def test_state_dict_round_trip_is_bit_identical(name: str, tmp_path: Path) -> None:
     method_name = name.split("-momentum")[0]
     batches = make_batches(tiny_model(), 60)

@@ -285,3 +285,15 @@ def test_acdc_masks_follow_the_phases_and_decompressed_weights_restart_at_zero()
     target = round(0.2 * masks.total) / masks.total
     assert densities == [(4, target), (8, 1.0), (12, target)]
     assert sum(masks.active_counts()) == round(0.2 * masks.total)
+
+
+def test_a_restored_scoring_method_trains_with_the_scored_mask_and_does_not_rescore() -> None:
+    model = tiny_model()
+    optimizer, masks, method = setup_method("snip", model, "sgd", total_steps=10, sparsity=0.8)
+    state = method.state_dict()
+    fresh = tiny_model(seed=5)
+    fresh_masks = MaskSet.for_model(fresh)
+    restored = build_method("snip", fresh_masks, None, Hyperparameters(total_steps=10, sparsity=0.8))
+    restored.load_state_dict(state)
+    assert restored.step() is None  # no RuntimeError: the restored masks are the scored ones
+    assert all(torch.equal(a, b) for a, b in zip(masks.masks, fresh_masks.masks, strict=True))
