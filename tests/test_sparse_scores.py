@@ -262,7 +262,8 @@ def test_acdc_alternates_phases_and_ends_compressed() -> None:
     # Compressed from 10, 20, .., 80 (and from 80 on to the end); decompressed from 15, 25, .., 75.
     assert events == list(range(10, 85, 5))
     sparse = 1.0 - 0.9
-    assert [method.target_density(t) for t in (9, 10, 15, 79, 85, 100)] == [1.0, sparse, 1.0, 1.0, sparse, sparse]
+    densities = [method.target_density(t) for t in (9, 10, 15, 79, 85, 100)]
+    assert densities == [1.0, sparse, 1.0, 1.0, sparse, sparse]
 
 
 def test_acdc_masks_follow_the_phases_and_decompressed_weights_restart_at_zero() -> None:
