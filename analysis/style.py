@@ -57,6 +57,8 @@ METHOD_COLOURS = {
     "snip": "#0072B2",
     "grasp": "#7F3C8D",
     "synflow": "#3969AC",
+    "mest": "#117733",
+    "acdc": "#882255",
 }
 _FALLBACK = ("#1B9E77", "#7570B3", "#E7298A", "#66A61E", "#8C564B", "#666666")
 METHOD_ORDER = tuple(METHOD_COLOURS)

@@ -15,7 +15,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -93,8 +93,19 @@ class SparsityConfig(Section):
     growth: Literal["gradient", "momentum", "random"] | None = None
     # RigL / SET stop updating the topology after this fraction of training.
     update_until: Fraction = Field(1.0, gt=0, le=1)
+    # SNIP / GraSP: mini-batches of the scoring pass at initialisation.
+    scoring_batches: int = Field(1, ge=1)
+    synflow_rounds: int = Field(100, ge=1)  # SynFlow: pruning rounds (exponential density schedule)
+    mest_lambda: float = Field(1.0, ge=0)  # MEST: drop score |w| + lambda * |g|
+    # AC/DC: dense warm-up, each compressed / decompressed phase, and the final compressed phase.
+    acdc_warmup: Fraction = Field(0.1, gt=0, lt=1)
+    acdc_phase: Fraction = Field(0.05, gt=0, le=1)
+    acdc_final: Fraction = Field(0.15, ge=0, lt=1)
     dense_first_layer: bool = False
     dense_classifier: bool = False
+
+    # Not sparse-core hyperparameters: which tensors are masked (the mask set), and the method itself.
+    CONFIG_ONLY: ClassVar[frozenset[str]] = frozenset({"method", "dense_first_layer", "dense_classifier"})
 
     @field_validator("method")
     @classmethod
@@ -118,6 +129,10 @@ class SparsityConfig(Section):
         if self.regen_rate_min > self.regen_rate:
             raise ValueError(
                 f"regen_rate_min ({self.regen_rate_min}) must not exceed regen_rate ({self.regen_rate})"
+            )
+        if self.acdc_warmup + self.acdc_final > 1:
+            raise ValueError(
+                f"acdc_warmup + acdc_final ({self.acdc_warmup} + {self.acdc_final}) must not exceed the run (1)"
             )
         return self
 
@@ -203,12 +218,31 @@ _NOT_IDENTITY = {
 }
 
 
+# Fields added after run stores existed: left out of the identity while at their default (which they
+# always are for the methods that do not read them), so the run ids of earlier runs stay what they were.
+_IDENTITY_WHEN_SET = {
+    "sparsity": {
+        "scoring_batches",
+        "synflow_rounds",
+        "mest_lambda",
+        "acdc_warmup",
+        "acdc_phase",
+        "acdc_final",
+    },
+}
+
+
 def run_id(config: Config, world_size: int = 1) -> str:
     """Content address of a run: a hash of every field that can change its results, seed and world size included."""
     identity = config.to_dict()
     for section, fields in _NOT_IDENTITY.items():
         for name in fields:
             identity[section].pop(name, None)
+    for section, fields in _IDENTITY_WHEN_SET.items():
+        defaults = type(getattr(config, section)).model_fields
+        for name in fields:
+            if identity[section].get(name) == defaults[name].default:
+                identity[section].pop(name)
     identity["world_size"] = world_size
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     stem = f"{config.model.arch}-{config.data.dataset}-s{config.run.seed}"

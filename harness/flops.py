@@ -3,7 +3,8 @@
 Inference FLOPs = sum over conv/linear layers of 2 * (active weights) * (output positions).
 Training FLOPs  = sum over steps of 3 * samples * inference FLOPs at that step (forward, input gradient,
 weight gradient); at mask updates that read the dense gradient, the weight-gradient product is dense:
-(2 * sparse + dense) * samples for that step. Normalisation and bias FLOPs are ignored, as in the papers.
+(2 * sparse + dense) * samples for that step. A scoring pass before training (SNIP, GraSP, SynFlow) adds
+3 * dense per sample-pass it reports. Normalisation and bias FLOPs are ignored, as in the papers.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class TrainingFlops:
     def dense_gradient(self, samples: int) -> None:
         """This step's weight gradient was computed densely (a mask update read it): add the difference."""
         self.total += samples * (self.current.dense - self.current.sparse)
+
+    def scoring(self, sample_passes: int) -> None:
+        """A method's scoring pass before training (pruning at initialisation): `sample_passes` dense
+        forward and backward passes of one sample, in the training total only (the dense baseline has none)."""
+        self.total += 3.0 * sample_passes * self.current.dense
 
     def masks_changed(self, flops: InferenceFlops) -> None:
         self.current = flops

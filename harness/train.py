@@ -7,6 +7,7 @@ checkpoint. Everything it needs is built once by `build_session` from the config
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -32,7 +33,7 @@ from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_ten
 from harness.errors import UserError
 from harness.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
 from harness.models import build_model
-from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, SparsityMethod, build_method
+from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, SparsityMethod, build_method
 from harness.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
@@ -88,25 +89,15 @@ def build_scheduler(
 def sparsity_hyperparameters(
     sparsity: SparsityConfig, *, epochs: int, steps_per_epoch: int, seed: int
 ) -> Hyperparameters:
-    def steps(fraction: float) -> int:
-        return epoch_step(fraction, epochs, steps_per_epoch)
-
-    return Hyperparameters(
-        total_steps=epochs * steps_per_epoch,
-        sparsity=sparsity.sparsity,
-        init_sparsity=sparsity.init_sparsity,
-        distribution=sparsity.distribution,
-        erk_power=sparsity.erk_power,
-        update_frequency=sparsity.update_frequency,
-        prune_start=steps(sparsity.prune_start),
-        prune_end=steps(sparsity.prune_end),
-        regen_rate=sparsity.regen_rate,
-        regen_rate_min=sparsity.regen_rate_min,
-        regen_until=sparsity.regen_until,
-        growth=sparsity.growth,
-        update_until=steps(sparsity.update_until),
-        seed=seed,
-    )
+    """The sparse core's settings from the config section, field by field by iteration (one schema:
+    a field added to both is carried over without touching this), points in time converted to steps."""
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(Hyperparameters):
+        if spec.name in Hyperparameters.RUN_FIELDS:
+            continue
+        value = getattr(sparsity, spec.name)
+        values[spec.name] = epoch_step(value, epochs, steps_per_epoch) if spec.metadata.get("time") else value
+    return Hyperparameters(total_steps=epochs * steps_per_epoch, seed=seed, **values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,6 +141,7 @@ class Session:
     # step path never waits for the host; checkpointed so a mid-epoch resume logs the same numbers.
     totals: Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     extra: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()  # one sample's, for a method's data-free scoring pass
 
     @property
     def total_steps(self) -> int:
@@ -269,9 +261,47 @@ def build_session(config: Config, dist: DistInfo) -> Session:
         flops=TrainingFlops(inference_flops(model, masks, positions)),
         batchnorm=RevivalGuard(masks, batchnorm_after(model, spec.input_shape)),
         steps_per_epoch=steps_per_epoch,
+        input_shape=tuple(spec.input_shape),
     )
     session.totals = session.totals.to(device)
     return session
+
+
+def score_before_training(session: Session) -> None:
+    """The method's scoring pass before step 0, for methods that have one (pruning at initialisation).
+
+    It reads the first mini-batches of epoch 0, on a forked RNG so that the run after it draws exactly
+    what it would draw without it; with several ranks each scores its own shard and rank 0's masks win.
+    Its sample-passes are counted in training FLOPs (dense: the network is dense while it scores).
+    """
+    method = session.method
+    if not method.needs_scoring:
+        return
+    device = session.device
+
+    def batches(count: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for index, (inputs, targets) in enumerate(session.loaders.train.iterate(0)):
+            if index >= count:
+                return
+            yield inputs.to(device), targets.to(device)
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=session.config.optim.label_smoothing)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        sample_passes = method.prepare(
+            ScoringInputs(
+                model=session.model,
+                batches=batches,
+                input_shape=session.input_shape,
+                loss=lambda logits, targets: criterion(logits.float(), targets),
+            )
+        )
+    if session.dist.is_distributed:
+        broadcast_tensors(session.dist, session.masks.masks)
+        session.masks.set(session.masks.masks)
+        session.masks.apply(session.optimizer)
+    session.flops.scoring(sample_passes * session.dist.world_size)
+    session.flops.masks_changed(session.current_flops())
+    session.batchnorm.masks_changed()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -710,6 +740,7 @@ def start(
     session: Session, tracker: Tracker, hooks: RunHooks, prepare: Callable[[Session, Tracker], None] | None
 ) -> None:
     """A fresh run: the initial masks as the step-0 event, the epoch-0 checkpoint if it is to be kept."""
+    score_before_training(session)
     if prepare is not None:
         prepare(session, tracker)  # logs its own mask event
     else:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, SparsityMethod, build_method
+from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, SparsityMethod, build_method
 
 
 @contextmanager
@@ -164,6 +164,9 @@ def setup_method(
     optimizer = OPTIMIZERS[optimizer_kind](model)
     masks = MaskSet.for_model(model)
     method = build_method(name, masks, optimizer, Hyperparameters(**hyper))
+    if method.needs_scoring:
+        # Scoring batches of their own, so the training batches of every method stay the same.
+        method.prepare(ScoringInputs(model, lambda count: make_batches(model, count, seed=99), model.input_shape))
     return optimizer, masks, method
 
 

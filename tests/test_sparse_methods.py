@@ -58,7 +58,10 @@ SHORT_RUN: dict[str, Any] = {
 
 
 def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
-    assert set(METHODS) == {"dense", "static", "gmp", "gmp-layerwise", "granet", "rigl", "set"}
+    assert set(METHODS) == {
+        *("dense", "static", "gmp", "gmp-layerwise", "granet", "rigl", "set"),
+        *("snip", "grasp", "synflow", "mest", "acdc"),
+    }
     masks = MaskSet.for_model(tiny_model())
     with pytest.raises(UnknownMethodError, match="unknown method 'lottery'; valid: dense, static"):
         build_method("lottery", masks, None, Hyperparameters(total_steps=10))
@@ -150,7 +153,10 @@ def test_invariants_hold_after_every_step(name: str, optimizer_kind: str) -> Non
             assert update.step == step
             updates.append(update)
     # Pruning events at 4, 8, .., 20 (t_e); GraNet regenerates on at 24 and 28, RigL / SET update every 4.
+    # Pruning at initialisation never updates; AC/DC changes phase at 3, 5, .., 25 and 26 (defaults:
+    # warm-up 10% = 3 steps, phases of round(1.5) = 2 steps, the final compressed phase from step 26).
     expected_updates = {"dense": 0, "static": 0, "gmp": 5, "gmp-layerwise": 5}.get(name, 7)
+    expected_updates = {"snip": 0, "grasp": 0, "synflow": 0, "acdc": 13}.get(name, expected_updates)
     assert len(updates) == expected_updates
     if name != "dense":
         # Density of every method that ends sparse: the final target, to the weight.
@@ -588,7 +594,7 @@ def resume_hyper(name: str) -> dict[str, Any]:
     return hyper
 
 
-@pytest.mark.parametrize("name", ["granet", "rigl", "set", "gmp", "rigl-momentum"])
+@pytest.mark.parametrize("name", ["granet", "rigl", "set", "gmp", "rigl-momentum", "mest", "acdc"])
 def test_state_dict_round_trip_is_bit_identical(name: str, tmp_path: Path) -> None:
     method_name = name.split("-momentum")[0]
     batches = make_batches(tiny_model(), 60)

@@ -15,6 +15,7 @@ from harness.sparse.methods import (
     build_method,
 )
 from harness.sparse.oneshot import PRUNING_CRITERIA, PruneResult, prune_fraction, regrow
+from harness.sparse.scores import ScoringInputs
 
 __all__ = [
     "METHODS",
@@ -25,6 +26,7 @@ __all__ = [
     "MaskSet",
     "MaskUpdate",
     "PruneResult",
+    "ScoringInputs",
     "SparsityMethod",
     "UnknownMethodError",
     "build_method",

@@ -79,6 +79,38 @@ def layerwise_magnitude(
     ]
 
 
+def _active_scores(score: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The score for active entries and -inf for masked ones, so masked entries are never kept."""
+    score = score.detach().to(dtype)
+    return torch.where(mask.bool(), score, torch.full_like(score, float("-inf"))).reshape(-1)
+
+
+def _score_dtype(scores: Sequence[Tensor]) -> torch.dtype:
+    # Float64 scores (SynFlow's, which span hundreds of orders of magnitude) keep their precision.
+    return torch.float64 if any(score.dtype == torch.float64 for score in scores) else torch.float32
+
+
+def global_top(scores: Sequence[Tensor], masks: Sequence[Tensor], keep: int) -> list[Tensor]:
+    """Keep exactly `keep` active entries of highest score over all tensors together (bool masks).
+
+    With |w| as the score this selects exactly what `global_magnitude` does: every active score is
+    above every masked one in both, and `keep` never exceeds the active count.
+    """
+    dtype = _score_dtype(scores)
+    flat = torch.cat([_active_scores(score, mask, dtype) for score, mask in zip(scores, masks, strict=True)])
+    kept = top_k(flat, keep)
+    return split_like(kept, [mask.numel() for mask in masks], [mask.shape for mask in masks])
+
+
+def layerwise_top(scores: Sequence[Tensor], masks: Sequence[Tensor], keeps: Sequence[int]) -> list[Tensor]:
+    """Keep exactly `keeps[l]` active entries of highest score in each tensor l (bool masks)."""
+    dtype = _score_dtype(scores)
+    return [
+        top_k(_active_scores(score, mask, dtype), keep).view(mask.shape)
+        for score, mask, keep in zip(scores, masks, keeps, strict=True)
+    ]
+
+
 # --------------------------------------------------------------------------------------------------
 # Regrowth scores
 
@@ -139,15 +171,16 @@ class GradientMomentum:
 
 
 def drop_and_grow(
-    weight: Tensor, mask: Tensor, growth_score: Tensor, count: int
+    weight: Tensor, mask: Tensor, growth_score: Tensor, count: int, *, drop_score: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One layer of regeneration (SPEC section 5).
 
-    Drops the `count` active entries of smallest |w|, then grows the `count` inactive entries (just-dropped
-    ones included) of largest growth score. Returns (new mask, dropped, grown) as bool tensors.
+    Drops the `count` active entries of smallest drop score (default |w|), then grows the `count` inactive
+    entries (just-dropped ones included) of largest growth score. Returns (new mask, dropped, grown) as
+    bool tensors.
     """
     active = mask.bool().reshape(-1)
-    magnitude = weight.detach().abs().reshape(-1).float()
+    magnitude = (weight.detach().abs() if drop_score is None else drop_score.detach()).reshape(-1).float()
     drop_scores = torch.where(active, magnitude, torch.full_like(magnitude, float("inf")))
     dropped = bottom_k(drop_scores, count)
     remaining = active & ~dropped

@@ -11,26 +11,44 @@ Use in any training loop:
         update = method.step()          # masks applied; a MaskUpdate on mask-update steps, else None
 
 The base class owns mask application, optimizer-state zeroing, pruning, drop-and-grow and persistence;
-a method says only when it updates and what an update does.
+a method says only when it updates and what an update does, and may override the scores that drive the
+shared machinery: `prune_scores` (kept: the highest; default |w|), `drop_scores` (dropped: the lowest;
+default |w|) and `growth_scores` (grown: the highest; default the growth criterion). A method that
+scores before step 0 (pruning at initialisation) sets `needs_scoring` and implements `prepare`, which the
+trainer calls once with a `ScoringInputs` (model, a mini-batch callable, the input shape, the loss):
+
+    cost = method.prepare(ScoringInputs(model, batches, input_shape))   # sample-passes, for FLOPs
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import torch
+from torch import Tensor
 
-from harness.sparse import criteria
+from harness.sparse import criteria, scores
 from harness.sparse.distributions import layer_counts
 from harness.sparse.masks import MaskSet
 from harness.sparse.schedules import CosineRate, CubicSparsity
+from harness.sparse.scores import ScoringInputs
+
+# Field metadata of a point in time: a step here, a fraction of the run in the config section.
+TIME: Final = {"time": True}
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Everything a method may read, in optimizer steps. Each method documents the fields it uses."""
+    """Everything a method may read, in optimizer steps. Each method documents the fields it uses.
+
+    The one schema of sparsity settings: the config's sparsity section has exactly these fields (less
+    RUN_FIELDS, which come from the run), and the trainer fills this from it by iterating over the
+    fields, converting those marked TIME from fractions of the run to steps (a test pins the two).
+    """
+
+    RUN_FIELDS: ClassVar[frozenset[str]] = frozenset({"total_steps", "seed"})
 
     total_steps: int
     sparsity: float = 0.9  # final sparsity s_f
@@ -38,13 +56,23 @@ class Hyperparameters:
     distribution: str = "erk"
     erk_power: float = 1.0
     update_frequency: int = 1000  # dT
-    prune_start: int = 0  # t_0
-    prune_end: int | None = None  # t_e; None = half of the run (the paper's epoch 80 of 160)
+    prune_start: int = field(default=0, metadata=TIME)  # t_0
+    # t_e; None = half of the run (the paper's epoch 80 of 160)
+    prune_end: int | None = field(default=None, metadata=TIME)
     regen_rate: float = 0.5  # r_0
     regen_rate_min: float = 0.005
     regen_until: str = "end"  # "end" (authors' code) or "prune_end"
     growth: str | None = None  # None = the method's own
-    update_until: int | None = None  # RigL / SET: last step that may update the topology; None = the end
+    # RigL / SET: last step that may update the topology; None = the end
+    update_until: int | None = field(default=None, metadata=TIME)
+    scoring_batches: int = 1  # SNIP / GraSP: mini-batches of the scoring pass
+    synflow_rounds: int = 100  # SynFlow: pruning rounds
+    mest_lambda: float = 1.0  # MEST: drop score |w| + lambda * |g|
+    # AC/DC: dense warm-up, length of each compressed or decompressed phase, final compressed phase;
+    # None = 10%, 5% and 15% of the run.
+    acdc_warmup: int | None = field(default=None, metadata=TIME)
+    acdc_phase: int | None = field(default=None, metadata=TIME)
+    acdc_final: int | None = field(default=None, metadata=TIME)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +90,12 @@ class Hyperparameters:
             raise ValueError(f"regen_until must be 'end' or 'prune_end', got {self.regen_until!r}")
         if self.growth is not None and self.growth not in criteria.GROWTH_SCORES:
             raise ValueError(f"unknown growth {self.growth!r}; valid: {', '.join(criteria.GROWTH_SCORES)}")
+        if self.scoring_batches < 1 or self.synflow_rounds < 1:
+            raise ValueError(
+                f"scoring_batches and synflow_rounds must be >= 1, got {self.scoring_batches}, {self.synflow_rounds}"
+            )
+        if self.mest_lambda < 0:
+            raise ValueError(f"mest_lambda must be >= 0, got {self.mest_lambda}")
 
     @property
     def pruning_end(self) -> int:
@@ -113,12 +147,15 @@ class SparsityMethod:
     # The Hyperparameters fields the method reads: configs reset the others, so that runs differing
     # only in values a method ignores are the same run.
     reads: ClassVar[frozenset[str]] = frozenset()
+    # Scores before step 0: `prepare` must run before the first step (the trainer calls it on fresh runs).
+    needs_scoring: ClassVar[bool] = False
 
     def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
         self.masks = masks
         self.optimizer = optimizer
         self.hyper = hyper
         self.steps = 0
+        self.prepared = not self.needs_scoring
         self.generator = torch.Generator().manual_seed(hyper.seed)
         self.growth = hyper.growth or self.default_growth
         self.momentum = criteria.GradientMomentum(masks.weights) if self.growth == "momentum" else None
@@ -129,6 +166,8 @@ class SparsityMethod:
 
     def step(self) -> MaskUpdate | None:
         """Call right after optimizer.step(): applies the masks, and updates them on update steps."""
+        if not self.prepared:
+            raise RuntimeError(f"{self.name} scores before training: call prepare(ScoringInputs(...)) first")
         self.steps += 1
         self.masks.apply(self.optimizer)
         if self.momentum is not None:
@@ -152,6 +191,36 @@ class SparsityMethod:
 
     def target_density(self, t: int) -> float:
         return self.initial_density()
+
+    def prepare(self, inputs: ScoringInputs) -> int:
+        """The scoring pass before step 0; returns the sample-passes it spent (one dense forward and
+        backward of one sample = 1). Methods without one spend nothing."""
+        self.prepared = True
+        return 0
+
+    # ---------------------------------------------------------------------------------------------
+    # The scores a method may override (one tensor per masked weight tensor, in mask-set order)
+
+    def prune_scores(self) -> list[Tensor]:
+        """Pruning keeps the highest: |w|."""
+        return [weight.detach().abs() for weight in self.masks.weights]
+
+    def drop_scores(self) -> list[Tensor]:
+        """Regeneration drops the lowest active: |w|."""
+        return [weight.detach().abs() for weight in self.masks.weights]
+
+    def growth_scores(self) -> list[Tensor]:
+        """Regeneration grows the highest inactive: the growth criterion (|g|, |momentum| or random)."""
+        return criteria.growth_scores(
+            self.growth,
+            self.masks.weights,
+            momentum=self.momentum.buffers if self.momentum else None,
+            generator=self.generator,
+        )
+
+    def reads_dense_gradient(self) -> bool:
+        """Whether a regeneration event reads the dense gradient (counted in training FLOPs)."""
+        return self.growth == "gradient"
 
     # ---------------------------------------------------------------------------------------------
     # Shared operations
@@ -179,40 +248,41 @@ class SparsityMethod:
         return self._event(0, self.initial_density(), None, layers, counts)
 
     def prune_to(self, density: float, *, layerwise: bool = False) -> list[int]:
-        """Magnitude pruning to a global density (exact count); returns the weights pruned per layer."""
+        """Pruning by `prune_scores` to a density (exact count); returns the weights pruned per layer."""
+        return self.keep_top(self.prune_scores(), density, layerwise=layerwise)
+
+    def keep_top(self, scores: list[Tensor], density: float, *, layerwise: bool = False) -> list[int]:
+        """Keep the round(density * n) active entries of highest score, over all tensors together or per
+        tensor (exact counts, ties to lower indices); returns the weights removed per layer."""
         before = self.masks.active_counts()
         if layerwise:
             keeps = [
                 min(round(density * numel), active)
                 for numel, active in zip(self.masks.numels, before, strict=True)
             ]
-            kept = criteria.layerwise_magnitude(self.masks.weights, self.masks.masks, keeps)
+            kept = criteria.layerwise_top(scores, self.masks.masks, keeps)
         else:
             keep = min(round(density * self.masks.total), sum(before))
-            kept = criteria.global_magnitude(self.masks.weights, self.masks.masks, keep)
+            kept = criteria.global_top(scores, self.masks.masks, keep)
         self.masks.set(kept)
         self.masks.apply(self.optimizer)
         after = self.masks.active_counts()
         return [old - new for old, new in zip(before, after, strict=True)]
 
     def regenerate(self, rate: float) -> tuple[list[int], list[int]]:
-        """Per layer: drop ceil(rate * n_l) smallest-|w| active weights, grow as many by the growth score.
+        """Per layer: drop the ceil(rate * n_l) active weights of lowest drop score, grow as many by the growth score.
 
         Newly activated weights and their optimizer state start at exactly 0; a weight dropped and regrown
         in the same event is kept as it was. Active counts are unchanged.
         """
-        scores = criteria.growth_scores(
-            self.growth,
-            self.masks.weights,
-            momentum=self.momentum.buffers if self.momentum else None,
-            generator=self.generator,
-        )
+        growth = self.growth_scores()
+        drops = self.drop_scores()
         new_masks, grown_masks, dropped_counts, grown_counts = [], [], [], []
-        for weight, mask, score, active in zip(
-            self.masks.weights, self.masks.masks, scores, self.masks.active_counts(), strict=True
+        for weight, mask, drop, score, active in zip(
+            self.masks.weights, self.masks.masks, drops, growth, self.masks.active_counts(), strict=True
         ):
             count = math.ceil(rate * active)
-            new_mask, dropped, grown = criteria.drop_and_grow(weight, mask, score, count)
+            new_mask, dropped, grown = criteria.drop_and_grow(weight, mask, score, count, drop_score=drop)
             new_masks.append(new_mask)
             # Only newly activated positions start at 0. A weight dropped and regrown in the same event
             # keeps its value and state, as in the authors' code and RigL (reinit_when_same=False);
@@ -241,7 +311,7 @@ class SparsityMethod:
             regen_rate=regen_rate,
             layers=layers,
             checksum=int(self.masks.checksums().sum()),
-            dense_gradient=regen_rate is not None and self.growth == "gradient",
+            dense_gradient=regen_rate is not None and self.reads_dense_gradient(),
         )
 
     def _layers(
@@ -290,6 +360,7 @@ class SparsityMethod:
         if self.momentum is not None:
             self.momentum.load_state_dict(state["momentum"])
         self.masks.apply(self.optimizer)
+        self.prepared = True  # the restored masks are the scored ones
 
 
 class Dense(SparsityMethod):
@@ -443,8 +514,170 @@ class RigL(SET):
     default_growth = "gradient"
 
 
+class MEST(SET):
+    """MEST+EM (Yuan et al. 2021), without the soft memory bound and data-efficiency parts: SET's ERK start,
+    schedule and random regrowth, but the drop removes the lowest |w| + lambda * |g| (the dense gradient of
+    the last mini-batch), so weights that are small but still moving survive."""
+
+    name = "mest"
+    reads = SET.reads | {"mest_lambda"}
+    reference = "Yuan et al., MEST: Accurate and Fast Memory-Economic Sparse Training Framework on the Edge, NeurIPS 2021"
+
+    def drop_scores(self) -> list[Tensor]:
+        missing = [
+            name
+            for name, weight in zip(self.masks.names, self.masks.weights, strict=True)
+            if weight.grad is None
+        ]
+        if missing:
+            raise RuntimeError(
+                f"MEST's drop score needs the gradient of every masked tensor; none for {missing}"
+            )
+        return [
+            weight.detach().abs() + self.hyper.mest_lambda * weight.grad.detach().abs()
+            for weight in self.masks.weights
+        ]
+
+    def reads_dense_gradient(self) -> bool:
+        return True
+
+
+class ACDC(SparsityMethod):
+    """AC/DC (Peste et al. 2021): a dense warm-up, then compressed phases (global magnitude top-k at the
+    final density, fixed) alternating with decompressed (dense) ones, ending with a longer compressed phase.
+
+    A phase change happens after the step at its boundary. Decompression re-activates every weight at
+    the value 0 it was held at (its optimizer state is 0 as well), as in the paper.
+    """
+
+    name = "acdc"
+    reads = frozenset({"sparsity", "acdc_warmup", "acdc_phase", "acdc_final"})
+    reference = "Peste et al., AC/DC: Alternating Compressed/DeCompressed Training of Deep Neural Networks, NeurIPS 2021"
+
+    def __init__(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None, hyper: Hyperparameters):
+        total = hyper.total_steps
+
+        def steps(value: int | None, share: float) -> int:
+            return round(share * total) if value is None else value
+
+        self.warmup_end = max(1, steps(hyper.acdc_warmup, 0.1))
+        self.phase = max(1, steps(hyper.acdc_phase, 0.05))
+        self.final_start = max(self.warmup_end, total - steps(hyper.acdc_final, 0.15))
+        super().__init__(masks, optimizer, hyper)
+
+    def compressed(self, t: int) -> bool:
+        """Whether the steps after step t train the compressed (sparse) network."""
+        if t < self.warmup_end:
+            return False
+        if t >= self.final_start:
+            return True
+        return (t - self.warmup_end) // self.phase % 2 == 0
+
+    def target_density(self, t: int) -> float:
+        return 1.0 - self.hyper.sparsity if self.compressed(t) else 1.0
+
+    def is_update_step(self, t: int) -> bool:
+        return self.compressed(t) != self.compressed(t - 1)
+
+    def update(self, t: int) -> MaskUpdate:
+        target = self.target_density(t)
+        if target < 1.0:
+            pruned = self.prune_to(target)
+            layers, counts = self._layers(pruned=pruned)
+        else:
+            before = self.masks.active_counts()
+            self.masks.set([torch.ones_like(mask) for mask in self.masks.masks])
+            grown = [numel - active for numel, active in zip(self.masks.numels, before, strict=True)]
+            layers, counts = self._layers(grown=grown)
+        return self._event(t, target, None, layers, counts)
+
+
+class PruningAtInitialization(SparsityMethod):
+    """Base of SNIP, GraSP and SynFlow: dense until `prepare` scores the network once before step 0 and
+    keeps the final density by global top-k; the mask is then fixed for the whole run."""
+
+    needs_scoring = True
+    reads = frozenset({"sparsity"})
+
+    def _initialize(self) -> None:
+        """No random mask: the scoring pass decides the mask (dense until then)."""
+
+    def initial_density(self) -> float:
+        return 1.0 - self.hyper.sparsity
+
+    def prepare(self, inputs: ScoringInputs) -> int:
+        cost = self.score_and_prune(inputs)
+        self.masks.apply(self.optimizer)
+        self.prepared = True
+        return cost
+
+    def score_and_prune(self, inputs: ScoringInputs) -> int:
+        raise NotImplementedError
+
+
+class SNIP(PruningAtInitialization):
+    """SNIP (Lee et al. 2019): keep the largest |g ⊙ w| at initialisation, g the mean loss gradient over
+    `scoring_batches` mini-batches; single shot, global."""
+
+    name = "snip"
+    reads = PruningAtInitialization.reads | {"scoring_batches"}
+    reference = "Lee et al., SNIP: Single-shot Network Pruning based on Connection Sensitivity, ICLR 2019"
+
+    def score_and_prune(self, inputs: ScoringInputs) -> int:
+        batches = inputs.batches(self.hyper.scoring_batches)
+        saliency, cost = scores.snip(inputs.model, self.masks.weights, batches, inputs.loss)
+        self.keep_top(saliency, self.initial_density())
+        return cost
+
+
+class GraSP(PruningAtInitialization):
+    """GraSP (Wang et al. 2020): score -w ⊙ (H g) at initialisation and remove the highest scores (the
+    weights whose removal reduces the gradient flow least, or increases it), keeping the lowest; global."""
+
+    name = "grasp"
+    reads = PruningAtInitialization.reads | {"scoring_batches"}
+    reference = "Wang et al., Picking Winning Tickets Before Training by Preserving Gradient Flow, ICLR 2020"
+
+    def score_and_prune(self, inputs: ScoringInputs) -> int:
+        batches = inputs.batches(self.hyper.scoring_batches)
+        saliency, cost = scores.grasp(inputs.model, self.masks.weights, batches, inputs.loss)
+        self.keep_top([-score for score in saliency], self.initial_density())
+        return cost
+
+
+class SynFlow(PruningAtInitialization):
+    """SynFlow (Tanaka et al. 2020): data-free; `synflow_rounds` rounds of global top-k by |dR/dθ ⊙ θ| on
+    the absolute-valued network, the density following d^(k/n), so no layer is cut off before the others
+    have paid their share (the layer-collapse argument of the paper)."""
+
+    name = "synflow"
+    reads = PruningAtInitialization.reads | {"synflow_rounds"}
+    reference = "Tanaka et al., Pruning neural networks without any data by iteratively conserving synaptic flow, NeurIPS 2020"
+
+    def score_and_prune(self, inputs: ScoringInputs) -> int:
+        network = scores.SynFlowNetwork(inputs.model, self.masks.weights)
+        rounds = self.hyper.synflow_rounds
+        for density in scores.exponential_densities(self.initial_density(), rounds):
+            self.keep_top(network.scores(self.masks.masks, inputs.input_shape), density)
+        return rounds  # one all-ones sample per round
+
+
 METHODS: dict[str, type[SparsityMethod]] = {
-    cls.name: cls for cls in (Dense, Static, GradualMagnitude, GradualMagnitudeLayerwise, GraNet, RigL, SET)
+    cls.name: cls
+    for cls in (
+        Dense,
+        Static,
+        GradualMagnitude,
+        GradualMagnitudeLayerwise,
+        GraNet,
+        RigL,
+        SET,
+        SNIP,
+        GraSP,
+        SynFlow,
+        MEST,
+        ACDC,
+    )
 }
 
 
