@@ -63,7 +63,6 @@ class Side:
 
     label: str
     values: tuple[float, ...]
-    paper: str = ""  # the published number for this side, formatted; empty when there is none
 
     @property
     def n(self) -> int:
@@ -215,7 +214,6 @@ def versus(
     cells: Sequence[str],
     scale: float,
     paper: str = "",
-    side_papers: tuple[str, str] = ("", ""),
 ) -> Condition:
     """A test of A > B on `value`, each seed's value averaged over the cells both sides have."""
     try:
@@ -223,10 +221,7 @@ def versus(
     except MissingData as missing:
         return Condition(condition, missing=str(missing), paper=paper)
     return Condition(
-        condition,
-        Side(a[0], tuple(first.values()), side_papers[0]),
-        Side(b[0], tuple(second.values()), side_papers[1]),
-        paper=paper,
+        condition, Side(a[0], tuple(first.values())), Side(b[0], tuple(second.values())), paper=paper
     )
 
 
@@ -466,8 +461,12 @@ def comparison_claim(
             "no training runs (job_type train)" if trained.empty else f"the runs lack {', '.join(lacking)}"
         )
         return Claim(number, text, TEST_ACC, missing=missing)
-    init = trained["init_sparsity"] if "init_sparsity" in trained.columns else 0.0
-    trained = trained.assign(init_sparsity=pd.Series(init, index=trained.index).fillna(0.0))
+    initial = trained["init_sparsity"] if "init_sparsity" in trained.columns else 0.0
+    # W&B and JSON nulls can leave object columns; a run without s_i started dense.
+    trained = trained.assign(
+        init_sparsity=pd.to_numeric(pd.Series(initial, index=trained.index), errors="coerce").fillna(0.0),
+        sparsity=pd.to_numeric(trained["sparsity"], errors="coerce"),
+    )
     involved = [winner, *losers]
     tests = []
     contexts = trained.groupby(["arch", "dataset", "epochs"], sort=True)
@@ -476,7 +475,7 @@ def comparison_claim(
         present = set(
             pd.concat([_method_runs(context, method, init)["sparsity"] for method, init in involved])
         )
-        sparsities = sorted(set(PAPER_SPARSITIES) | {float(value) for value in present})
+        sparsities = sorted(set(PAPER_SPARSITIES) | {float(value) for value in present if np.isfinite(value)})
         where = f"{arch} / {dataset}" + (f", {epochs:g} epochs" if several_lengths else "")
         for loser in losers:
             for sparsity in sparsities:
@@ -488,8 +487,8 @@ def comparison_claim(
                     sides.append(
                         ((label, runs_here), _published(paper, arch, dataset, method, init, sparsity))
                     )
-                numbers = [number for _, number in sides]
-                published = " vs ".join(number or "—" for number in numbers) if any(numbers) else ""
+                published = [found for _, found in sides]
+                published_text = " vs ".join(found or "—" for found in published) if any(published) else ""
                 tests.append(
                     versus(
                         f"{where}: {sides[0][0][0]} vs {sides[1][0][0]} at {_percent(sparsity)}",
@@ -498,8 +497,7 @@ def comparison_claim(
                         "test_acc",
                         (),
                         100.0,
-                        published,
-                        (sides[0][1], sides[1][1]),
+                        published_text,
                     )
                 )
     return Claim(number, text, TEST_ACC, tuple(tests))
@@ -521,9 +519,10 @@ def filter_claim(runs: pd.DataFrame) -> Claim:
     tests = []
     for arch, dataset, part in _panels(probes):
         for sparsity, at_sparsity in part.groupby("pretrained_sparsity", sort=True):
+            condition = f"{arch} / {dataset}, pre-trained sparsity {_percent(sparsity)}"
             tests.append(
                 versus(
-                    f"{arch} / {dataset}, pre-trained sparsity {_percent(sparsity)}: with vs without regeneration",
+                    f"{condition}: with vs without regeneration",
                     ("with", at_sparsity[at_sparsity["regeneration"]]),
                     ("without", at_sparsity[~at_sparsity["regeneration"]]),
                     "plasticity",
@@ -623,10 +622,11 @@ HEADERS = (
 def claim_rows(claim: Claim) -> list[str]:
     """The claim's Markdown table rows: the claim with its overall verdict, then one row per condition."""
     head = f"**{claim.text}**<br>{claim.metric}"
+    verdict = f"**{claim.verdict}**"
     if claim.missing:
-        cells = [str(claim.number), head, "—", "—", f"missing: {claim.missing}", "—", f"**{claim.verdict}**"]
+        cells = [str(claim.number), head, "—", "—", f"missing: {claim.missing}", "—", verdict]
     else:
-        cells = [str(claim.number), head, "", "", "", "", f"**{claim.verdict}**"]
+        cells = [str(claim.number), head, "", "", "", "", verdict]
     rows = [cells]
     for index, test in enumerate(claim.tests, start=1):
         rows.append(
@@ -647,10 +647,11 @@ def to_markdown(claims: Sequence[Claim], runs: pd.DataFrame) -> str:
     counts = (
         runs["job_type"].value_counts().sort_index() if "job_type" in runs.columns else pd.Series(dtype=int)
     )
+    kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items())
     lines = [
         "# The paper's claims, checked against these runs",
         "",
-        f"From {len(runs)} completed runs ({', '.join(f'{count} {kind}' for kind, count in counts.items())}). "
+        f"From {len(runs)} runs ({kinds}). "
         "Every verdict is computed from the run store by `analysis/claims.py`; none is typed.",
         "",
         f"**Rule.** {RULE}",
