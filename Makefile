@@ -8,7 +8,7 @@ RUNS_DIR ?= runs
 WORKERS  ?= 2
 SCALE    ?= paper
 
-.PHONY: setup test test-fast lint format demo bench sweep-plasticity sweep-plasticity-structured sweep-granet figures clean
+.PHONY: setup test test-fast lint format demo bench sweep-plasticity sweep-plasticity-structured sweep-granet figures reproduce-cpu clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,21 @@ sweep-granet: $(STAMP)
 	for file in $(if $(filter cpu,$(SCALE)),granet-mnist1d,granet-cifar10 granet-cifar100); do \
 		$(BIN)/harness sweep sweeps/$$file.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR) || status=$$?; \
 	done; \
+	exit $$status
+
+# The whole CPU reproduction: every CPU study into RUNS_DIR (completed runs are skipped, so a second run
+# takes seconds), then the figures, tables and claims.md into FIGURES_DIR. A failed sweep does not stop
+# the others or the figures (they show what finished), but makes the exit status non-zero. The last line
+# printed is the path of claims.md. The collapse ablation joins in when its sweep file exists.
+CPU_SWEEPS := plasticity-mnist1d plasticity-structured-mnist1d granet-mnist1d \
+	$(if $(wildcard sweeps/collapse-mnist1d.yaml),collapse-mnist1d)
+reproduce-cpu: $(STAMP)
+	status=0; \
+	for file in $(CPU_SWEEPS); do \
+		$(BIN)/harness sweep sweeps/$$file.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR) || status=$$?; \
+	done; \
+	$(BIN)/harness figures $(RUNS_DIR) --out $(FIGURES_DIR) || exit $$?; \
+	echo $(FIGURES_DIR)/claims.md; \
 	exit $$status
 
 clean:

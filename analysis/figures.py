@@ -33,6 +33,7 @@ from analysis.aggregate import (
     regeneration_gain,
     training_runs,
 )
+from analysis.claims import write_claims
 from analysis.dynamics import global_dynamics, mask_dynamics, snapshot_paths
 from analysis.runs import CurvesLoader, load_curves
 from analysis.tables import comparison_with_paper, paper_results, to_latex, to_markdown
@@ -314,11 +315,14 @@ def damage_recovery(runs: pd.DataFrame) -> Figure:
             cell = table[
                 (table["arch"] == arch) & (table["dataset"] == dataset) & (table["probe_epoch"] == epoch)
             ]
-            reference = cell.groupby("pruning_rate")[["acc_pre_mean", "acc_control_mean"]].mean()
+            # Probes with and without regeneration share the checkpoint and the control, so these agree.
+            stages = ["acc_pre_mean", "acc_pre_std", "acc_control_mean", "acc_control_std"]
+            reference = cell.groupby("pruning_rate")[stages].mean()
             for stage in ("acc_pre", "acc_control"):
-                axis.plot(
+                axis.errorbar(
                     100 * reference.index,
                     100 * reference[f"{stage}_mean"],
+                    yerr=100 * reference[f"{stage}_std"].fillna(0.0),
                     color=style.STAGE_COLOURS[stage],
                     linestyle=":",
                     marker=".",
@@ -757,6 +761,7 @@ class FigureReport:
     written: dict[str, list[Path]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     tables: list[Path] = field(default_factory=list)
+    claims: Path | None = None
     index: Path | None = None
 
 
@@ -779,7 +784,8 @@ def write_figures(
     dynamics_run: str | None = None,
     paper: pd.DataFrame | None = None,
 ) -> FigureReport:
-    """Write every figure the runs support (PNG + PDF), the comparison tables, and `index.md` in `out_dir`.
+    """Write every figure the runs support (PNG + PDF), the comparison tables, `claims.md` (see
+    `analysis.claims`) and `index.md` in `out_dir`.
 
     `curves_loader(runs, kind)` reads metrics lines (pass `functools.partial(load_curves, api=api)` for
     runs loaded from W&B); `dynamics_run` is the `run_key` of the run for the training-dynamics figure
@@ -812,6 +818,7 @@ def write_figures(
         path = out_dir / "collapse_table.md"
         path.write_text(collapse.to_markdown(ablation))
         report.tables.append(path)
+    report.claims = write_claims(runs, out_dir / "claims.md", paper)
     report.index = write_index(report, runs)
     return report
 
@@ -837,6 +844,14 @@ def write_index(report: FigureReport, runs: pd.DataFrame) -> Path:
             "## Comparison table",
             "",
             " · ".join(f"[{path.name}]({path.name})" for path in report.tables),
+            "",
+        ]
+    if report.claims is not None:
+        lines += [
+            "## Claims report",
+            "",
+            f"[{report.claims.name}]({report.claims.name}): every claim of the paper the runs can test, "
+            "with a computed verdict",
             "",
         ]
     if report.skipped:

@@ -516,7 +516,37 @@ def figures(
         typer.echo(f"wrote {name}: {', '.join(str(path) for path in paths)}")
     for name, reason in report.skipped.items():
         typer.echo(f"skipped {name}: {reason}")
+    typer.echo(f"wrote claims: {report.claims}")
     typer.echo(str(report.index))
+
+
+@app.command()
+def claims(
+    roots: Annotated[list[Path] | None, typer.Argument(help="run directories, groups or runs roots")] = None,
+    out: Annotated[
+        Path | None, option("--out", help="write the report to this file (default: print it)")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Check the paper's claims against the runs: one row per claim with a computed verdict (Markdown)."""
+    from analysis import load_runs
+    from analysis.claims import evaluate_claims, to_markdown, write_claims
+
+    setup_logging(verbose)
+    with user_errors():
+        if out is not None and out.is_dir():
+            raise UserError(f"--out {out}: is a directory; give the report's file name, e.g. {out}/claims.md")
+        runs = load_runs(roots or [Path("runs")])
+        if runs.empty:
+            raise UserError(f"claims: no completed runs under {', '.join(map(str, roots or ['runs']))}")
+        if out is None:
+            typer.echo(to_markdown(evaluate_claims(runs), runs), nl=False)
+            return
+        try:
+            path = write_claims(runs, out)
+        except OSError as error:
+            raise UserError(f"--out {out}: cannot write the report ({error.strerror})") from None
+    typer.echo(str(path))
 
 
 @app.command()
