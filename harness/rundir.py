@@ -318,10 +318,11 @@ def read_status(run_dir: Path) -> str | None:
 
 def completion_damage(run_dir: Path) -> DamagedFile | None:
     """What keeps a run that may have finished from counting as completed: a damaged status, or a
-    `completed` status with a damaged summary. None when there is no such damage."""
+    `completed` status with a damaged summary or config. None when there is no such damage."""
     try:
         if read_status(run_dir) == "completed":
             read_summary(run_dir)
+            read_config(run_dir)
     except DamagedFile as damage:
         return damage
     return None

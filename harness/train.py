@@ -482,12 +482,13 @@ def run_id_and_dir(config: Config, world_size: int) -> tuple[str, Path]:
 def completed_summary(run_dir: Path, *, warn: bool = True) -> dict[str, Any] | None:
     """The summary of a completed run, or None when the run is to be started or resumed.
 
-    A damaged status or summary makes the run unfinished (one warning with `warn`): it resumes from its
-    last checkpoint, which at the end of a run rewrites both with the same numbers.
+    A damaged status, config or summary makes the run unfinished (one warning with `warn`): it resumes
+    from its last checkpoint, which at the end of a run rewrites all three with the same content.
     """
     try:
         if rundir.read_status(run_dir) != "completed":
             return None
+        rundir.read_config(run_dir)
         return rundir.read_summary(run_dir)
     except rundir.DamagedFile as damage:
         if warn:
