@@ -322,7 +322,8 @@ def completion_damage(run_dir: Path) -> DamagedFile | None:
     try:
         if read_status(run_dir) == "completed":
             read_summary(run_dir)
-            read_config(run_dir)
+            if config_path(run_dir).exists():
+                read_config(run_dir)
     except DamagedFile as damage:
         return damage
     return None

@@ -488,7 +488,8 @@ def completed_summary(run_dir: Path, *, warn: bool = True) -> dict[str, Any] | N
     try:
         if rundir.read_status(run_dir) != "completed":
             return None
-        rundir.read_config(run_dir)
+        if rundir.config_path(run_dir).exists():
+            rundir.read_config(run_dir)
         return rundir.read_summary(run_dir)
     except rundir.DamagedFile as damage:
         if warn:
