@@ -1,7 +1,8 @@
 """Aggregation over seeds: the replication unit of every setting is the seed.
 
 Every statistic is reported as `<value>_mean`, `<value>_std` (ddof=1, NaN for a single seed) and `n`
-(the number of seeds). A setting that holds the same seed twice means the grouping misses a column that
+(the number of seeds with a finite value of the first, headline value). Non-finite values (NaN, inf, a
+missing value) are missing: means and stds skip them and `n` does not count them. A setting that holds the same seed twice means the grouping misses a column that
 distinguishes runs; that raises instead of silently averaging different settings.
 """
 
@@ -61,12 +62,15 @@ def seed_stats(
         raise UserError(
             f"seed_stats: two runs share the setting and seed {first}; group by the column that differs"
         )
-    # W&B and JSON nulls can leave a value column of dtype object; the statistics need numbers.
-    frame = frame.assign(**{value: pd.to_numeric(frame[value]) for value in values})
+    # W&B and JSON nulls can leave a value column of dtype object; the statistics need numbers, and an
+    # inf is no more a measurement than a NaN is.
+    frame = frame.assign(
+        **{value: pd.to_numeric(frame[value]).replace([np.inf, -np.inf], np.nan) for value in values}
+    )
     grouped = frame.groupby(by, dropna=False, sort=True)
     table = grouped[list(values)].agg(["mean", "std"])
     table.columns = [f"{value}_{stat}" for value, stat in table.columns]
-    table["n"] = grouped.size()
+    table["n"] = grouped[values[0]].count()
     return table.reset_index()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import rundir
 from harness.snapshots import load_masks, step_of
 
 DYNAMICS_COLUMNS = (
@@ -28,12 +29,13 @@ DYNAMICS_COLUMNS = (
 
 def snapshot_paths(run_dir: Path | str) -> list[Path]:
     """The run's mask snapshots ordered by step (empty if it wrote none)."""
-    return sorted((Path(run_dir) / "masks").glob("step_*.npz"), key=step_of)
+    return rundir.mask_snapshots(Path(run_dir))
 
 
 def mask_dynamics(run_dir: Path | str) -> pd.DataFrame:
     """One row per (snapshot, masked tensor): size, active count, density, and the weights added and
-    removed since the previous snapshot with the resulting turnover (NaN at the first snapshot)."""
+    removed since the previous snapshot with the resulting turnover (NaN at the first snapshot).
+    A damaged snapshot raises `harness.rundir.DamagedFile` naming it."""
     records: list[dict[str, object]] = []
     previous: dict[str, np.ndarray] = {}
     for path in snapshot_paths(run_dir):

@@ -35,9 +35,10 @@ from analysis.aggregate import (
 )
 from analysis.claims import write_claims
 from analysis.dynamics import global_dynamics, mask_dynamics, snapshot_paths
-from analysis.runs import CurvesLoader, load_curves
+from analysis.runs import CurvesLoader, load_curves, warn_damaged
 from analysis.tables import comparison_with_paper, paper_results, to_latex, to_markdown
 from harness.errors import UserError
+from harness.rundir import DamagedFile
 
 logger = logging.getLogger(__name__)
 
@@ -638,7 +639,12 @@ def dynamics_figure(
     events = curves_loader(run.to_frame().T, "mask_update")
     if events.empty:
         raise NotSupported(f"run {run['run_key']} logged no mask_update events")
-    return training_dynamics(run, events, mask_dynamics(run["run_dir"]))
+    try:
+        dynamics = mask_dynamics(run["run_dir"])
+    except DamagedFile as damage:
+        warn_damaged(run["run_key"], damage, "the training-dynamics figure is skipped")
+        raise NotSupported(f"run {run['run_key']} is damaged: {damage}") from None
+    return training_dynamics(run, events, dynamics)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,18 +9,23 @@ Two sources give the same frame for the same runs:
 Columns of `load_runs`:
 
 - meta: `run_key` (`<group>/<run_id>`, the form plasticity summaries use in `base_run` / `control_run`),
-  `run_id`, `group`, `job_type`, `status` (`completed` | `running` | `failed`), `source` (`local` |
+  `run_id`, `group`, `job_type`, `status` (`completed` | `running` | `failed` | `damaged`), `source` (`local` |
   `wandb`), `run_dir` (local only, else None) and `run_path` (W&B `entity/project/id`, else None);
 - the resolved config flattened with dots (`sparsity.method`, `optim.epochs`, lists as tuples);
 - the summary keys as they are (`test_acc`, `method`, `plasticity`, ...), NaN where a run lacks one.
 
 Local configs are read as raw YAML rather than validated with `harness.config.load_config_file`: analysis
 must still read run stores written by older or newer harness versions, and the W&B config is raw too.
+
+A local run with a file that cannot be read (`harness.rundir.DamagedFile`: invalid YAML, a summary that is
+not a JSON object, a binary status, a damaged metrics line or mask snapshot) is reported by one warning
+naming the run and the file; `load_runs` lists it with status `damaged` (no config or summary columns),
+so status filters leave it out, and `load_curves` leaves its lines out. Non-finite summary values are
+missing values (NaN).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from harness import rundir
 from harness.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +42,7 @@ logger = logging.getLogger(__name__)
 META_COLUMNS = ("run_key", "run_id", "group", "job_type", "status", "source", "run_dir", "run_path")
 # Columns that say where a run was read from; everything else is identical across sources.
 LOCATION_COLUMNS = ("source", "run_dir", "run_path")
-STATUSES = ("completed", "running", "failed")
+STATUSES = (*rundir.STATUSES, rundir.DAMAGED)
 KINDS = ("epoch", "train", "mask_update", "probe")
 
 # summary.json keys of the run-store contract, ordinary runs then plasticity probes.
@@ -66,9 +71,6 @@ _WANDB_STATES = {
 # W&B copies the last logged value of every history key into the run summary. summary.json never has
 # these keys: every metrics key holds a '/', and these are the metrics-line keys without one.
 _HISTORY_ONLY_KEYS = frozenset({"kind", "step", "epoch", "lr", "target_density"})
-
-# The safe loader, in its C implementation where PyYAML has one: configs of hundreds of runs are read.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -164,35 +166,39 @@ def find_run_dirs(roots: Path | str | Iterable[Path | str]) -> list[Path]:
             raise UserError(f"{root}: not a directory (expected a runs directory, a group or a run)")
         before = len(found)
         for directory, subdirectories, files in os.walk(root):
-            if "config.yaml" in files:
+            if rundir.CONFIG_FILE in files:
                 found.append(Path(directory))
                 subdirectories.clear()  # masks/ and checkpoints/ hold no runs
             else:
                 subdirectories.sort()
         if len(found) == before:
-            raise UserError(f"{root}: no run directories (with config.yaml) found")
+            raise UserError(f"{root}: no run directories (with {rundir.CONFIG_FILE}) found")
     return found
 
 
-def _read_status(run_dir: Path) -> str:
-    try:
-        return (run_dir / "status").read_text().strip()
-    except FileNotFoundError:
-        return "running"  # a run writes its status file first; without one it has not got far
+def warn_damaged(run_key: str, damage: rundir.DamagedFile, consequence: str) -> None:
+    logger.warning("run %s is damaged: %s; %s", run_key, damage, consequence)
 
 
 def _local_row(run_dir: Path) -> dict[str, Any]:
-    with open(run_dir / "config.yaml") as handle:
-        config = yaml.load(handle, Loader=_YAML_LOADER) or {}
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     group = run_dir.parent.name
+    run_key = f"{group}/{run_dir.name}"
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    try:
+        config = rundir.read_config(run_dir)
+        # A run writes its status file first; without one it has not got far.
+        status = rundir.read_status(run_dir) or "running"
+        summary = rundir.read_summary(run_dir)
+    except rundir.DamagedFile as damage:
+        warn_damaged(run_key, damage, "listed as damaged, left out of analysis")
+        status, summary = rundir.DAMAGED, {}
     meta = {
-        "run_key": f"{group}/{run_dir.name}",
+        "run_key": run_key,
         "run_id": run_dir.name,
         "group": group,
-        "job_type": config.get("tracking", {}).get("job_type"),
-        "status": _read_status(run_dir),
+        "job_type": (config.get("tracking") or {}).get("job_type"),
+        "status": status,
         "source": "local",
         "run_dir": str(run_dir.resolve()),
         "run_path": None,
@@ -201,18 +207,11 @@ def _local_row(run_dir: Path) -> dict[str, Any]:
 
 
 def read_metrics(run_dir: Path | str) -> Iterator[dict[str, Any]]:
-    """The metrics.jsonl lines of a run directory, in order (none if the file is absent)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{number}: not a JSON line") from None
+    """The metrics.jsonl lines of a run directory, in order (none if the file is absent).
+
+    A torn last line is ignored; other damage is a `harness.rundir.DamagedFile` naming the file and line.
+    """
+    yield from rundir.read_metrics(rundir.metrics_path(Path(run_dir)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,7 +285,12 @@ def load_curves(runs: pd.DataFrame, kind: str = "epoch", *, api: Any = None) -> 
         raise UserError(f"kind: unknown metrics kind {kind!r}; valid: {', '.join(KINDS)}")
     records: list[dict[str, Any]] = []
     for row in runs.to_dict("records"):
-        for line in _lines(row, api):
+        try:
+            lines = list(_lines(row, api))
+        except rundir.DamagedFile as damage:
+            warn_damaged(row["run_key"], damage, "its metrics lines are left out")
+            continue
+        for line in lines:
             if line.get("kind") == kind:
                 record = {"run_key": row["run_key"]}
                 record.update((key, value) for key, value in line.items() if key != "kind")

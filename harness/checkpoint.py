@@ -18,24 +18,21 @@ import pickle
 import random
 import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from harness import rundir
 from harness.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-PREVIOUS = "prev.pt"
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
+CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
+LAST = rundir.LAST_CHECKPOINT
+PREVIOUS = rundir.PREVIOUS_CHECKPOINT
+checkpoint_dir = rundir.checkpoint_dir
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -50,51 +47,12 @@ def previous_path(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Atomic files
+# Atomic files (kept here as names too: callers and tests have used them from this module)
 
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(handle)` on a temporary file beside `path`, make it durable, then rename it to `path`.
-
-    Readers see either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    temporary = _write_durably(path, write)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _write_durably(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """A fsynced temporary file beside `path` holding what `write` wrote; removed again if `write` fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The process id keeps two writers (e.g. ranks sharing a directory by mistake) off each other's file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; without it a power loss can bring back the old directory entry.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+atomic_write = rundir.atomic_write
+atomic_write_text = rundir.atomic_write_text
+_write_durably = rundir.write_durably
+_fsync_directory = rundir.fsync_directory
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,16 +79,21 @@ def keep_copy(path: Path, epoch: int) -> Path:
     """Keep the checkpoint at `path` for good as `epoch_NNNN.pt` beside it (a hard link, or a copy)."""
     path = Path(path)
     target = path.with_name(epoch_checkpoint_name(epoch))
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = rundir.temporary_path(target)
     temporary.unlink(missing_ok=True)
     try:
         os.link(path, temporary)
     except OSError as error:
         # Some filesystems (FAT, some network mounts) have no hard links.
         logger.debug("hard link %s -> %s failed (%s); copying", path, temporary, error)
-        shutil.copyfile(path, temporary)
-    os.replace(temporary, target)
-    _fsync_directory(target.parent)
+        try:
+            shutil.copyfile(path, temporary)
+        except OSError as copy_error:
+            temporary.unlink(missing_ok=True)
+            if rundir.no_space(copy_error) is not None:
+                raise rundir.storage_full(target) from None
+            raise
+    rundir.replace_durably(temporary, target)
     return target
 
 
@@ -165,16 +128,57 @@ def is_complete(path: Path) -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """`checkpoints/last.pt` if it is complete, else `checkpoints/prev.pt` if that is, else None."""
+    """`checkpoints/last.pt` if it is complete, else `checkpoints/prev.pt` if that is, else None.
+
+    One warning when a damaged checkpoint is passed over, saying what the run does instead: resume from
+    the previous checkpoint, or (both damaged) restart from scratch, so a restart is not taken for a resume.
+    """
     directory = checkpoint_dir(run_dir)
+    damaged: list[str] = []
     for name in (LAST, PREVIOUS):
         candidate = directory / name
         if not candidate.exists():
             continue
         if is_complete(candidate):
+            if damaged:
+                logger.warning(
+                    "%s is incomplete or corrupt (interrupted write?); resuming from %s instead",
+                    directory / damaged[0],
+                    candidate,
+                )
             return candidate
-        logger.warning("%s is incomplete (interrupted write?); trying the previous checkpoint", candidate)
+        damaged.append(name)
+    if damaged:
+        logger.warning(
+            "%s: %s %s incomplete or corrupt (zip integrity check failed); the run restarts from scratch "
+            "(step 0), it does not resume",
+            directory,
+            " and ".join(damaged),
+            "are" if len(damaged) > 1 else "is",
+        )
     return None
+
+
+IDENTITY_KEYS = ("run_id", "config_hash")
+
+
+def check_identity(path: Path, state: dict[str, Any], run_id: str, config_hash: str) -> None:
+    """UserError naming both runs unless the checkpoint at `path` was written by this run.
+
+    Checkpoints written before they carried their identity are accepted: they cannot be checked.
+    """
+    theirs = state.get("run_id"), state.get("config_hash")
+    if theirs == (None, None):
+        logger.info(
+            "%s carries no run id (an older harness wrote it); resuming without the identity check", path
+        )
+        return
+    if theirs != (run_id, config_hash):
+        raise UserError(
+            f"{path}: checkpoint of run {theirs[0]} (config hash {str(theirs[1])[:10]}), not of this run "
+            f"{run_id} (config hash {config_hash[:10]}); refusing to resume from it: move it out of the run "
+            "directory"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -618,6 +618,7 @@ def execute(device: str, work: Any) -> None:
     Exit codes: 0 done, 2 user error, 3 stopped by a signal (resumable), 1 a failed run.
     """
     from harness.distributed import MaskMismatchError, dist_info_from_env, init_distributed, teardown
+    from harness.rundir import StorageFullError
     from harness.train import Interrupted, NonFiniteError
 
     dist = dist_info_from_env(device)
@@ -633,7 +634,7 @@ def execute(device: str, work: Any) -> None:
         raise typer.Exit(3) from None
     # Any other failure, a UserError included, leaves without teardown: it may have happened on this rank
     # only, and teardown's barrier would wait for peers that never arrive. torchrun stops the peers.
-    except (MaskMismatchError, NonFiniteError) as failure:
+    except (MaskMismatchError, NonFiniteError, StorageFullError) as failure:
         # A failed run with a clear cause: one line, no traceback; peers are stopped by torchrun.
         typer.echo(f"error: {failure}", err=True)
         raise typer.Exit(1) from None

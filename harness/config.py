@@ -232,8 +232,8 @@ _IDENTITY_WHEN_SET = {
 }
 
 
-def run_id(config: Config, world_size: int = 1) -> str:
-    """Content address of a run: a hash of every field that can change its results, seed and world size included."""
+def config_hash(config: Config, world_size: int = 1) -> str:
+    """sha256 of every field that can change a run's results, seed and world size included (hex)."""
     identity = config.to_dict()
     for section, fields in _NOT_IDENTITY.items():
         for name in fields:
@@ -244,7 +244,12 @@ def run_id(config: Config, world_size: int = 1) -> str:
             if identity[section].get(name) == defaults[name].default:
                 identity[section].pop(name)
     identity["world_size"] = world_size
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def run_id(config: Config, world_size: int = 1) -> str:
+    """Content address of a run: a readable stem and the start of `config_hash`."""
+    digest = config_hash(config, world_size)[:10]
     stem = f"{config.model.arch}-{config.data.dataset}-s{config.run.seed}"
     probe = config.plasticity
     if probe is None:

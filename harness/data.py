@@ -29,7 +29,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import random
 import signal
 import socket
@@ -46,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 
+from harness import rundir
 from harness.config import DataConfig
 from harness.errors import UserError
 
@@ -276,17 +276,12 @@ def generate_mnist1d(num_samples: int) -> dict[str, np.ndarray]:
 
 
 def _write_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # A unique temporary name per process: several ranks may generate the same cache at once.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # rundir's temporary names are per process: several ranks may generate the same cache at once.
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        rundir.atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    except rundir.StorageFullError as error:
+        raise UserError(f"data.data_dir: cannot write the MNIST-1D cache {path} ({error})") from None
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise UserError(f"data.data_dir: cannot write the MNIST-1D cache {path} ({error.strerror})") from None
 
 

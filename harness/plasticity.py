@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from harness import checkpoint as checkpoints
+from harness import rundir
 from harness.config import Config, PlasticityConfig, deep_merge, validate
 from harness.distributed import DistInfo, all_reduce_sum
 from harness.errors import UserError
 from harness.sparse import LayerUpdate, MaskUpdate, prune_fraction, regrow
 from harness.tracking import Tracker
-from harness.train import Best, RunResult, Session, evaluate, read_summary, run_id_and_dir, run_training
+from harness.train import Best, RunResult, Session, evaluate, run_id_and_dir, run_training
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def run_probe(config: Config, dist: DistInfo, *, sweep_run: bool = True) -> RunR
     extra: dict[str, Any] = {}
     if probe.pruning_rate > 0:
         _, control_dir = run_id_and_dir(control_of(config), dist.world_size)
-        control_summary = read_summary(control_dir)
+        control_summary = rundir.read_summary(control_dir)
         if "acc_continue" not in control_summary:
             raise UserError(f"{control_dir}: the control run of this probe has not completed")
         extra = {

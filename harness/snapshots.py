@@ -7,49 +7,44 @@ ResNet-50 mask set is about 3 MB.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness import rundir
+
 SHAPE_SUFFIX = ".shape"
 
 
-def snapshot_name(step: int) -> str:
-    return f"step_{step:09d}.npz"
+snapshot_name = rundir.snapshot_name
+step_of = rundir.snapshot_step
 
 
 def save_masks(path: Path, masks: Mapping[str, torch.Tensor]) -> Path:
-    """Write `masks` (name -> 0/1 tensor) to `path` atomically (temporary file, then rename)."""
+    """Write `masks` (name -> 0/1 tensor) to `path` atomically (see `harness.rundir.atomic_write`)."""
     arrays: dict[str, np.ndarray] = {}
     for name, mask in masks.items():
         flat = mask.detach().reshape(-1).to("cpu", torch.bool).numpy()
         arrays[name] = np.packbits(flat)
         arrays[name + SHAPE_SUFFIX] = np.asarray(mask.shape, dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    rundir.atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
     return path
 
 
 def load_masks(path: Path) -> dict[str, np.ndarray]:
-    """name -> boolean array of the tensor's shape."""
-    with np.load(path) as archive:
-        names = [key for key in archive.files if not key.endswith(SHAPE_SUFFIX)]
-        masks = {}
-        for name in names:
-            shape = tuple(int(dim) for dim in archive[name + SHAPE_SUFFIX])
-            count = int(np.prod(shape))
-            masks[name] = np.unpackbits(archive[name], count=count).astype(bool).reshape(shape)
-        return masks
-
-
-def step_of(path: Path) -> int:
-    """The optimizer step a snapshot file was taken at (from its name)."""
-    return int(Path(path).stem.removeprefix("step_"))
+    """name -> boolean array of the tensor's shape; `rundir.DamagedFile` for a truncated or foreign file."""
+    rundir.check_snapshot(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = [key for key in archive.files if not key.endswith(SHAPE_SUFFIX)]
+            masks = {}
+            for name in names:
+                shape = tuple(int(dim) for dim in archive[name + SHAPE_SUFFIX])
+                count = int(np.prod(shape))
+                masks[name] = np.unpackbits(archive[name], count=count).astype(bool).reshape(shape)
+            return masks
+    except (KeyError, ValueError, OSError) as error:
+        # A whole zip that is not a snapshot: a missing `.shape` entry, pickled objects, wrong sizes.
+        raise rundir.DamagedFile(path, f"not a mask snapshot ({type(error).__name__}: {error})") from None

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TextIO
 
 import yaml
 
+from harness import rundir
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -353,13 +354,25 @@ def format_point(point: Mapping[str, Any]) -> str:
 
 def read_status(run_dir: Path) -> str | None:
     try:
-        return (run_dir / "status").read_text().strip()
-    except FileNotFoundError:
-        return None
+        return rundir.read_status(run_dir)
+    except rundir.DamagedFile:
+        return rundir.DAMAGED
 
 
 def is_completed(run_dir: Path) -> bool:
-    return read_status(run_dir) == "completed"
+    return rundir.is_completed(run_dir)
+
+
+def warn_damaged(jobs: Sequence[Job]) -> None:
+    """One warning per planned run whose status or summary is damaged: the sweep runs it again."""
+    for job in jobs:
+        damage = rundir.completion_damage(job.run_dir)
+        if damage is not None:
+            log.warning(
+                "run %s is damaged (%s); it is run again and resumes from its last checkpoint",
+                job.run_dir.name,
+                damage,
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -717,6 +730,7 @@ def run_sweep(
     sweep = load_sweep(path)
     points = grid_points(sweep)
     jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args))
+    warn_damaged(jobs)
     if dry_run:
         out.write(format_plan(sweep, jobs, len(points)))
         return 0

@@ -32,8 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from harness import snapshots
-from harness.checkpoint import atomic_write_text
+from harness import rundir, snapshots
 from harness.errors import UserError
 
 if TYPE_CHECKING:
@@ -42,13 +41,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Status = Literal["running", "completed", "failed"]
-STATUSES: tuple[str, ...] = ("running", "completed", "failed")
+STATUSES: tuple[str, ...] = rundir.STATUSES
 
-CONFIG_FILE = "config.yaml"
-STATUS_FILE = "status"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-MASKS_DIR = "masks"
+# The names live in harness.rundir; these stay for callers that used them from here.
+CONFIG_FILE = rundir.CONFIG_FILE
+STATUS_FILE = rundir.STATUS_FILE
+METRICS_FILE = rundir.METRICS_FILE
+SUMMARY_FILE = rundir.SUMMARY_FILE
+MASKS_DIR = rundir.MASKS_DIR
 REQUIRED_KEYS = ("kind", "step", "epoch")
 
 # W&B waits this long for its service before giving up (its default is 90 s); only online mode can need it.
@@ -103,29 +103,7 @@ def _record_line(record: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a `metrics.jsonl`; a torn last line (a writer killed mid-line) is ignored."""
-    return [record for _, record in _read_lines(Path(path))]
-
-
-def _read_lines(path: Path) -> list[tuple[bytes, dict[str, Any]]]:
-    """(raw line, parsed record) pairs. A bad line other than the last is a UserError naming path and line."""
-    if not path.exists():
-        return []
-    raw_lines = path.read_bytes().splitlines(keepends=True)
-    pairs = []
-    for number, raw in enumerate(raw_lines, start=1):
-        is_last = number == len(raw_lines)
-        try:
-            record = json.loads(raw)
-            complete = raw.endswith(b"\n") and isinstance(record, dict)
-        except ValueError:
-            complete = False
-        if complete:
-            pairs.append((raw, record))
-        elif is_last:
-            logger.warning("%s: ignoring an incomplete last line (the writer was interrupted)", path)
-        else:
-            raise UserError(f"{path}:{number}: not a JSON object line; the metrics file is damaged")
-    return pairs
+    return rundir.read_metrics(Path(path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,30 +111,31 @@ def _read_lines(path: Path) -> list[tuple[bytes, dict[str, Any]]]:
 
 
 class RunStore:
-    """The files of one run directory. Every whole-file write is atomic; metrics lines are appended whole."""
+    """The files of one run directory (layout and I/O in `harness.rundir`). Every whole-file write is atomic;
+    metrics lines are appended whole."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
 
     @property
     def config_path(self) -> Path:
-        return self.run_dir / CONFIG_FILE
+        return rundir.config_path(self.run_dir)
 
     @property
     def status_path(self) -> Path:
-        return self.run_dir / STATUS_FILE
+        return rundir.status_path(self.run_dir)
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / METRICS_FILE
+        return rundir.metrics_path(self.run_dir)
 
     @property
     def summary_path(self) -> Path:
-        return self.run_dir / SUMMARY_FILE
+        return rundir.summary_path(self.run_dir)
 
     @property
     def masks_dir(self) -> Path:
-        return self.run_dir / MASKS_DIR
+        return rundir.masks_dir(self.run_dir)
 
     def create(self) -> None:
         try:
@@ -168,31 +147,21 @@ class RunStore:
 
     @property
     def status(self) -> str | None:
-        """`running`, `completed`, `failed`, or None when the run never started."""
-        if not self.status_path.exists():
-            return None
-        return self.status_path.read_text().strip()
+        """`running`, `completed`, `failed`, or None when the run never started (DamagedFile otherwise)."""
+        return rundir.read_status(self.run_dir)
 
     def set_status(self, status: Status) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        atomic_write_text(self.status_path, status + "\n")
+        rundir.write_status(self.run_dir, status)
 
     def write_config(self, config: Mapping[str, Any]) -> None:
-        atomic_write_text(self.config_path, yaml.safe_dump(json_safe(config, "config"), sort_keys=False))
+        rundir.atomic_write_text(
+            self.config_path, yaml.safe_dump(json_safe(config, "config"), sort_keys=False)
+        )
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Append one metrics line; returns the record as written (non-finite floats as None)."""
         safe, line = _record_line(record)
-        # One write() of the whole line on an O_APPEND descriptor: no user-space buffer can split it, so a
-        # reader sees the line whole or not at all, and a crash can tear at most the last line.
-        descriptor = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            written = os.write(descriptor, line)
-            while written < len(line):  # short writes do not happen on local disks, but are legal
-                written += os.write(descriptor, line[written:])
-        finally:
-            os.close(descriptor)
+        rundir.append_line(self.metrics_path, line)
         return safe
 
     def records(self) -> list[dict[str, Any]]:
@@ -201,7 +170,7 @@ class RunStore:
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write summary.json; returns it as written (non-finite floats as None)."""
         safe = json_safe(summary, "summary")
-        atomic_write_text(self.summary_path, json.dumps(safe, indent=2, allow_nan=False) + "\n")
+        rundir.atomic_write_text(self.summary_path, json.dumps(safe, indent=2, allow_nan=False) + "\n")
         return safe
 
     def save_masks(self, step: int, masks: Mapping[str, torch.Tensor]) -> Path:
@@ -209,9 +178,7 @@ class RunStore:
 
     def mask_snapshots(self) -> list[Path]:
         """Snapshot files in step order."""
-        if not self.masks_dir.exists():
-            return []
-        return sorted(self.masks_dir.glob("step_*.npz"), key=snapshots.step_of)
+        return rundir.mask_snapshots(self.run_dir)
 
     def rewind(self, step: int) -> None:
         """Forget everything logged after optimizer step `step`, for a resume from a checkpoint at `step`.
@@ -219,10 +186,12 @@ class RunStore:
         Keeps the metrics lines with step <= `step` byte for byte and the mask snapshots up to `step`;
         drops later lines and snapshots, a torn last line, leftover temporary files and summary.json.
         The checkpoint at `step` must have been written after every record of that step was logged.
+        A damaged metrics line (not a torn last one) stops the resume with DamagedFile naming it.
         """
-        kept = b"".join(raw for raw, record in _read_lines(self.metrics_path) if record["step"] <= step)
+        pairs = rundir.read_metric_lines(self.metrics_path)
+        kept = b"".join(raw for raw, record in pairs if record["step"] <= step)
         if self.metrics_path.exists():
-            atomic_write_text(self.metrics_path, kept.decode())
+            rundir.atomic_write(self.metrics_path, lambda handle: handle.write(kept))
         for path in self.mask_snapshots():
             if snapshots.step_of(path) > step:
                 path.unlink()
@@ -238,11 +207,8 @@ class RunStore:
         self._remove_temporaries()
 
     def _remove_temporaries(self) -> None:
-        # Left by a process killed inside an atomic write (`.name.pid.tmp`, `name.npz.tmp`).
-        for directory in (self.run_dir, self.masks_dir):
-            if directory.exists():
-                for path in directory.glob("*.tmp"):
-                    path.unlink()
+        # Left by a process killed inside an atomic write (`.name.pid.tmp`), checkpoints/ included.
+        rundir.remove_temporaries(self.run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -304,7 +270,14 @@ class RunTracker(Tracker):
         self._finished = True
         written = self.store.write_summary(summary) if summary is not None else None
         # Status last: a reader that sees `completed` can rely on summary.json being there.
-        self.store.set_status(status)
+        try:
+            self.store.set_status(status)
+        except (rundir.StorageFullError, OSError) as error:
+            if status == "completed":
+                raise
+            # Called while another error (often the same full disk) propagates: that one is the news.
+            # The status stays `running`, which the next start resumes exactly like `failed`.
+            logger.debug("could not record status %s in %s: %s", status, self.store.status_path, error)
         if self.mirror is not None:
             self.mirror.finish(status, written)
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from harness import checkpoint as checkpoints
 from harness import config as configuration
+from harness import rundir
 from harness.batchnorm import RevivalGuard, batchnorm_after
 from harness.config import Config, OptimConfig, SparsityConfig
 from harness.console import Console
@@ -515,14 +516,26 @@ def run_id_and_dir(config: Config, world_size: int) -> tuple[str, Path]:
     return run_dir.name, run_dir
 
 
-def is_completed(run_dir: Path) -> bool:
-    status = run_dir / "status"
-    return status.exists() and status.read_text().strip() == "completed"
+def completed_summary(run_dir: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """The summary of a completed run, or None when the run is to be started or resumed.
 
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    A damaged status, config or summary makes the run unfinished (one warning with `warn`): it resumes
+    from its last checkpoint, which at the end of a run rewrites all three with the same content.
+    """
+    try:
+        if rundir.read_status(run_dir) != "completed":
+            return None
+        if rundir.config_path(run_dir).exists():
+            rundir.read_config(run_dir)
+        return rundir.read_summary(run_dir)
+    except rundir.DamagedFile as damage:
+        if warn:
+            log.warning(
+                "run %s is damaged (%s); treating it as unfinished: it resumes from its last checkpoint",
+                run_dir.name,
+                damage,
+            )
+        return None
 
 
 def gather_rng(dist: DistInfo) -> list[dict[str, Any]]:
@@ -553,6 +566,11 @@ class RunHooks(Hooks):
         # time.perf_counter() when this process began the run: checkpoints count its wall time from here.
         self.started = time.perf_counter() if started is None else started
         self.stop: Callable[[], bool] = lambda: False
+        # Every checkpoint says whose it is, so a resume can refuse another run's (see check_identity).
+        self.identity = {
+            "run_id": run_dir.name,
+            "config_hash": configuration.config_hash(session.config, session.dist.world_size),
+        }
 
     def log(self, record: dict[str, Any]) -> None:
         self.tracker.log(record)
@@ -588,6 +606,7 @@ class RunHooks(Hooks):
             # Every rank's sums, so a mid-epoch resume logs what an uninterrupted run does.
             totals=all_reduce_sum(session.dist, session.totals.clone()),
         )
+        state.update(self.identity)
         path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
         if session.dist.is_main:
             checkpoints.save_checkpoint(path, state)
@@ -650,19 +669,26 @@ def run_training(
     agent it is mirrored outside the sweep.
     """
     run_id, run_dir = run_id_and_dir(config, dist.world_size)
-    if is_completed(run_dir):
-        return RunResult(run_dir, read_summary(run_dir), skipped=True)
+    done = completed_summary(run_dir, warn=False)
+    if done is not None:
+        return RunResult(run_dir, done, skipped=True)
     # Before anything is computed: the thread count is part of the run (see RunConfig.threads), so the
     # environment (OMP_NUM_THREADS, a sweep worker's share, torchrun's default) must not decide it.
     torch.set_num_threads(config.run.threads)
     started = time.perf_counter()
     session = build_session(config, dist)  # validates data and config before any directory is created
     with run_lock(run_dir, dist):
-        if is_completed(run_dir):  # finished by the process we waited for
-            return RunResult(run_dir, read_summary(run_dir), skipped=True)
+        done = completed_summary(run_dir)  # finished by the process we waited for?
+        if done is not None:
+            return RunResult(run_dir, done, skipped=True)
+        rundir.refuse_planted_symlinks(run_dir)
         resume_path = checkpoints.latest_checkpoint(run_dir)
         if resume_path is not None:
-            session.load_state_dict(checkpoints.load_checkpoint(resume_path))
+            state = checkpoints.load_checkpoint(resume_path)
+            checkpoints.check_identity(
+                resume_path, state, run_id, configuration.config_hash(config, dist.world_size)
+            )
+            session.load_state_dict(state)
             log.info("resuming %s from epoch %d, step %d", run_id, session.epoch, session.step)
         check_resume_point(session)
         tracker = open_tracker(
@@ -721,7 +747,7 @@ def run_lock(run_dir: Path, dist: DistInfo) -> Iterator[None]:
     try:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         # Beside the run directory, never deleted: unlinking a lock file lets two waiters lock different inodes.
-        handle = open(run_dir.parent / f".{run_dir.name}.lock", "w")
+        handle = open(rundir.lock_path(run_dir), "w")
     except OSError as error:
         raise UserError(f"{run_dir}: cannot create the run directory ({error.strerror})") from None
     with handle:
