@@ -46,7 +46,6 @@ from typing import Any, Literal, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.checkpoint import atomic_write_text
 from harness.errors import UserError
 from harness.sweep import (
     Job,
@@ -311,8 +310,21 @@ def run_command(job: Job) -> int:
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
+    """Write a record atomically (temporary file, fsync, rename): a reader sees the old one or the new one.
+
+    Not harness.checkpoint's writer: importing it imports torch, which would add seconds to every task's
+    start on a loaded node only to write a few hundred bytes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(dict(record), sort_keys=True) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(json.dumps(dict(record), sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -483,6 +495,38 @@ def submit_sweep(
     return 0
 
 
+def slurm_command(
+    file: Path,
+    *,
+    submit: bool,
+    status: bool,
+    dry_run: bool,
+    workers: int,
+    runs_dir: Path | None,
+    extra_args: Sequence[str],
+    flags: Mapping[str, Any],
+    slurm_args: Sequence[str],
+    out: TextIO | None = None,
+) -> int:
+    """`harness sweep FILE --slurm ...` or `--status`: checks the flags' combination, then does it."""
+    out = sys.stdout if out is None else out
+    given = [FLAG_NAMES[name] for name, value in flags.items() if value is not None]
+    given += ["--slurm-arg"] if slurm_args else []
+    if not submit and not status:
+        raise UserError(f"{given[0]}: only with --slurm")
+    clashing = (["--slurm"] if submit else []) + (["--dry-run"] if dry_run else []) + given
+    if status and clashing:
+        raise UserError(f"{clashing[0]}: not with --status, which reports on a submitted sweep")
+    if workers != 1:
+        raise UserError("--workers: with --slurm the scheduler runs the tasks; use --array-parallelism")
+    if status:
+        report = sweep_status(file, runs_dir=runs_dir, extra_args=extra_args)
+        out.write(format_status(report))
+        return status_exit_code(report)
+    options = slurm_options(slurm_args=slurm_args, **flags)
+    return submit_sweep(file, options, runs_dir=runs_dir, extra_args=extra_args, dry_run=dry_run, out=out)
+
+
 def describe(options: SlurmOptions) -> str:
     if options.cluster == "local":
         return "submitit's local executor"
@@ -493,7 +537,7 @@ def describe(options: SlurmOptions) -> str:
     parts.append(f"--time {options.time}")
     parts.append(f"at most {options.array_parallelism} tasks of an array at once")
     parts += [f"--{key}={value}" for key, value in options.extra.items()]
-    return "SLURM (" + ", ".join(parts) + " per task)"
+    return "SLURM, per task: " + ", ".join(parts)
 
 
 def format_levels(levels: Sequence[Sequence[Job]]) -> str:
