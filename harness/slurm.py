@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -287,8 +288,10 @@ def run_task(job: Job, record_path: Path, *, job_id: str | None = None) -> str:
 
 
 def run_command(job: Job) -> int:
-    """`python -m harness.cli <argv>` with its output appended to the run's sweep log; SIGTERM passed on."""
-    from harness.cli import wait_passing_on_stop
+    """`python -m harness.cli <argv>` with its output appended to the run's sweep log.
+
+    Returns the exit code, or 3 (stopped, resumable) when a SIGTERM to this task ended the run.
+    """
     from harness.sweep import die_with_parent
 
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,8 +308,31 @@ def run_command(job: Job) -> int:
             env=child_environment(1, job),
             preexec_fn=die_with_parent(),
         )
-        # A scancel or the time limit (SIGTERM) makes the run checkpoint and stop; re-submitting resumes it.
-        return wait_passing_on_stop(process)
+        return wait_for_run(process)
+
+
+def wait_for_run(process: subprocess.Popen) -> int:
+    """Wait for the run; a SIGTERM (scancel, the time limit, the local executor) makes it checkpoint and stop.
+
+    SLURM signals every process of the task itself, the run and its torchrun workers included, so under
+    SLURM the signal is only noted: passed on as well, it would reach torchrun twice and cut its shutdown
+    short. Not harness.cli's wait_passing_on_stop, which always passes it on (and importing harness.cli
+    imports torch, seconds per task).
+    """
+    stops: list[int] = []
+    under_slurm = "SLURM_JOB_ID" in os.environ
+
+    def on_stop(signum: int, frame: Any) -> None:
+        if not stops and not under_slurm:
+            process.send_signal(signum)
+        stops.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_stop)
+    try:
+        code = process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 3 if stops and code != 0 else code
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
@@ -469,7 +495,16 @@ def submit_sweep(
     after: str | None = None
     for index, level in enumerate(levels):
         tasks = [Task(job, folder / TASKS / f"{job.name}.json") for job in level]
-        ids = active.submit(tasks, after, f"{sweep.name}-{index}")
+        try:
+            ids = active.submit(tasks, after, f"{sweep.name}-{index}")
+        except UserError as error:
+            if not submission["arrays"]:
+                raise
+            queued = ", ".join(array["job_id"] for array in submission["arrays"])
+            raise UserError(
+                f"{error}; arrays {queued} are queued already (recorded in {record_file}): "
+                "scancel them, or fix the cause and submit again (completed runs are skipped)"
+            ) from None
         array_id = ids[0].split("_")[0]
         submission["arrays"].append(
             {

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +215,27 @@ def test_a_finished_sweep_submits_nothing_and_a_dry_run_submits_nothing(tmp_path
     ]
 
 
+class RefusingSubmitter(RecordingSubmitter):
+    def submit(self, tasks, after, name):
+        if self.arrays:
+            raise UserError("--slurm: sbatch refused array tiny-1: Invalid partition name specified")
+        return super().submit(tasks, after, name)
+
+
+def test_an_sbatch_refusal_halfway_names_the_arrays_already_queued(tmp_path):
+    path, runs, jobs = plan(tmp_path)
+    with pytest.raises(UserError) as raised:
+        slurm.submit_sweep(
+            path, slurm.SlurmOptions(), runs_dir=runs, out=io.StringIO(), submitter=RefusingSubmitter()
+        )
+    [record_file] = (runs / ".sweeps" / "tiny" / "submissions").glob("*.json")
+    assert str(raised.value) == (
+        "--slurm: sbatch refused array tiny-1: Invalid partition name specified; arrays 10 are queued already "
+        f"(recorded in {record_file}): scancel them, or fix the cause and submit again (completed runs are skipped)"
+    )
+    assert [array["job_id"] for array in json.loads(record_file.read_text())["arrays"]] == ["10"]
+
+
 def test_without_sbatch_a_slurm_submission_is_one_line_naming_it(tmp_path, monkeypatch):
     path, runs, _ = plan(tmp_path)
     monkeypatch.setattr(shutil, "which", lambda name: None)
@@ -276,6 +299,30 @@ def test_the_task_records_the_outcome_and_fails_when_the_run_did(tmp_path, monke
     record = json.loads(record_path.read_text())
     assert (record["state"], record["exit_code"]) == (state, code)
     assert record["ended"] >= record["started"]
+
+
+def signal_soon(seconds: float = 0.3) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    return timer
+
+
+def test_a_sigterm_to_the_task_is_passed_to_the_run_outside_slurm(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    process = subprocess.Popen(["sleep", "30"])
+    signal_soon()
+    assert slurm.wait_for_run(process) == 3  # stopped: resumable
+    assert process.returncode == -signal.SIGTERM
+
+
+def test_under_slurm_the_task_leaves_the_signal_to_slurm(monkeypatch):
+    """SLURM signals every process of the task: passed on too, torchrun would get it twice."""
+    monkeypatch.setenv("SLURM_JOB_ID", "5")
+    process = subprocess.Popen(["sleep", "30"])
+    signal_soon()
+    threading.Timer(1.5, process.kill).start()  # stands for SLURM's own signal to the run
+    assert slurm.wait_for_run(process) == 3
+    assert process.returncode == -signal.SIGKILL  # it was not sent SIGTERM by the task
 
 
 # ---------------------------------------------------------------------------------------------------------
