@@ -215,6 +215,25 @@ def plan_levels(jobs: Sequence[Job]) -> list[list[Job]]:
     return levels
 
 
+# SLURM's default MaxArraySize is 1001 (task ids 0-1000): a larger level becomes several arrays.
+MAX_ARRAY_TASKS = 1000
+
+
+@dataclass(frozen=True)
+class Array:
+    level: int
+    jobs: list[Job]
+
+
+def plan_arrays(levels: Sequence[Sequence[Job]], max_tasks: int = MAX_ARRAY_TASKS) -> list[Array]:
+    """Each level as one array, or as several of at most `max_tasks` tasks."""
+    return [
+        Array(index, list(level[start : start + max_tasks]))
+        for index, level in enumerate(levels)
+        for start in range(0, len(level), max_tasks)
+    ]
+
+
 def sweep_folder(jobs: Sequence[Job], sweep: Sweep) -> Path:
     """`<runs_dir>/.sweeps/<sweep>/`, next to the local runner's logs (that of the first planned run)."""
     if not jobs:
@@ -465,6 +484,7 @@ def submit_sweep(
     dry_run: bool = False,
     out: TextIO | None = None,
     submitter: Callable[[Path, SlurmOptions], Submitter] = make_submitter,
+    max_array_tasks: int = MAX_ARRAY_TASKS,
 ) -> int:
     """Submit (or, with dry_run, print) the sweep's runs that are not complete as one array per level."""
     out = sys.stdout if out is None else out
@@ -472,16 +492,16 @@ def submit_sweep(
     points = grid_points(sweep)
     jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args))
     folder = sweep_folder(jobs, sweep)
-    levels = plan_levels(jobs)
+    arrays = plan_arrays(plan_levels(jobs), max_array_tasks)
     done = sum(is_completed(job.run_dir) for job in jobs)
     out.write(
         f"sweep {sweep.name}: {len(points)} grid points -> {len(jobs)} runs ({done} already complete); "
-        f"{len(levels)} {'array' if len(levels) == 1 else 'arrays'} on {describe(options)}\n"
+        f"{plural(len(arrays), 'array')} on {describe(options)}\n"
     )
     if dry_run:
-        out.write(format_levels(levels))
+        out.write(format_arrays(arrays))
         return 0
-    if not levels:
+    if not arrays:
         return 0
     active = submitter(folder, options)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -492,11 +512,13 @@ def submit_sweep(
         "arrays": [],
     }
     record_file = folder / SUBMISSIONS / f"{stamp}.json"
-    after: str | None = None
-    for index, level in enumerate(levels):
-        tasks = [Task(job, folder / TASKS / f"{job.name}.json") for job in level]
+    ids_by_level: dict[int, list[str]] = {}
+    for array in arrays:
+        # Every array of a level waits for every array of the level before (which waited for its own).
+        after = ":".join(ids_by_level.get(array.level - 1, [])) or None
+        tasks = [Task(job, folder / TASKS / f"{job.name}.json") for job in array.jobs]
         try:
-            ids = active.submit(tasks, after, f"{sweep.name}-{index}")
+            ids = active.submit(tasks, after, f"{sweep.name}-{array.level}")
         except UserError as error:
             if not submission["arrays"]:
                 raise
@@ -506,21 +528,22 @@ def submit_sweep(
                 "scancel them, or fix the cause and submit again (completed runs are skipped)"
             ) from None
         array_id = ids[0].split("_")[0]
+        ids_by_level.setdefault(array.level, []).append(array_id)
         submission["arrays"].append(
             {
                 "job_id": array_id,
+                "level": array.level,
                 "after": after,
                 "tasks": [
                     {"job_id": job_id, "run_dir": str(job.run_dir), "argv": list(job.argv)}
-                    for job_id, job in zip(ids, level, strict=True)
+                    for job_id, job in zip(ids, array.jobs, strict=True)
                 ],
             }
         )
         # Written after every array: if a later sbatch fails, the arrays already queued stay known.
         write_record(record_file, submission)
-        dependency = f" after {after} ends" if after is not None else ""
-        out.write(f"  array {array_id}: {len(level)} {'task' if len(level) == 1 else 'tasks'}{dependency}\n")
-        after = array_id
+        dependency = f" after {after.replace(':', ', ')} ends" if after is not None else ""
+        out.write(f"  array {array_id}: {plural(len(array.jobs), 'task')}{dependency}\n")
     out.write(f"  plan and job ids: {record_file}\n")
     active.finish()
     if options.cluster == "local":
@@ -575,12 +598,19 @@ def describe(options: SlurmOptions) -> str:
     return "SLURM, per task: " + ", ".join(parts)
 
 
-def format_levels(levels: Sequence[Sequence[Job]]) -> str:
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_arrays(arrays: Sequence[Array]) -> str:
     lines: list[str] = []
-    for index, level in enumerate(levels):
-        after = f", after array {index} ends (afterany)" if index else ""
-        lines.append(f"  array {index + 1}: {len(level)} {'task' if len(level) == 1 else 'tasks'}{after}")
-        for task, job in enumerate(level):
+    for number, array in enumerate(arrays, start=1):
+        before = [
+            str(other) for other, earlier in enumerate(arrays, start=1) if earlier.level == array.level - 1
+        ]
+        after = f", after array {', '.join(before)} ends (afterany)" if before else ""
+        lines.append(f"  array {number}: {plural(len(array.jobs), 'task')}{after}")
+        for task, job in enumerate(array.jobs):
             lines.append(f"    [{task}] {job.run_dir}")
             lines.append(f"        harness {' '.join(job.argv)}")
     return "\n".join(lines) + ("\n" if lines else "")
@@ -766,8 +796,9 @@ def format_status(report: StatusReport) -> str:
         f"{'submission' if report.submissions == 1 else 'submissions'} (states from {report.scheduler})"
     ]
     lines += [f"  {state:<{width}}  {report.counts[state]:>5}" for state in REPORT_STATES]
+    # Queued runs are only counted: in a large sweep they are most of it.
     for row in report.rows:
-        if row.state in (FAILED, RUNNING, QUEUED):
+        if row.state in (FAILED, RUNNING):
             job = f"job {row.job_id}" if row.job_id else "no job"
             detail = f": {row.detail}" if row.detail else ""
             lines.append(f"  {row.state}: {row.job.run_dir} ({job}{detail})")

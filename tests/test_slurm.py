@@ -215,6 +215,34 @@ def test_a_finished_sweep_submits_nothing_and_a_dry_run_submits_nothing(tmp_path
     ]
 
 
+def test_a_level_larger_than_an_array_may_be_is_split_and_the_next_level_waits_for_all(tmp_path):
+    path = base_and_two_probes(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["parameters"]["pretrained_sparsity"] = {"values": [0.0, 0.5]}  # two base runs, two controls
+    data["parameters"]["pruning_rate"] = {"value": 0.5}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    recorder = RecordingSubmitter()
+    out = io.StringIO()
+    options = slurm.SlurmOptions()
+    runs = tmp_path / "runs"
+    slurm.submit_sweep(path, options, runs_dir=runs, out=out, submitter=recorder, max_array_tasks=1)
+    assert [(name, after, len(tasks)) for name, after, tasks in recorder.arrays] == [
+        ("tiny-0", None, 1),
+        ("tiny-0", None, 1),
+        ("tiny-1", "10:11", 1),
+        ("tiny-1", "10:11", 1),
+        ("tiny-2", "12:13", 1),
+        ("tiny-2", "12:13", 1),
+    ]
+    assert out.getvalue().splitlines()[3] == "  array 12: 1 task after 10, 11 ends"
+    dry = io.StringIO()
+    slurm.submit_sweep(path, options, runs_dir=runs, dry_run=True, out=dry, max_array_tasks=1)
+    assert [line for line in dry.getvalue().splitlines() if line.startswith("  array")][2:4] == [
+        "  array 3: 1 task, after array 1, 2 ends (afterany)",
+        "  array 4: 1 task, after array 1, 2 ends (afterany)",
+    ]
+
+
 class RefusingSubmitter(RecordingSubmitter):
     def submit(self, tasks, after, name):
         if self.arrays:
@@ -389,7 +417,7 @@ def test_status_joins_the_run_store_the_scheduler_and_the_task_records(tmp_path)
     ]
     assert f"  failed: {control.run_dir} (job 6: the task ended without a result" in lines[6]
     assert lines[7] == f"    log: {control.log_path}"
-    assert lines[8] == f"  running: {probe1.run_dir} (job 7_0)"
+    assert lines[8:] == [f"  running: {probe1.run_dir} (job 7_0)"]
 
 
 @pytest.mark.parametrize(
@@ -459,6 +487,24 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, argv, expected):
     assert result.stderr.strip().startswith(expected)
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_dry_run_shows_torchrun_tasks_with_nproc_per_node_and_submits_nothing(tmp_path):
+    path = base_and_two_probes(tmp_path)
+    runs = tmp_path / "runs"
+    argv = ["sweep", str(path), "--runs-dir", str(runs), "--slurm", "--dry-run", "--nproc-per-node", "2"]
+    result = CliRunner().invoke(cli.app, [*argv, "--gpus-per-task", "2", "--slurm-arg", "account=proj"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(
+        "per task: the default partition, 2 GPUs, --time 60, at most 256 tasks of an array at once, --account=proj"
+    )
+    commands = [line.strip() for line in lines if line.strip().startswith("harness ")]
+    assert len(commands) == 4 and all("--nproc-per-node=2" in command for command in commands)
+    # The world size is part of the run id: these are other runs than the 1-process ones.
+    one_process = {str(job.run_dir) for job in plan(tmp_path)[2]}
+    assert not one_process & {line.split()[-1] for line in lines if line.strip().startswith("[")}
+    assert not runs.exists()
 
 
 def test_cli_status_of_an_unsubmitted_sweep_exits_3(tmp_path):
