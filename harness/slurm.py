@@ -3,7 +3,8 @@
 The grid is planned exactly as for the local runner (`harness.sweep.plan_jobs`: same run ids, dependencies
 first, shared base runs and controls once). The runs that are not complete are cut into dependency levels:
 level 0 holds the runs whose needs are all complete, level L the runs that need one of level L-1. Each
-level is one job array, one task per run, and array L starts only when array L-1 has ended
+level is one job array (several above SLURM's MaxArraySize), one task per run, and the arrays of level L
+start only when those of level L-1 have ended
 (`--dependency=afterany`). `afterany` rather than `afterok`: one failed base run must not hold back the
 probes of every other base run; each task checks its own needs instead and fails, naming the need, when one
 of them is not complete. So a probe never starts before its base run has completed, and one failure stops
@@ -294,7 +295,14 @@ def run_task(job: Job, record_path: Path, *, job_id: str | None = None) -> str:
         write_record(record_path, {**record, "state": "blocked", "detail": detail, "ended": time.time()})
         raise TaskFailed(f"{job.run_dir}: {detail}")
     write_record(record_path, {**record, "state": RUNNING})
-    code = run_command(job)
+    try:
+        code = run_command(job)
+    except BaseException as error:
+        # submitit's handler of SLURM's warning signal (USR2, 90 s before the time limit) raises here; the run
+        # gets SIGTERM when this process ends (it dies with its parent), checkpoints and stops.
+        detail = f"the task was stopped ({type(error).__name__}: {error}); submit again to resume the run"
+        write_record(record_path, {**record, "state": FAILED, "detail": detail, "ended": time.time()})
+        raise
     outcome = judge(job, code)
     state = COMPLETED if outcome.state == COMPLETED else FAILED
     write_record(
@@ -393,7 +401,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 class Submitter(Protocol):
     def submit(self, tasks: Sequence[Task], after: str | None, name: str) -> list[str]:
-        """Submit one array; returns the tasks' job ids, in order. `after`: the previous array's job id."""
+        """Submit one array; returns the tasks' job ids, in order.
+
+        `after`: the job ids of the arrays it must wait for, colon-separated as sbatch's --dependency takes
+        them (None for the first level).
+        """
 
     def finish(self) -> None:
         """Called once after the last array (the local executor waits here)."""

@@ -353,6 +353,24 @@ def test_under_slurm_the_task_leaves_the_signal_to_slurm(monkeypatch):
     assert process.returncode == -signal.SIGKILL  # it was not sent SIGTERM by the task
 
 
+def test_a_task_stopped_by_submitits_time_limit_handler_says_so_in_its_record(tmp_path, monkeypatch):
+    _, _, jobs = plan(tmp_path)
+
+    def timed_out(job):
+        raise RuntimeError("Job not requeued because: timed-out and not checkpointable.")
+
+    monkeypatch.setattr(slurm, "run_command", timed_out)
+    record_path = tmp_path / "record.json"
+    with pytest.raises(RuntimeError, match="timed-out"):
+        slurm.run_task(jobs[0], record_path, job_id="5")
+    record = json.loads(record_path.read_text())
+    assert record["state"] == "failed"
+    assert record["detail"] == (
+        "the task was stopped (RuntimeError: Job not requeued because: timed-out and not checkpointable.); "
+        "submit again to resume the run"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Status
 
