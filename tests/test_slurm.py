@@ -329,26 +329,38 @@ def test_the_task_records_the_outcome_and_fails_when_the_run_did(tmp_path, monke
     assert record["ended"] >= record["started"]
 
 
-def signal_soon(seconds: float = 0.3) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    return timer
+@pytest.fixture
+def sigterm_once_waiting():
+    """Sends this process SIGTERM once wait_for_run's handler is in place (never to pytest's own handler)."""
+
+    def placeholder(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, placeholder)
+
+    def fire():
+        deadline = time.monotonic() + 60
+        while signal.getsignal(signal.SIGTERM) is placeholder and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=fire, daemon=True).start()
+    yield
+    signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_sigterm_to_the_task_is_passed_to_the_run_outside_slurm(monkeypatch):
+def test_a_sigterm_to_the_task_is_passed_to_the_run_outside_slurm(monkeypatch, sigterm_once_waiting):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     process = subprocess.Popen(["sleep", "30"])
-    signal_soon()
     assert slurm.wait_for_run(process) == 3  # stopped: resumable
     assert process.returncode == -signal.SIGTERM
 
 
-def test_under_slurm_the_task_leaves_the_signal_to_slurm(monkeypatch):
+def test_under_slurm_the_task_leaves_the_signal_to_slurm(monkeypatch, sigterm_once_waiting):
     """SLURM signals every process of the task: passed on too, torchrun would get it twice."""
     monkeypatch.setenv("SLURM_JOB_ID", "5")
     process = subprocess.Popen(["sleep", "30"])
-    signal_soon()
-    threading.Timer(1.5, process.kill).start()  # stands for SLURM's own signal to the run
+    threading.Timer(3, process.kill).start()  # stands for SLURM's own signal to the run
     assert slurm.wait_for_run(process) == 3
     assert process.returncode == -signal.SIGKILL  # it was not sent SIGTERM by the task
 
