@@ -483,7 +483,8 @@ def sweep(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Run every grid point of a sweep file locally: dependencies first, completed runs skipped."""
+    """Run every grid point of a sweep file locally or, with --slurm, as SLURM job arrays: dependencies first,
+    completed runs skipped."""
     from harness.sweep import run_sweep
 
     setup_logging(verbose)
