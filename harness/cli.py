@@ -464,16 +464,66 @@ def sweep(
         bool, option("--dry-run", help="list what would run and what is complete, then exit")
     ] = False,
     nproc_per_node: NprocPerNode = 1,
+    slurm: Annotated[
+        bool, option("--slurm", help="submit to SLURM: one job array per dependency level (submitit)")
+    ] = False,
+    status: Annotated[
+        bool, option("--status", help="queued / running / completed / failed, from the run store and squeue")
+    ] = False,
+    cluster: Annotated[
+        str | None, option("--cluster", help="with --slurm: slurm (default) | local (submitit, this machine)")
+    ] = None,
+    partition: Annotated[str | None, option("--partition", help="with --slurm: the partition")] = None,
+    gpus_per_task: Annotated[
+        int | None, option("--gpus-per-task", help="with --slurm: GPUs of each task (one run)")
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None, option("--cpus-per-task", help="with --slurm: CPUs of each task")
+    ] = None,
+    time_limit: Annotated[
+        str | None, option("--time", help="with --slurm: each task's limit, SLURM syntax (default 60 min)")
+    ] = None,
+    array_parallelism: Annotated[
+        int | None, option("--array-parallelism", help="with --slurm: tasks of an array running at once")
+    ] = None,
+    slurm_args: Annotated[
+        list[str] | None,
+        option("--slurm-arg", help="with --slurm: another sbatch option KEY=VALUE (repeatable)"),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Run every grid point of a sweep file locally: dependencies first, completed runs skipped."""
+    """Run every grid point of a sweep file locally or, with --slurm, as SLURM job arrays: dependencies first,
+    completed runs skipped."""
     from harness.sweep import run_sweep
 
     setup_logging(verbose)
     # Every run of the sweep on N processes (a grid parameter `nproc-per-node` does the same per point).
     extra_args = [f"--nproc-per-node={nproc_per_node}"] if nproc_per_node != 1 else []
+    slurm_flags = {
+        "cluster": cluster,
+        "partition": partition,
+        "gpus_per_task": gpus_per_task,
+        "cpus_per_task": cpus_per_task,
+        "time": time_limit,
+        "array_parallelism": array_parallelism,
+    }
     with user_errors():
-        code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run, extra_args=extra_args)
+        if slurm or status or slurm_args or any(value is not None for value in slurm_flags.values()):
+            from harness.slurm import slurm_command
+
+            code = slurm_command(
+                file,
+                submit=slurm,
+                status=status,
+                dry_run=dry_run,
+                workers=workers,
+                runs_dir=runs_dir,
+                extra_args=extra_args,
+                flags=slurm_flags,
+                slurm_args=slurm_args or [],
+            )
+        else:
+            code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run, extra_args=extra_args)
     raise typer.Exit(code)
 
 
