@@ -33,7 +33,7 @@ SUMMARY_KEYS = {
 }  # fmt: skip
 EPOCH_KEYS = {"kind", "step", "epoch", "train/loss", "train/acc", "val/acc", "test/acc", "test/loss", "lr",
               "density", "time/epoch_s"}  # fmt: skip
-REGROWING = {"granet", "rigl", "set"}
+REGROWING = {"granet", "rigl", "set", "mest"}
 
 
 def lr_of_step(step: int, total_steps: int) -> float:
@@ -61,8 +61,24 @@ def expected_mask_events(method: str, total_steps: int, update_frequency: int) -
         "granet": pruning + after,
         "rigl": every,
         "set": every,
+        "mest": every,
+        "snip": [],
+        "grasp": [],
+        "synflow": [],
+        "acdc": acdc_phase_changes(total_steps),
     }[method]
     return [0, *events]
+
+
+def acdc_phase_changes(total_steps: int) -> list[int]:
+    """docs/methods.md: dense until 10% of the run, phases of 5%, compressed for the last 15%."""
+    warmup, phase = round(0.1 * total_steps), max(1, round(0.05 * total_steps))
+    final = total_steps - round(0.15 * total_steps)
+
+    def compressed(t: int) -> bool:
+        return t >= final or (t >= warmup and (t - warmup) // phase % 2 == 0)
+
+    return [t for t in range(1, total_steps + 1) if compressed(t) != compressed(t - 1)]
 
 
 def active_weights(masks: dict[str, np.ndarray]) -> int:
@@ -199,7 +215,7 @@ def check_summary(
         1,
     )
     assert summary["sparsity"] == pytest.approx(0.0 if method == "dense" else 0.9, abs=1e-12)
-    starts_sparse = method in ("static", "rigl", "set")
+    starts_sparse = method in ("static", "rigl", "set", "mest", "snip", "grasp", "synflow")
     assert summary["init_sparsity"] == pytest.approx(0.9 if starts_sparse else 0.0, abs=1e-12)
     assert summary["density"] == active_weights(last_masks) / total_weights(last_masks)
     assert summary["density"] == epochs[-1]["density"]
