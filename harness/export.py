@@ -468,13 +468,17 @@ def choose(
     mode: str = "auto",
     repetitions: int = 7,
     warmup: int = 2,
+    dense_format: str | None = None,
 ) -> tuple[str, dict[str, str], list[dict[str, Any]], dict[str, Any]]:
     """(dense memory format, kind per layer, choice records, end-to-end record); see the module docstring."""
     spatial_dims = len(input_shape) - 1
     all_dense = {spec["name"]: "dense" for spec in layers if spec["op"] in WEIGHT_LAYERS}
     end_to_end: dict[str, Any] = {"batch_sizes": list(batch_sizes)}
-    dense_format = "contiguous"
-    if spatial_dims == 2 and mode == "auto":
+    if dense_format is not None:
+        if dense_format not in DENSE_FORMATS:
+            raise UserError(f"dense format: {dense_format!r} is not one of {', '.join(DENSE_FORMATS)}")
+        end_to_end["dense_format_given"] = True
+    elif spatial_dims == 2 and mode == "auto":
         contiguous_s, channels_last_s = _time_models(
             [_model(layers, weights, all_dense, fmt, num_registers, output) for fmt in DENSE_FORMATS],
             input_shape,
@@ -485,6 +489,8 @@ def choose(
         end_to_end.update(contiguous_s=contiguous_s, channels_last_s=channels_last_s)
         ratio = geometric_mean([cl / c for cl, c in zip(channels_last_s, contiguous_s, strict=True)])
         dense_format = "channels_last" if ratio < 1.0 else "contiguous"
+    else:
+        dense_format = "contiguous"
     end_to_end["dense_format"] = dense_format
     shapes = _trace_inputs(
         _model(layers, weights, all_dense, dense_format, num_registers, output), input_shape
@@ -561,8 +567,13 @@ def export_model(
     warmup: int = 2,
     threads: int = 1,
     source: dict[str, Any] | None = None,
+    dense_format: str | None = None,
 ) -> dict[str, Any]:
-    """The export payload of an eval-mode `model` with `masks` (weight name -> 0/1 tensor; absent = dense)."""
+    """The export payload of an eval-mode `model` with `masks` (weight name -> 0/1 tensor; absent = dense).
+
+    `dense_format` fixes the dense layers' memory format instead of timing both (the benchmark measures
+    it once per network for all sparsities: dense speed does not depend on the mask).
+    """
     if layers not in LAYER_CHOICES:
         raise UserError(f"--layers: {layers!r} is not one of {', '.join(LAYER_CHOICES)}")
     if not batch_sizes or any(batch < 1 for batch in batch_sizes):
@@ -589,6 +600,7 @@ def export_model(
             mode=layers,
             repetitions=repetitions,
             warmup=warmup,
+            dense_format=dense_format,
         )
     for spec in program:
         spec.pop("mask", None)
@@ -610,7 +622,7 @@ def export_model(
         "batch_sizes": list(batch_sizes),
         "repetitions": repetitions,
         "source": source or {},
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
 
 
