@@ -663,6 +663,9 @@ def export_command(
     layers: Annotated[str, option("--layers", help="auto (timed per layer) | dense | sparse")] = "auto",
     repetitions: Annotated[int, option("--repetitions", help="timed repetitions per layer (medians)")] = 7,
     threads: Annotated[int, option("--threads", help="intra-op threads while timing")] = 1,
+    show: Annotated[
+        Path | None, option("--show", help="instead: load an export file, run it once, print its choices")
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Export a run (or a random ERK model) to a compressed CPU inference file; prints the per-layer choice
@@ -670,6 +673,12 @@ def export_command(
     from harness import export as exporter
 
     setup_logging(verbose)
+    if show is not None:
+        with user_errors():
+            payload = exporter.check_export(show)
+        typer.echo(exporter.describe_choices(payload))
+        typer.echo(str(show))
+        return
     with user_errors():
         sizes = parse_batch_sizes(batch_sizes)
         if layers not in exporter.LAYER_CHOICES:

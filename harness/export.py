@@ -681,6 +681,22 @@ def load_export(path: Path) -> tuple[InferenceModel, dict[str, Any]]:
     return model, payload
 
 
+def check_export(path: Path) -> dict[str, Any]:
+    """Load an export and run it once on random input (a damaged program fails here, not in a user's
+    loop); returns its payload."""
+    model, payload = load_export(path)
+    shape = payload.get("input_shape")
+    try:
+        with torch.inference_mode():
+            logits = model(torch.randn(2, *shape))
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: export file does not run: {reason}") from None
+    if tuple(logits.shape) != (2, payload.get("num_classes")):
+        raise UserError(f"{path}: export file gives logits of shape {tuple(logits.shape)}")
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Models to export: a finished run, or a random ERK mask
 
