@@ -154,7 +154,12 @@ class WeightLayer(Layer):
                 self.weight = self.weight.contiguous(memory_format=torch.channels_last)
 
     def run(self, registers: list[Value | None]) -> None:
-        x = to_layout(self.read(registers, self.input), self.layout)
+        value = self.read(registers, self.input)
+        if self.kind == "dense" and self.channels_last and value[1] == CHANNELS_FIRST:
+            # One copy straight into channels_last instead of a transpose and then a second copy.
+            x = value[0].transpose(0, 1).contiguous(memory_format=torch.channels_last)
+        else:
+            x = to_layout(value, self.layout)
         out = self.sparse(x) if self.kind == "sparse" else self.dense(x)
         if self.residual >= 0:
             out = out.add_(to_layout(self.read(registers, self.residual), self.layout))

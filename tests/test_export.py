@@ -66,9 +66,18 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("arch", list(WIDTHS))
 def test_exported_logits_match_the_masked_model(arch, dims, sparsity, tmp_path):
     model, masks, shape, pruned, dense = perturbed_model(arch, dims, sparsity)
+    # Dense layers in channels_last as well as contiguous (2-D only), to cover both layout transitions.
+    dense_format = "channels_last" if dims == 2 and sparsity == 0.98 else None
     payload = exporter.export_model(
-        model, masks, arch=arch, dataset=DATASET_OF_DIMS[dims], input_shape=shape, layers="sparse"
+        model,
+        masks,
+        arch=arch,
+        dataset=DATASET_OF_DIMS[dims],
+        input_shape=shape,
+        layers="sparse",
+        dense_format=dense_format,
     )
+    assert payload["dense_format"] == (dense_format or "contiguous")
     path = tmp_path / "model.pt"
     exporter.save_export(path, payload)
     loaded, stored = exporter.load_export(path)
