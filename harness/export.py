@@ -9,8 +9,9 @@ Choosing: every convolution and linear layer is timed both ways on random input 
 each batch size asked for, interleaved repetition by repetition (medians), in the activation layout the
 layer would receive given the choices before it (so a layout change is charged to the layer that causes
 it). A layer goes sparse when the geometric mean over batch sizes of sparse/dense time is below 1; a
-layer denser than `DENSE_ABOVE` stays dense untimed (CSR stores 1.5-2x the bytes per weight and the
-product cannot win there). Then the whole chosen model is timed against the same program run all dense;
+layer denser than `DENSE_ABOVE` stays dense untimed, to save export time: there the CSR product still
+does half the dense multiply-adds at a small fraction of oneDNN's rate (in the timings taken here,
+layers at 25-35% density already lost by 1.3-10x). Then the whole chosen model is timed against the same program run all dense;
 if it is not faster, every layer falls back to dense. Every timing is stored, and `decide` re-derives
 each choice from them. On 2-D networks the dense layers' memory format (contiguous or channels_last) is
 picked first, by timing the all-dense program both ways.
@@ -29,7 +30,6 @@ import copy
 import io
 import logging
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -280,10 +280,6 @@ def _density(spec: dict[str, Any]) -> float:
 # Building the callable model
 
 
-def _layer(spec: dict[str, Any], weight: Tensor | None, kind: str, dense_format: str) -> Layer:
-    return build_layer(spec, weight, kind, dense_format)
-
-
 def _model(
     layers: Sequence[dict[str, Any]],
     weights: Sequence[Tensor | None],
@@ -293,7 +289,7 @@ def _model(
     output: int,
 ) -> InferenceModel:
     built = [
-        _layer(spec, weight, kinds.get(spec["name"], "dense"), dense_format)
+        build_layer(spec, weight, kinds.get(spec["name"], "dense"), dense_format)
         for spec, weight in zip(layers, weights, strict=True)
     ]
     return InferenceModel(built, num_registers, output)
@@ -418,7 +414,7 @@ def _time_layer(
     warmup: int,
 ) -> tuple[list[float], list[float]]:
     alone = {**spec, "input": 0, "output": 1, "residual": -1}
-    candidates = [_layer(alone, weight, kind, dense_format) for kind in KINDS]
+    candidates = [build_layer(alone, weight, kind, dense_format) for kind in KINDS]
     dense_s, sparse_s = [], []
     generator = torch.Generator().manual_seed(0)
     for batch in batch_sizes:
@@ -857,7 +853,3 @@ def default_out(run_dir: Path | None, arch: str, dataset: str, sparsity: float |
     if run_dir is not None:
         return Path(run_dir) / EXPORT_NAME
     return Path(f"{arch}-{dataset}-s{sparsity}.export.pt")
-
-
-def file_size(path: Path) -> int:
-    return os.path.getsize(path)
