@@ -411,7 +411,7 @@ def _benchmark_network(
             x_cl = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 contiguous_s, channels_last_s = interleaved_medians(
-                    [lambda x=x: dense(x), lambda x=x_cl: channels_last(x)], max(3, repetitions // 4), 1
+                    [lambda x=x: dense(x), lambda x=x_cl: channels_last(x)], max(3, repetitions // 6), 1
                 )
             format_timings[batch] = (contiguous_s, channels_last_s)
             ratios.append(channels_last_s / contiguous_s)
