@@ -485,7 +485,10 @@ def _saved_bytes(state: dict[str, Any], path: Path) -> int:
 
 def inference_report(rows: Sequence[InferenceRow], env: dict[str, Any] | None = None) -> dict[str, Any]:
     """What goes to the JSON file: the environment and one record per row."""
-    return {"environment": environment() if env is None else env, "rows": [row.as_dict() for row in rows]}
+    env = environment() if env is None else env
+    # The benchmark sets its own thread count; the process default environment() sees is not it.
+    env = {**env, "torch_threads": sorted({row.threads for row in rows})}
+    return {"environment": env, "rows": [row.as_dict() for row in rows]}
 
 
 def format_inference_markdown(rows: Sequence[InferenceRow], env: dict[str, Any] | None = None) -> str:

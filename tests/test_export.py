@@ -327,7 +327,7 @@ def test_bench_inference_reports_speedup_size_and_logit_difference(harness_cli, 
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     report = json.loads(json_path.read_text())
-    assert report["environment"]["torch_threads"] == 1
+    assert report["environment"]["torch_threads"] == [1]
     rows = report["rows"]
     assert [(row["arch"], row["sparsity"], row["batch_size"]) for row in rows] == [
         ("resnet20", 0.9, 1),
