@@ -8,7 +8,7 @@ RUNS_DIR ?= runs
 WORKERS  ?= 2
 SCALE    ?= paper
 
-.PHONY: setup test test-fast lint format demo bench sweep-plasticity sweep-plasticity-structured sweep-granet figures reproduce-cpu clean
+.PHONY: setup test test-fast lint format demo bench bench-inference sweep-plasticity sweep-plasticity-structured sweep-granet figures reproduce-cpu clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/harness bench
+
+# The README's inference table: exported sparse vs dense PyTorch, VGG-19 and ResNet-20, CIFAR (32x32) and
+# MNIST-1D (1x40) input shapes, 90/95/98% random ERK masks, batch 1 and 64, THREADS intra-op threads.
+# Writes benchmarks/inference.json and benchmarks/inference.md (a few minutes on 2 quiet cores).
+THREADS ?= 1
+bench-inference: $(STAMP)
+	$(BIN)/harness bench --inference --arch vgg19 --arch resnet20 --dataset cifar10 --dataset mnist1d \
+		--sparsity 0.9 --sparsity 0.95 --sparsity 0.98 --batch-sizes 1,64 --threads $(THREADS) \
+		--json benchmarks/inference.json --markdown benchmarks/inference.md
 
 # Every figure and table the runs under RUNS_DIR support, with an index.md, into FIGURES_DIR.
 FIGURES_DIR ?= figures

@@ -621,17 +621,194 @@ def runs(
 def bench(
     archs: Annotated[list[str] | None, typer.Argument(help="architectures (default: resnet20 vgg19)")] = None,
     batch_size: Annotated[int, option("--batch-size", help="CIFAR-shaped batch")] = 128,
-    repetitions: Annotated[int, option("--repetitions", help="timed repetitions (medians reported)")] = 5,
+    repetitions: Annotated[
+        int | None,
+        option("--repetitions", help="timed repetitions, medians reported (default 5; 20 with --inference)"),
+    ] = None,
+    inference: Annotated[
+        bool, option("--inference", help="time exported sparse inference against dense PyTorch instead")
+    ] = False,
+    arch_options: Annotated[
+        list[str] | None, option("--arch", help="--inference: architecture (repeatable)")
+    ] = None,
+    datasets: Annotated[
+        list[str] | None, option("--dataset", help="--inference: input shape cifar10 | mnist1d (repeatable)")
+    ] = None,
+    sparsities: Annotated[
+        list[float] | None,
+        option("--sparsity", help="--inference: sparsity of the random ERK mask (repeatable)"),
+    ] = None,
+    batch_sizes: Annotated[
+        str, option("--batch-sizes", help="--inference: comma-separated batch sizes")
+    ] = "1,64",
+    threads: Annotated[int, option("--threads", help="--inference: intra-op threads")] = 1,
+    json_out: Annotated[
+        Path | None, option("--json", help="--inference: write the results as JSON here")
+    ] = None,
+    markdown_out: Annotated[
+        Path | None, option("--markdown", help="--inference: write the markdown table here")
+    ] = None,
+    width: Annotated[float, option("--width", help="--inference: channel width factor of the models")] = 1.0,
 ) -> None:
-    """Time a masked vs a dense training step and one mask update vs one step, side by side."""
+    """Time a masked vs a dense training step and one mask update vs one step, side by side; with
+    --inference, exported sparse models vs dense PyTorch (speed-up, file sizes, logit difference)."""
     from harness.bench import format_rows, run_benchmarks
 
     setup_logging(False)
+    if inference:
+        with user_errors():
+            bench_inference(
+                [*(archs or []), *(arch_options or [])] or ["vgg19", "resnet20"],
+                datasets or ["cifar10"],
+                sparsities or [0.95],
+                parse_batch_sizes(batch_sizes),
+                20 if repetitions is None else repetitions,
+                threads,
+                width,
+                json_out,
+                markdown_out,
+            )
+        return
     with user_errors():
         rows = run_benchmarks(
-            tuple(archs or ("resnet20", "vgg19")), batch_size=batch_size, repetitions=repetitions
+            tuple(archs or ("resnet20", "vgg19")), batch_size=batch_size, repetitions=repetitions or 5
         )
     typer.echo(format_rows(rows))
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-sizes: {text!r} is not a comma-separated list of positive integers")
+    return sizes
+
+
+def bench_inference(
+    archs: list[str],
+    datasets: list[str],
+    sparsities: list[float],
+    batch_sizes: list[int],
+    repetitions: int,
+    threads: int,
+    width: float,
+    json_out: Path | None,
+    markdown_out: Path | None,
+) -> None:
+    import json
+
+    from harness.bench import format_inference_markdown, inference_report, run_inference_benchmarks
+    from harness.checkpoint import atomic_write_text
+    from harness.config import ARCHS
+
+    for arch in archs:
+        if arch not in ARCHS:
+            raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+    for path in (json_out, markdown_out):
+        if path is not None and path.parent.exists() and not path.parent.is_dir():
+            raise UserError(f"{path}: its parent is not a directory")
+    rows = run_inference_benchmarks(
+        archs,
+        datasets,
+        sparsities,
+        batch_sizes=batch_sizes,
+        repetitions=repetitions,
+        threads=threads,
+        width=width,
+    )
+    table = format_inference_markdown(rows)
+    typer.echo(table)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(inference_report(rows), indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+    if markdown_out is not None:
+        atomic_write_text(markdown_out, table + "\n")
+        typer.echo(f"wrote {markdown_out}")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path | None, typer.Argument(help="a completed run directory")] = None,
+    out: Annotated[
+        Path | None,
+        option("--out", help="the export file (default RUN_DIR/export.pt, or ARCH-DATASET-sS.export.pt)"),
+    ] = None,
+    arch: Annotated[
+        str | None, option("--arch", help="without RUN_DIR: architecture of a random ERK model")
+    ] = None,
+    sparsity: Annotated[
+        float | None, option("--sparsity", help="without RUN_DIR: sparsity of the random ERK mask")
+    ] = None,
+    dataset: Annotated[
+        str, option("--dataset", help="without RUN_DIR: input shape cifar10 | cifar100 | mnist1d | synthetic")
+    ] = "cifar10",
+    width: Annotated[float, option("--width", help="without RUN_DIR: channel width factor")] = 1.0,
+    seed: Annotated[int, option("--seed", help="without RUN_DIR: seed of the weights and the mask")] = 0,
+    batch_sizes: Annotated[
+        str, option("--batch-sizes", help="batch sizes the per-layer choice is timed at")
+    ] = "1,64",
+    layers: Annotated[str, option("--layers", help="auto (timed per layer) | dense | sparse")] = "auto",
+    repetitions: Annotated[int, option("--repetitions", help="timed repetitions per layer (medians)")] = 7,
+    threads: Annotated[int, option("--threads", help="intra-op threads while timing")] = 1,
+    show: Annotated[
+        Path | None, option("--show", help="instead: load an export file, run it once, print its choices")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Export a run (or a random ERK model) to a compressed CPU inference file; prints the per-layer choice
+    and the file's path last."""
+    from harness import export as exporter
+
+    setup_logging(verbose)
+    if show is not None:
+        with user_errors():
+            payload = exporter.check_export(show)
+        typer.echo(exporter.describe_choices(payload))
+        typer.echo(str(show))
+        return
+    with user_errors():
+        sizes = parse_batch_sizes(batch_sizes)
+        if layers not in exporter.LAYER_CHOICES:
+            raise UserError(f"--layers: {layers!r} is not one of {', '.join(exporter.LAYER_CHOICES)}")
+        if run_dir is not None and (arch is not None or sparsity is not None):
+            raise UserError("export: give RUN_DIR or --arch with --sparsity, not both")
+        if run_dir is None and (arch is None or sparsity is None):
+            raise UserError("export: give RUN_DIR, or --arch and --sparsity for a random ERK model")
+        target = out or exporter.default_out(run_dir, arch or "", dataset, sparsity)
+        if target.exists() and target.is_dir():
+            raise UserError(f"--out: {target} is a directory")
+        if run_dir is not None:
+            model, masks, facts = exporter.run_model(run_dir)
+            arch_name, dataset_name, input_shape = facts["arch"], facts["dataset"], facts["input_shape"]
+            source = {key: value for key, value in facts.items() if key != "input_shape"}
+        else:
+            from harness.config import ARCHS
+
+            if arch not in ARCHS:
+                raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+            model, masks, input_shape = exporter.random_masked_model(
+                arch, dataset, sparsity, seed=seed, width=width
+            )
+            arch_name, dataset_name = arch, dataset
+            source = {"random_erk": True, "sparsity": sparsity, "seed": seed, "width": width}
+        payload = exporter.export_model(
+            model,
+            masks,
+            arch=arch_name,
+            dataset=dataset_name,
+            input_shape=input_shape,
+            batch_sizes=sizes,
+            layers=layers,
+            repetitions=repetitions,
+            threads=threads,
+            source=source,
+        )
+        size = exporter.save_export(target, payload)
+    typer.echo(exporter.describe_choices(payload))
+    typer.echo(f"{size} bytes")
+    typer.echo(str(target))
 
 
 def launch_if_needed(params: dict[str, Any], batch_size: int) -> None:

@@ -1,0 +1,345 @@
+"""The sparse inference export: exact layouts, the compact file, logits against the masked model, the
+replayable per-layer choice, damaged files, and the `harness export` / `harness bench --inference` commands.
+
+No test asserts on a timing: the per-layer choice is exercised with one repetition and checked only for
+consistency with the timings it stored.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import export as exporter
+from harness.errors import UserError
+from harness.inference import COLUMN_TILE, im2col
+
+# The relative tolerance of the issue: max |exported - masked| <= 1e-4 * max |masked logit|.
+RELATIVE_TOLERANCE = 1e-4
+
+# Widths keep the 2-D VGG-19 and ResNet-50 cases to a fraction of a second; ResNet-20 runs at full width.
+WIDTHS = {"resnet20": 1.0, "resnet32": 0.5, "resnet56": 0.25, "vgg19": 0.25, "resnet50": 0.25}
+DATASET_OF_DIMS = {1: "mnist1d", 2: "cifar10"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def perturbed_model(arch: str, dims: int, sparsity: float):
+    """A random ERK model with random BatchNorm affine parameters, one fully pruned filter in the second
+    weight layer and a fully dense third weight layer."""
+    model, masks, shape = exporter.random_masked_model(
+        arch, DATASET_OF_DIMS[dims], sparsity, seed=3, width=WIDTHS[arch]
+    )
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+    names = list(masks)
+    pruned, dense = names[1], names[2]
+    masks[pruned] = masks[pruned].clone()
+    masks[pruned][0] = False
+    masks[dense] = torch.ones_like(masks[dense])
+    return model, masks, shape, pruned, dense
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.98])
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("arch", list(WIDTHS))
+def test_exported_logits_match_the_masked_model(arch, dims, sparsity, tmp_path):
+    model, masks, shape, pruned, dense = perturbed_model(arch, dims, sparsity)
+    # Dense layers in channels_last as well as contiguous (2-D only), to cover both layout transitions.
+    dense_format = "channels_last" if dims == 2 and sparsity == 0.98 else None
+    payload = exporter.export_model(
+        model,
+        masks,
+        arch=arch,
+        dataset=DATASET_OF_DIMS[dims],
+        input_shape=shape,
+        layers="sparse",
+        dense_format=dense_format,
+    )
+    assert payload["dense_format"] == (dense_format or "contiguous")
+    path = tmp_path / "model.pt"
+    exporter.save_export(path, payload)
+    loaded, stored = exporter.load_export(path)
+    assert set(loaded.kinds.values()) == {"sparse"}
+    choices = {record["name"]: record for record in stored["choices"]}
+    assert choices[pruned.removesuffix(".weight")]["density"] < 1.0
+    assert choices[dense.removesuffix(".weight")]["density"] == 1.0
+    reference = exporter.masked_reference(model, masks)
+    # 2-D: more samples than one im2col block holds at 32x32 (the blocked path); 1-D: both paths too.
+    batch = 3 if dims == 2 else COLUMN_TILE // shape[-1] + 2
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
+    names = [record["name"] for record in stored["choices"]]
+    mixed = {name: ("sparse" if index % 2 else "dense") for index, name in enumerate(names)}
+    with torch.inference_mode():
+        expected = reference(x)
+        for kinds in (None, dict.fromkeys(names, "dense"), mixed):
+            network = loaded if kinds is None else exporter.model_from_payload(stored, kinds)
+            got = network(x)
+            assert got.shape == expected.shape
+            assert relative_error(got, expected) <= RELATIVE_TOLERANCE, kinds
+    # The fully pruned filter's channel is exactly its folded bias everywhere.
+    assert bool((masks[pruned][0] == 0).all())
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding"),
+    [((2, 3, 7, 6), 3, 1, 1), ((2, 3, 8, 8), 3, 2, 1), ((2, 3, 8, 8), 1, 2, 0), ((2, 3, 5, 5), 1, 1, 0)],
+)
+def test_im2col_from_shifted_views_equals_unfold(shape, kernel, stride, padding):
+    x = torch.randn(*shape)
+    expected = F.unfold(x, kernel, padding=padding, stride=stride)  # [N, C*k*k, positions]
+    columns, out_space = im2col(x.transpose(0, 1).contiguous(), kernel, stride, padding)
+    positions = expected.shape[-1]
+    assert out_space[0] * out_space[1] == positions
+    # im2col's columns run over (sample, position); unfold's are per sample.
+    assert torch.equal(columns.view(-1, shape[0], positions).transpose(0, 1), expected)
+
+
+def test_im2col_1d_matches_conv1d():
+    x, weight = torch.randn(3, 4, 11), torch.randn(5, 4, 3)
+    columns, out_space = im2col(x.transpose(0, 1).contiguous(), 3, 2, 1)
+    out = (weight.reshape(5, -1) @ columns).view(5, 3, *out_space).transpose(0, 1)
+    torch.testing.assert_close(out, F.conv1d(x, weight, stride=2, padding=1), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_are_stored_as_csr_with_the_smallest_index_dtypes():
+    weight = torch.arange(1.0, 25.0).view(2, 3, 2, 2)
+    mask = torch.zeros(2, 3, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0, 1] = mask[0, 2, 1, 1] = mask[1, 1, 0, 0] = True
+    entry = exporter.encode_weight(weight, mask)
+    assert entry["storage"] == "csr"
+    assert entry["values"].tolist() == [2.0, 12.0, 17.0]
+    assert entry["crow"].tolist() == [0, 2, 3] and entry["crow"].dtype == torch.uint8
+    assert entry["col"].tolist() == [1, 11, 4] and entry["col"].dtype == torch.uint8
+    decoded = exporter.decode_weight(entry, weight.shape)
+    assert torch.equal(decoded.to_dense().view_as(weight), weight * mask)
+    assert exporter.index_dtype(255) == torch.uint8 and exporter.index_dtype(256) == torch.int16
+    assert exporter.index_dtype(40_000) == torch.int32 and exporter.index_dtype(2**31) == torch.int64
+    # A dense mask is cheaper stored dense.
+    assert exporter.encode_weight(weight, torch.ones_like(mask))["storage"] == "dense"
+
+
+def test_file_loads_with_weights_only_and_is_five_times_smaller_at_95_percent(tmp_path):
+    model, masks, shape = exporter.random_masked_model("resnet20", "cifar10", 0.95)
+    payload = exporter.export_model(
+        model, masks, arch="resnet20", dataset="cifar10", input_shape=shape, layers="dense"
+    )
+    path = tmp_path / "model.pt"
+    size = exporter.save_export(path, payload)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == exporter.FORMAT and raw["kinds"] == payload["kinds"]
+    storages = {spec["weight"]["storage"] for spec in raw["layers"] if "weight" in spec}
+    assert storages == {"csr", "dense"}  # the dense stem and classifier of ERK at 95%
+    dense_path = tmp_path / "dense.pt"
+    torch.save(model.state_dict(), dense_path)
+    assert size == path.stat().st_size
+    assert dense_path.stat().st_size >= 5 * size
+
+
+def test_decisions_are_pure_functions_of_the_stored_timings():
+    assert exporter.decide({"dense_s": [1.0, 2.0], "sparse_s": [0.5, 3.0]}) == "sparse"  # sqrt(0.75) < 1
+    assert exporter.decide({"dense_s": [1.0, 2.0], "sparse_s": [0.5, 5.0]}) == "dense"  # sqrt(1.25) > 1
+    assert exporter.decide({"reason": "untimed"}) == "dense"
+    assert exporter.decide({"forced": "sparse"}) == "sparse"
+    assert exporter.decide_end_to_end({"chosen_s": [0.9], "dense_s": [1.0]}) is True
+    assert exporter.decide_end_to_end({"chosen_s": [1.1], "dense_s": [1.0]}) is False
+
+
+def test_the_per_layer_choice_is_stored_and_replays_from_its_timings():
+    model, masks, shape = exporter.random_masked_model("resnet20", "mnist1d", 0.95, width=0.5)
+    payload = exporter.export_model(
+        model,
+        masks,
+        arch="resnet20",
+        dataset="mnist1d",
+        input_shape=shape,
+        batch_sizes=[1, 4],
+        repetitions=1,
+        warmup=0,
+    )
+    assert exporter.replay(payload) == payload["kinds"]
+    for record in payload["choices"]:
+        assert record["kind"] == exporter.decide(record) or not payload["end_to_end"].get("kept", True)
+        if record["density"] > exporter.DENSE_ABOVE:
+            assert "sparse_s" not in record and payload["kinds"][record["name"]] == "dense"
+        else:
+            assert len(record["dense_s"]) == len(record["sparse_s"]) == 2
+            assert record["reason"].startswith(record["kind"])
+    text = exporter.describe_choices(payload)
+    assert all(name in text for name in payload["kinds"])
+    assert text.splitlines()[-1] == (
+        f"{sum(k == 'sparse' for k in payload['kinds'].values())} of {len(payload['kinds'])} layers sparse"
+    )
+
+
+def test_exported_fold_of_the_dense_baseline_matches_the_model():
+    model, masks, shape = exporter.random_masked_model("vgg19", "cifar10", 0.9, width=0.25)
+    reference = exporter.masked_reference(model, masks)
+    folded = exporter.fold_batchnorm(reference, shape)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    x = torch.randn(2, *shape)
+    with torch.inference_mode():
+        assert relative_error(folded(x), reference(x)) <= RELATIVE_TOLERANCE
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged files and the commands
+
+
+@pytest.fixture(scope="module")
+def export_file(tmp_path_factory) -> Path:
+    model, masks, shape = exporter.random_masked_model("resnet20", "mnist1d", 0.9, width=0.25)
+    payload = exporter.export_model(
+        model, masks, arch="resnet20", dataset="mnist1d", input_shape=shape, layers="sparse"
+    )
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    exporter.save_export(path, payload)
+    return path
+
+
+def damaged(export_file: Path, tmp_path: Path, how: str) -> Path:
+    data = bytearray(export_file.read_bytes())
+    path = tmp_path / f"{how}.pt"
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "flipped":  # one byte inside the largest tensor (torch pads records, so not just anywhere)
+        with zipfile.ZipFile(export_file) as archive:
+            member = max(archive.infolist(), key=lambda info: info.file_size)
+        start = member.header_offset
+        name_length, extra_length = struct.unpack("<HH", data[start + 26 : start + 30])
+        data[start + 30 + name_length + extra_length + member.file_size // 2] ^= 0xFF
+    elif how == "garbage":
+        data = bytearray(b"not a zip file at all" * 10)
+    elif how == "foreign":
+        torch.save({"model": torch.zeros(3)}, path)
+        return path
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "garbage", "foreign", "missing"])
+def test_a_damaged_export_file_is_one_line_and_exit_2(export_file, tmp_path, how, harness_cli):
+    path = tmp_path / "missing.pt" if how == "missing" else damaged(export_file, tmp_path, how)
+    with pytest.raises(UserError, match=str(path)):
+        exporter.load_export(path)
+    result = harness_cli.invoke("export", "--show", str(path))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_show_prints_the_stored_choice(export_file, harness_cli):
+    result = harness_cli.invoke("export", "--show", str(export_file))
+    assert result.exit_code == 0, result.stderr
+    assert result.last_line == str(export_file)
+    assert "stages.0.0.conv1" in result.stdout and "sparse  density" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--arch", "resnet20"], "give RUN_DIR, or --arch and --sparsity"),
+        (["--arch", "nope", "--sparsity", "0.9"], "--arch: unknown architecture 'nope'"),
+        (["--arch", "resnet20", "--sparsity", "1.5"], "--sparsity: must be in [0, 1)"),
+        (["--arch", "resnet20", "--sparsity", "0.9", "--layers", "fast"], "--layers: 'fast'"),
+        (["--arch", "resnet20", "--sparsity", "0.9", "--batch-sizes", "1,x"], "--batch-sizes"),
+        (["--arch", "resnet20", "--sparsity", "0.9", "--dataset", "imagenet"], "--dataset: 'imagenet'"),
+    ],
+)
+def test_bad_export_arguments_are_one_line_and_create_nothing(argv, message, harness_cli, tmp_path):
+    out = tmp_path / "out" / "model.pt"
+    result = harness_cli.invoke("export", *argv, "--out", str(out))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.parent.exists()
+
+
+def test_export_of_a_trained_run_keeps_every_test_prediction(harness_cli):
+    from harness import config as configuration
+    from harness.data import build_datasets
+
+    trained = harness_cli.invoke("run", "gmp", *harness_cli.mnist1d(epochs=2), "--sparsity", "0.9")
+    assert trained.exit_code == 0, trained.stderr
+    run_dir = Path(trained.last_line)
+    result = harness_cli.invoke(
+        "export", str(run_dir), "--batch-sizes", "1,8", "--repetitions", "1", "--layers", "auto"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.last_line == str(run_dir / exporter.EXPORT_NAME)
+    network, payload = exporter.load_export(run_dir / exporter.EXPORT_NAME)
+    assert payload["source"]["run_dir"] == str(run_dir) and payload["source"]["method"] == "gmp"
+    model, masks, _ = exporter.run_model(run_dir)
+    assert 0.05 < sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()) < 0.2
+    reference = exporter.masked_reference(model, masks)
+    test_set = build_datasets(configuration.load_config_file(run_dir / "config.yaml").data).test
+    inputs = test_set.inputs
+    with torch.inference_mode():
+        expected = reference(inputs)
+        # Every layer sparse too, whatever the timing chose: both must keep every prediction.
+        all_sparse = exporter.model_from_payload(payload, dict.fromkeys(payload["kinds"], "sparse"))
+        for candidate in (network, all_sparse):
+            got = candidate(inputs)
+            assert relative_error(got, expected) <= RELATIVE_TOLERANCE
+            assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert len(inputs) == 80
+
+
+def test_export_refuses_an_unfinished_run(harness_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / "status").write_text("running")
+    result = harness_cli.invoke("export", str(run_dir))
+    assert result.exit_code == 2
+    assert "run status is 'running'" in result.stderr
+    assert not (run_dir / exporter.EXPORT_NAME).exists()
+
+
+def test_bench_inference_reports_speedup_size_and_logit_difference(harness_cli, tmp_path):
+    json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
+    result = harness_cli.invoke(
+        "bench", "--inference", "--arch", "resnet20", "--dataset", "mnist1d", "--sparsity", "0.9",
+        "--batch-sizes", "1,3", "--repetitions", "2", "--width", "0.25",
+        "--json", str(json_path), "--markdown", str(markdown_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(json_path.read_text())
+    assert report["environment"]["torch_threads"] == [1]
+    rows = report["rows"]
+    assert [(row["arch"], row["sparsity"], row["batch_size"]) for row in rows] == [
+        ("resnet20", 0.9, 1),
+        ("resnet20", 0.9, 3),
+    ]
+    for row in rows:
+        assert row["threads"] == 1 and row["repetitions"] == 2
+        assert row["speedup"] == pytest.approx(row["dense_s"] / row["exported_s"])
+        assert row["size_ratio"] == pytest.approx(row["dense_bytes"] / row["exported_bytes"])
+        assert row["exported_bytes"] < row["dense_bytes"]
+        assert row["max_logit_diff"] <= RELATIVE_TOLERANCE * row["max_logit_scale"]
+    table = markdown_path.read_text()
+    assert "1 intra-op thread(s)" in table and "n = 2" in table
+    assert table.count("| resnet20 | 1x40 | 0.9 |") == 2
+    assert "speed-up" in result.stdout
