@@ -62,8 +62,8 @@ def describe_usage_error(error: Any) -> str:
         context = context.parent
     where = " ".join(reversed(names)) or "harness"
     if hasattr(error, "possibilities") and hasattr(error, "option_name"):  # an unknown option
-        near = sorted(error.possibilities or [])
-        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        near = list(error.possibilities or [])  # closest first
+        hint = f" (did you mean {near[0]}?)" if near else ""
         return f"{where}: no such option {error.option_name}{hint}"
     message = " ".join(error.format_message().split())
     return f"{where}: {message[:1].lower()}{message[1:]}"

@@ -326,7 +326,7 @@ def finish_mirror_within(
     worker.join(timeout_s)
     if worker.is_alive():
         logger.warning(
-            "W&B finish did not return within %.0f s; the run is %s in the local run store, "
+            "W&B finish did not return within %g s; the run is %s in the local run store, "
             "and its offline W&B files can be uploaded later with `wandb sync`",
             timeout_s,
             status,
