@@ -530,11 +530,6 @@ def build_loaders(
             f"optim.batch_size: the global batch size {global_batch_size} must be divisible by the "
             f"number of processes ({world_size})"
         )
-    if global_batch_size > len(datasets.train):
-        raise UserError(
-            f"optim.batch_size: {global_batch_size} is larger than the training set "
-            f"({len(datasets.train)} samples after the validation split); use at most {len(datasets.train)}"
-        )
     batch_size = global_batch_size // world_size
     shard = {"batch_size": batch_size, "rank": rank, "world_size": world_size}
     workers = {"num_workers": num_workers, "pin_memory": pin_memory}

@@ -211,6 +211,11 @@ def build_session(config: Config, dist: DistInfo) -> Session:
     datasets = build_datasets(config.data)
     if dist.is_main:
         barrier(dist)
+    if config.optim.batch_size > len(datasets.train):  # one batch would be the whole set, padded by repeats
+        raise UserError(
+            f"optim.batch_size: {config.optim.batch_size} is larger than the training set "
+            f"({len(datasets.train)} samples after the validation split); use at most {len(datasets.train)}"
+        )
     loaders = build_loaders(
         datasets,
         global_batch_size=config.optim.batch_size,
