@@ -388,3 +388,31 @@ def test_a_prompt_wandb_finish_is_waited_for(caplog: pytest.LogCaptureFixture) -
         finish_mirror_within(mirror, "failed", None, timeout_s=60)
     assert mirror.finished == ["failed"]
     assert caplog.records == []
+
+
+def test_a_launcher_stopped_during_start_up_starts_no_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import cli
+
+    monkeypatch.setattr(signals, "_received", [signal.SIGTERM])
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda argv, **kwargs: started.append(argv))
+    with pytest.raises(cli.typer.Exit) as stopped:
+        cli.relaunch((["torchrun", "-m", "harness.cli"], {}))
+    assert stopped.value.exit_code == 3
+    assert started == []
+
+
+def test_a_stop_that_arrived_while_torchrun_started_is_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from harness import cli
+
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(signals, "_received", [signal.SIGTERM])
+    try:
+        assert cli.wait_passing_on_stop(job) == 3
+    finally:
+        job.kill()
+        job.wait()
+    assert job.returncode == -signal.SIGTERM
