@@ -801,6 +801,8 @@ def write_figures(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
+    if dynamics_run is not None:
+        pick_dynamics_run(runs, dynamics_run)  # a mistaken run key fails before any figure is written
     out_dir.mkdir(parents=True, exist_ok=True)
     report = FigureReport(out_dir)
     options: dict[str, object] = {

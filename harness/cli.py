@@ -24,7 +24,53 @@ import typer
 from harness import config as configuration
 from harness.errors import UserError
 
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """Command-line mistakes (an unknown option, a missing value) as one line on stderr and exit code 2,
+    like every other user error, instead of click's usage box."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+# Typer bundles its own click: its errors derive from typer.TyperException, not from the `click` package's.
+USAGE_ERROR_EXIT_CODE = 2
+
+
+@contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except typer.TyperException as error:
+        if getattr(error, "exit_code", None) != USAGE_ERROR_EXIT_CODE:
+            raise
+        typer.echo(f"error: {describe_usage_error(error)}", err=True)
+        raise typer.Exit(USAGE_ERROR_EXIT_CODE) from None
+
+
+def describe_usage_error(error: Any) -> str:
+    """`harness run: no such option --lrr (did you mean --lr?)`."""
+    names: list[str] = []
+    context = getattr(error, "ctx", None)
+    while context is not None:
+        names.append(context.info_name if context.parent is not None else "harness")
+        context = context.parent
+    where = " ".join(reversed(names)) or "harness"
+    if hasattr(error, "possibilities") and hasattr(error, "option_name"):  # an unknown option
+        near = list(error.possibilities or [])  # closest first
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        return f"{where}: no such option {error.option_name}{hint}"
+    message = " ".join(error.format_message().split())
+    return f"{where}: {message[:1].lower()}{message[1:]}"
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -48,7 +94,8 @@ def option(*names: str, help: str, **kwargs: Any) -> Any:
 # Options shared by every command that trains ------------------------------------------------------------
 Arch = Annotated[str, option("--arch", help="resnet20 | resnet32 | resnet56 | vgg19 | resnet50")]
 Dataset = Annotated[str, option("--dataset", help="cifar10 | cifar100 | imagenet | mnist1d | synthetic")]
-DataDir = Annotated[Path | None, option("--data-dir", help="where datasets live (default: data)")]
+# Paths as strings: typer would turn "" into Path("") == "." and hide an empty value from the config's check.
+DataDir = Annotated[str | None, option("--data-dir", help="where datasets live (default: data)")]
 Epochs = Annotated[
     int | None, option("--epochs", help="run length; LR decays and pruning end rescale with it")
 ]
@@ -61,7 +108,7 @@ Sparsity = Annotated[
 ]
 InitSparsity = Annotated[float | None, option("--init-sparsity", help="GraNet's initial sparsity s_i")]
 UpdateFrequency = Annotated[int | None, option("--update-frequency", help="steps between mask updates (dT)")]
-RunsDir = Annotated[Path | None, option("--runs-dir", help="root of the run store (default: runs)")]
+RunsDir = Annotated[str | None, option("--runs-dir", help="root of the run store (default: runs)")]
 Group = Annotated[str | None, option("--group", help="sub-directory of the run store (and W&B group)")]
 Wandb = Annotated[str | None, option("--wandb", help="offline (default) | online | disabled")]
 Device = Annotated[str | None, option("--device", help="auto | cpu | cuda")]
@@ -192,9 +239,13 @@ def strip_launcher_options(argv: list[str]) -> list[str]:
 
 
 def relaunch(command: tuple[list[str], dict[str, str]]) -> None:
+    from harness.signals import stop_requested
     from harness.sweep import die_with_parent
 
     argv, env = command
+    if stop_requested():  # stopped while starting up: nothing has run, and the same command starts afresh
+        log.warning("stopped before launching torchrun; the same command starts the run")
+        raise typer.Exit(3)
     log.info("launching: %s", " ".join(argv))
     # If this launcher is killed outright, torchrun gets SIGTERM (its workers checkpoint) instead of
     # training on as an orphan that a re-run would race with.
@@ -220,10 +271,14 @@ def wait_passing_on_stop(process: subprocess.Popen) -> int:
     def note(signum: int, frame: Any) -> None:
         stops.append(signum)
 
+    from harness.signals import stop_requested
+
     previous = {
         signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
         signal.SIGINT: signal.signal(signal.SIGINT, note),
     }
+    if stop_requested():  # arrived between the start of torchrun and the line above
+        pass_on(signal.SIGTERM, None)
     try:
         code = process.wait()
     finally:
@@ -314,8 +369,8 @@ def plan_invocation(argv: list[str]) -> list[PlannedRun]:
     command = group.get_command(click.Context(group), argv[0])
     try:
         params = command.make_context(argv[0], list(argv[1:])).params
-    except click.ClickException as error:
-        raise UserError(f"{' '.join(argv)}: {error.format_message()}") from None
+    except (click.ClickException, typer.TyperException) as error:
+        raise UserError(f"{' '.join(argv)}: {' '.join(error.format_message().split())}") from None
     world_size = world_size_of(params)
     if argv[0] == "run":
         return [PlannedRun(configuration.run_directory(run_config(params), world_size), tuple(argv))]
@@ -870,7 +925,17 @@ def execute(device: str, work: Any) -> None:
         typer.echo(str(path))
 
 
+TRAINING_COMMANDS = ("run", "plasticity")
+
+
 def main() -> None:
+    if sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
+        # First thing, before torch is imported: a stop during start-up must end in exit code 3 (resumable).
+        from harness.distributed import die_with_torchrun
+        from harness.signals import defer_stop_signals
+
+        defer_stop_signals()
+        die_with_torchrun()
     app()
 
 

@@ -15,10 +15,19 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import UserError
 
@@ -28,17 +37,54 @@ ARCHS = ("resnet20", "resnet32", "resnet56", "vgg19", "resnet50")
 Dataset = Literal["cifar10", "cifar100", "imagenet", "mnist1d", "synthetic"]
 Arch = Literal["resnet20", "resnet32", "resnet56", "vgg19", "resnet50"]
 Fraction = float  # a point in time as a fraction of the whole run, in [0, 1]
+# Channels of each architecture's narrowest layer at width 1 (harness/models; a test checks the table).
+NARROWEST_LAYER = {"resnet20": 16, "resnet32": 16, "resnet56": 16, "vgg19": 64, "resnet50": 64}
+# The trainer seeds torch with `seed * 1_000_003 + 7919 * (rank + 1)`, which must stay below 2**64; 2**32 - 1
+# keeps that true for any world size and is the range every common RNG accepts.
+MAX_SEED = 2**32 - 1
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
+    """Base of every config section: unknown keys are errors, values are immutable, numbers are finite
+    (`--lr 1e309` parses as inf), and a boolean is never read as a number (`epochs=true` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode coerces True to 1 and 1.0; strict mode would also refuse "5" and paths as strings.
+        field = cls.model_fields[info.field_name]
+        if not _accepts_bool(field.annotation) and _holds_bool(value):
+            raise ValueError(f"expected a number, not a boolean (got {value!r})")
+        return value
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_accepts_bool(argument) for argument in get_args(annotation))
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value)
+
+
+def _non_empty_path(value: Any) -> Any:
+    """`Path("")` is the working directory: an empty or missing path must not silently mean "here"."""
+    if value is None or (isinstance(value, str | Path) and str(value).strip() == ""):
+        raise ValueError(f"expected a non-empty path (got {value!r}); use '.' for the working directory")
+    return value
+
+
+NonEmptyPath = Annotated[Path, BeforeValidator(_non_empty_path)]
 
 
 class DataConfig(Section):
     dataset: Dataset = "cifar10"
-    data_dir: Path = Path("data")
+    data_dir: NonEmptyPath = Path("data")
     # Held out from the training set for every selection (best epoch); the test set is never used to select.
     val_size: int = Field(5000, ge=0)
     augment: bool = True
@@ -52,6 +98,19 @@ class ModelConfig(Section):
     arch: Arch = "resnet20"
     # Multiplies every layer's channel count; the CPU recipes use it to size models for MNIST-1D.
     width: float = Field(1.0, gt=0)
+
+    @field_validator("width")
+    @classmethod
+    def _every_layer_keeps_a_channel(cls, width: float, info: ValidationInfo) -> float:
+        arch = info.data.get("arch")
+        narrowest = NARROWEST_LAYER.get(arch, 1)
+        # Layers are clamped to one channel, so a tiny width would silently build a network of 1-channel layers.
+        if width * narrowest < 1:
+            raise ValueError(
+                f"{width:g} leaves {arch}'s narrowest layer ({narrowest} channels at width 1) with less "
+                f"than one channel; use a width >= {1 / narrowest:g}"
+            )
+        return width
 
 
 class OptimConfig(Section):
@@ -160,7 +219,7 @@ class SparsityConfig(Section):
 
 
 class TrackingConfig(Section):
-    runs_dir: Path = Path("runs")
+    runs_dir: NonEmptyPath = Path("runs")
     group: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     wandb: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "granet-harness"
@@ -171,7 +230,7 @@ class TrackingConfig(Section):
 
 
 class RunConfig(Section):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Intra-op CPU threads of each process. Part of what a run is, not how fast it goes: CPU kernels split
     # their reductions by thread, so the same run with 1 and 2 threads diverges (107 of 128 tensors differ
@@ -182,6 +241,9 @@ class RunConfig(Section):
     keep_checkpoints: tuple[int, ...] = ()
     # Hard stop after this many epochs even though the schedule is longer (probes' continuation).
     stop_after_epochs: int | None = Field(None, ge=0)
+    # Optimizer steps between cross-rank mask checksum comparisons (besides every mask update and checkpoint);
+    # 0 turns the periodic check off. Not part of the run id: it only detects, never changes, a result.
+    mask_check_every: int = Field(100, ge=0)
 
 
 class PlasticityConfig(Section):
@@ -215,6 +277,7 @@ class Config(Section):
 _NOT_IDENTITY = {
     "data": {"data_dir", "num_workers", "download"},
     "tracking": {"runs_dir", "wandb", "wandb_project", "wandb_entity", "log_every"},
+    "run": {"mask_check_every"},
 }
 
 

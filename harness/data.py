@@ -33,6 +33,7 @@ import random
 import signal
 import socket
 import urllib.error
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,9 @@ class InMemoryDataset(Dataset):
 
 def build_datasets(cfg: DataConfig) -> Datasets:
     """The dataset named by `cfg.dataset` with its fixed validation split. Raises UserError for missing data."""
+    data_dir = Path(cfg.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"data.data_dir: {data_dir} is not a directory; give the folder that holds the datasets")
     return _BUILDERS[cfg.dataset](cfg)
 
 
@@ -240,14 +244,19 @@ def _mnist1d(cfg: DataConfig) -> Datasets:
 
 def load_mnist1d(path: Path, num_samples: int) -> dict[str, np.ndarray]:
     """MNIST-1D arrays x, y, x_test, y_test: read from the cache at `path`, or generated and cached there."""
+    if path.is_dir():
+        raise UserError(f"data.data_dir: the MNIST-1D cache {path} is a directory; remove it to regenerate")
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as cached:
-                return {key: cached[key] for key in ("x", "y", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError) as error:
-            raise UserError(
-                f"data.data_dir: unreadable MNIST-1D cache {path} ({error}); delete it to regenerate"
-            ) from None
+                arrays = {key: cached[key] for key in ("x", "y", "x_test", "y_test")}
+            if len(arrays["x"]) + len(arrays["x_test"]) == num_samples:
+                return arrays
+            problem = f"{len(arrays['x']) + len(arrays['x_test'])} samples instead of {num_samples}"
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            problem = f"{type(error).__name__}: {error}"
+        # The cache holds nothing but the generator's deterministic output: rebuilding it loses nothing.
+        logger.warning("damaged MNIST-1D cache %s (%s); regenerating it", path, problem)
     arrays = generate_mnist1d(num_samples)
     _write_npz_atomically(path, arrays)
     logger.info("generated MNIST-1D with %d samples, cached at %s", num_samples, path)

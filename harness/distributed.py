@@ -203,6 +203,27 @@ def broadcast_tensors(info: DistInfo, tensors: list[torch.Tensor], src: int = 0)
             offset += count
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_torchrun() -> None:
+    """In a torchrun worker: ask Linux to send this process SIGTERM when torchrun dies, even by SIGKILL.
+
+    Otherwise SIGKILL of torchrun (an OOM killer, `kill -9`, a scheduler's hard stop) leaves the workers
+    training on as orphans that a re-run would race with. SIGTERM rather than SIGKILL: every worker gets
+    it at once, so they agree to stop, checkpoint, and exit 3. Not available off Linux: a no-op there.
+    """
+    if not sys.platform.startswith("linux") or not under_torchrun():
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # torchrun died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def under_torchrun() -> bool:
     """Whether this process is a torchrun child (so it must not launch torchrun again)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ

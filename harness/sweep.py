@@ -96,6 +96,10 @@ def load_sweep(path: Path) -> Sweep:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as error:
         raise UserError(f"{path}: cannot read the sweep file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path}: not a text file (byte {error.start} is not UTF-8); a sweep file is YAML text"
+        ) from None
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(data, dict):

@@ -279,7 +279,31 @@ class RunTracker(Tracker):
             # The status stays `running`, which the next start resumes exactly like `failed`.
             logger.debug("could not record status %s in %s: %s", status, self.store.status_path, error)
         if self.mirror is not None:
-            self.mirror.finish(status, written)
+            finish_mirror_within(self.mirror, status, written, MIRROR_FINISH_TIMEOUT_S)
+
+
+# Below the process-group timeout (harness.distributed.DEFAULT_TIMEOUT_S, 120 s): under DDP the other ranks
+# wait at the final barrier while rank 0 finishes W&B, and a slow online upload must not time them out.
+MIRROR_FINISH_TIMEOUT_S = 60.0
+
+
+def finish_mirror_within(
+    mirror: WandbMirror, status: Status, summary: Mapping[str, Any] | None, timeout_s: float
+) -> None:
+    """Finish the W&B mirror, giving up (one warning) after `timeout_s`: the local store is complete by now,
+    so a slow or hung W&B cannot fail a finished run. The unfinished upload goes on in a daemon thread."""
+    import threading
+
+    worker = threading.Thread(target=mirror.finish, args=(status, summary), name="wandb-finish", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        logger.warning(
+            "W&B finish did not return within %g s; the run is %s in the local run store, "
+            "and its offline W&B files can be uploaded later with `wandb sync`",
+            timeout_s,
+            status,
+        )
 
 
 def open_tracker(

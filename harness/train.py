@@ -34,6 +34,7 @@ from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_ten
 from harness.errors import UserError
 from harness.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
 from harness.models import build_model
+from harness.signals import stop_requested
 from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, SparsityMethod, build_method
 from harness.tracking import Tracker, open_tracker
 
@@ -209,6 +210,11 @@ def build_session(config: Config, dist: DistInfo) -> Session:
     datasets = build_datasets(config.data)
     if dist.is_main:
         barrier(dist)
+    if config.optim.batch_size > len(datasets.train):  # one batch would be the whole set, padded by repeats
+        raise UserError(
+            f"optim.batch_size: {config.optim.batch_size} is larger than the training set "
+            f"({len(datasets.train)} samples after the validation split); use at most {len(datasets.train)}"
+        )
     loaders = build_loaders(
         datasets,
         global_batch_size=config.optim.batch_size,
@@ -354,6 +360,9 @@ class Hooks:
     def epoch_end(self, session: Session) -> None:
         pass
 
+    def mask_check(self, session: Session) -> None:
+        pass
+
     def stop_requested(self) -> bool:
         return False
 
@@ -363,6 +372,7 @@ def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
     config, network, optimizer = session.config, session.network, session.optimizer
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
     log_every = config.tracking.log_every
+    check_every = config.run.mask_check_every
     world_size = session.dist.world_size
     parameters = [parameter for parameter in session.model.parameters() if parameter.requires_grad]
     network.train()
@@ -392,6 +402,8 @@ def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
                 session.flops.masks_changed(session.current_flops())
                 session.batchnorm.masks_changed()
                 hooks.mask_update(session, update)
+            elif check_every and session.step % check_every == 0:
+                hooks.mask_check(session)  # a mask update checks on its own
             batch = torch.stack(
                 [
                     loss.detach().double() * targets.numel(),
@@ -482,7 +494,7 @@ class StopFlag:
     def __init__(self, dist: DistInfo, every: int) -> None:
         self.dist = dist
         self.every = every
-        self.requested = False
+        self.requested = stop_requested()  # a stop that arrived during start-up (harness.signals)
         self.calls = 0
         self._previous: dict[int, Any] = {}
 
@@ -506,6 +518,12 @@ class StopFlag:
         self.calls += 1
         if self.calls % self.every:
             return False
+        return self.agreed()
+
+    def agreed(self) -> bool:
+        """Whether any rank was asked to stop; every rank must call this at the same point."""
+        if not self.dist.is_distributed:
+            return self.requested
         flag = torch.tensor([1.0 if self.requested else 0.0], device=self.dist.device)
         all_reduce_sum(self.dist, flag)
         return bool(flag.item() > 0)
@@ -594,6 +612,10 @@ class RunHooks(Hooks):
 
     def epoch_end(self, session: Session) -> None:
         self.checkpoint()
+
+    def mask_check(self, session: Session) -> None:
+        # Between updates masks change only by a bug or a bit flip; catching it early saves the run's rest.
+        check_masks(session, session.step)
 
     def checkpoint(self) -> Path:
         session = self.session
@@ -712,6 +734,8 @@ def run_training(
                 hooks.stop = stop
                 if resume_path is None:
                     start(session, tracker, hooks, prepare)
+                if stop.agreed():  # asked to stop while starting up: checkpoint before the first step
+                    raise Interrupted(f"stopped before training, at step {session.step}")
                 fit(session, hooks, until_epoch=last_epoch(config))
             summary = summarize(session, run_id, session.elapsed + time.perf_counter() - started)
             if finish is not None:
@@ -741,25 +765,55 @@ def last_epoch(config: Config) -> int:
 @contextmanager
 def run_lock(run_dir: Path, dist: DistInfo) -> Iterator[None]:
     """One process per run directory: others (a second sweep worker, a W&B agent) wait, then skip or resume."""
-    if not dist.is_main:
-        yield
-        return
+    handle = None
+    if dist.is_main:
+        try:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            # Beside the run directory, never deleted: unlinking a lock file lets two waiters lock different inodes.
+            handle = open(rundir.lock_path(run_dir), "w")
+        except OSError as error:
+            raise UserError(f"{run_dir}: cannot create the run directory ({error.strerror})") from None
     try:
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        # Beside the run directory, never deleted: unlinking a lock file lets two waiters lock different inodes.
-        handle = open(rundir.lock_path(run_dir), "w")
-    except OSError as error:
-        raise UserError(f"{run_dir}: cannot create the run directory ({error.strerror})") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process running %s", run_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
+        wait_for_lock(handle, run_dir, dist)
+        yield
+    finally:
+        if handle is not None:
             fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+LOCK_POLL_S = 1.0
+
+
+def wait_for_lock(handle: Any, run_dir: Path, dist: DistInfo) -> None:
+    """Rank 0 takes the run lock, however long another process holds it; the other ranks wait with it.
+
+    Under DDP a blocking wait on rank 0 would leave the others in their next collective, which fails after
+    the process-group timeout; so rank 0 tries once a second and tells every rank, in a broadcast that never
+    waits longer than that second, whether it has the lock.
+    """
+    waiting_logged = False
+    while True:
+        acquired = False
+        if handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                acquired = True
+            except BlockingIOError:
+                if not waiting_logged:
+                    log.info("waiting for another process running %s", run_dir)
+                    waiting_logged = True
+                if not dist.is_distributed:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    acquired = True
+        if not dist.is_distributed:
+            return
+        flag = torch.tensor([1.0 if acquired else 0.0])
+        broadcast_tensors(dist, [flag])
+        if flag.item() > 0:
+            return
+        if dist.is_main:
+            time.sleep(LOCK_POLL_S)
 
 
 def start(
