@@ -528,6 +528,23 @@ def runs(
     typer.echo(frame[columns].to_string(index=False))
 
 
+@app.command("wandb")
+def wandb_offline(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory with a W&B offline mirror (wandb/offline-run-*)")],
+    relocate: Annotated[
+        bool, option("--relocate", help="point the mask artifacts at this directory's masks/ (after a move)")
+    ] = False,
+) -> None:
+    """Show what a run's W&B offline mirror holds and what `wandb sync` would upload (no server needed)."""
+    from harness import wandb_offline as offline
+
+    setup_logging(False)
+    with user_errors():
+        if relocate:
+            typer.echo(f"relocated {offline.relocate(run_dir)} artifact entries to {run_dir.resolve()}")
+        typer.echo(offline.describe(run_dir))
+
+
 @app.command()
 def bench(
     archs: Annotated[list[str] | None, typer.Argument(help="architectures (default: resnet20 vgg19)")] = None,
