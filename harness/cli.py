@@ -513,19 +513,18 @@ def figures(
 @app.command()
 def runs(
     roots: Annotated[list[Path] | None, typer.Argument(help="runs roots or groups (default: runs)")] = None,
+    where: Annotated[
+        list[str] | None,
+        option("--where", help="keep runs with key=value (repeatable), e.g. method=granet, s_i=0.5, optim.epochs=30"),
+    ] = None,
+    as_json: Annotated[bool, option("--json", help="print JSON for scripts instead of the table")] = False,
 ) -> None:
-    """List runs with their status and headline numbers."""
-    from analysis import load_runs
+    """List runs: method, arch, dataset, sparsity, s_i, seed, status, epochs, accuracies, wall time."""
+    from analysis.listing import format_table, list_runs, to_json
 
     with user_errors():
-        frame = load_runs(roots or [Path("runs")], status=None)
-    if frame.empty:
-        typer.echo("no runs")
-        return
-    columns = [
-        c for c in ("run_key", "status", "method", "test_acc", "density", "epochs") if c in frame.columns
-    ]
-    typer.echo(frame[columns].to_string(index=False))
+        table = list_runs(roots or [Path("runs")], where)
+    typer.echo(to_json(table) if as_json else format_table(table))
 
 
 @app.command("wandb")
