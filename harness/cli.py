@@ -455,6 +455,10 @@ def sweep(
         bool, option("--dry-run", help="list what would run and what is complete, then exit")
     ] = False,
     nproc_per_node: NprocPerNode = 1,
+    only: Annotated[
+        list[str] | None,
+        option("--only", help="keep grid points with parameter=value (repeatable), e.g. --only seed=0"),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run every grid point of a sweep file locally: dependencies first, completed runs skipped."""
@@ -464,7 +468,9 @@ def sweep(
     # Every run of the sweep on N processes (a grid parameter `nproc-per-node` does the same per point).
     extra_args = [f"--nproc-per-node={nproc_per_node}"] if nproc_per_node != 1 else []
     with user_errors():
-        code = run_sweep(file, workers=workers, runs_dir=runs_dir, dry_run=dry_run, extra_args=extra_args)
+        code = run_sweep(
+            file, workers=workers, runs_dir=runs_dir, dry_run=dry_run, extra_args=extra_args, only=only or ()
+        )
     raise typer.Exit(code)
 
 
@@ -515,7 +521,10 @@ def runs(
     roots: Annotated[list[Path] | None, typer.Argument(help="runs roots or groups (default: runs)")] = None,
     where: Annotated[
         list[str] | None,
-        option("--where", help="keep runs with key=value (repeatable), e.g. method=granet, s_i=0.5, optim.epochs=30"),
+        option(
+            "--where",
+            help="keep runs with key=value (repeatable), e.g. method=granet, s_i=0.5, optim.epochs=30",
+        ),
     ] = None,
     as_json: Annotated[bool, option("--json", help="print JSON for scripts instead of the table")] = False,
 ) -> None:
@@ -529,7 +538,9 @@ def runs(
 
 @app.command("wandb")
 def wandb_offline(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory with a W&B offline mirror (wandb/offline-run-*)")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="a run directory with a W&B offline mirror (wandb/offline-run-*)")
+    ],
     relocate: Annotated[
         bool, option("--relocate", help="point the mask artifacts at this directory's masks/ (after a move)")
     ] = False,
