@@ -366,6 +366,7 @@ def run(
     with user_errors():
         config = run_config(params)
         if dry_run:
+            warn_if_data_missing(config)
             typer.echo(configuration.dump_yaml(config), nl=False)
             typer.echo(str(configuration.run_directory(config, world_size_of(params))))
             return
@@ -420,12 +421,22 @@ def plasticity(
     with user_errors():
         configs = plasticity_configs(params)
         if dry_run:
+            warn_if_data_missing(configs[-1])
             typer.echo(configuration.dump_yaml(configs[-1]), nl=False)
             for config in configs:
                 typer.echo(str(configuration.run_directory(config, world_size_of(params))))
             return
         launch_if_needed(params, configs[-1].optim.batch_size)
         execute(configs[-1].run.device, lambda dist: run_plasticity(configs, dist))
+
+
+def warn_if_data_missing(config: configuration.Config) -> None:
+    """A dry run creates nothing, but says (one line on stderr) when the real run would not find its data."""
+    from harness.data import missing_data
+
+    reason = missing_data(config.data)
+    if reason is not None:
+        typer.echo(f"warning: {reason}", err=True)
 
 
 def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
