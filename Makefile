@@ -30,7 +30,8 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format harness analysis tests benchmarks
 
-# A CPU-sized GraNet run on MNIST-1D: a couple of minutes on 2 cores.
+# A CPU-sized GraNet run on MNIST-1D: about 40 s with 2 cores to itself, far longer when they are shared
+# (README, "Threads, and why run times vary").
 demo: $(STAMP)
 	$(BIN)/harness run granet --arch resnet20 --dataset mnist1d --runs-dir $(RUNS_DIR)
 

@@ -139,6 +139,12 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     values = [value for value in COMPARISON_VALUES if value in trained.columns]
     trained = trained.assign(init_sparsity=trained["init_sparsity"].fillna(0.0))
     table = seed_stats(trained, COMPARISON_KEYS, values)
+    if "test_acc_at_best_val" in values:
+        # Runs without a validation split have no best-validation epoch: that column's own n.
+        numeric = pd.to_numeric(trained["test_acc_at_best_val"])
+        counts = numeric.notna().groupby([trained[key] for key in COMPARISON_KEYS], dropna=False).sum()
+        keys = list(zip(*(table[key] for key in COMPARISON_KEYS), strict=True))
+        table["test_acc_at_best_val_n"] = [int(counts.get(key, 0)) for key in keys]
     table.insert(
         3, "label", [method_label(m, s) for m, s in zip(table["method"], table["init_sparsity"], strict=True)]
     )

@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import comparison_table, method_label
+from analysis.aggregate import GRADUAL_METHODS, comparison_table, method_label
 
 TRANSCRIPTION_MARK = "†"
 TABLE_COLUMNS = (
@@ -27,6 +27,8 @@ TABLE_COLUMNS = (
     "ours_std",
     "n",
     "ours_best_val_mean",
+    "ours_best_val_std",
+    "n_best_val",
     "paper_mean",
     "paper_std",
     "transcribed",
@@ -81,13 +83,16 @@ def comparison_with_paper(runs: pd.DataFrame, paper: pd.DataFrame | None = None)
                 "arch": setting["arch"],
                 "dataset": setting["dataset"],
                 "method": setting["label"],
-                "init_sparsity": setting["init_sparsity"],
+                # s_i is a setting only of gradual methods; the others' is fixed (0, or the final sparsity).
+                "init_sparsity": setting["init_sparsity"] if setting["method"] in GRADUAL_METHODS else np.nan,
                 "sparsity": setting["sparsity"],
                 "epochs": setting["epochs"],
                 "ours_mean": 100 * setting["test_acc_mean"],
                 "ours_std": 100 * setting["test_acc_std"],
                 "n": setting["n"],
                 "ours_best_val_mean": 100 * setting.get("test_acc_at_best_val_mean", np.nan),
+                "ours_best_val_std": 100 * setting.get("test_acc_at_best_val_std", np.nan),
+                "n_best_val": setting.get("test_acc_at_best_val_n", 0),
                 "paper_mean": np.nan if published is None else published["test_acc_mean"],
                 "paper_std": np.nan if published is None else published["test_acc_std"],
                 "transcribed": None if published is None else bool(published["transcribed"]),
@@ -110,6 +115,8 @@ def comparison_with_paper(runs: pd.DataFrame, paper: pd.DataFrame | None = None)
                 "ours_std": np.nan,
                 "n": 0,
                 "ours_best_val_mean": np.nan,
+                "ours_best_val_std": np.nan,
+                "n_best_val": 0,
                 "paper_mean": published["test_acc_mean"],
                 "paper_std": published["test_acc_std"],
                 "transcribed": bool(published["transcribed"]),
@@ -148,7 +155,8 @@ def _cells(row: dict[str, object], plus_minus: str, mark: str) -> list[str]:
         "—" if math.isnan(epochs) else f"{epochs:g}",
         _mean_std(row["ours_mean"], row["ours_std"], plus_minus),
         str(row["n"]),
-        _number(row["ours_best_val_mean"]) or "—",
+        _mean_std(row["ours_best_val_mean"], row["ours_best_val_std"], plus_minus),
+        str(row["n_best_val"]),
         paper,
     ]
 
@@ -163,11 +171,13 @@ HEADERS = (
     "ours: test acc (%)",
     "n",
     "ours: test acc at best val (%)",
+    "n (best val)",
     "paper: test acc (%)",
 )
 NOTE = (
-    "Ours: final-epoch test accuracy, mean ± std over seeds (n seeds); the best-validation column uses a "
-    "held-out validation split. Paper: as published (the authors select the best epoch on the test set). "
+    "Ours: final-epoch test accuracy, mean ± std over seeds (n seeds); the best-validation column, mean ± "
+    "std over the n (best val) runs with a validation split, selects the epoch on a held-out split. s_i: "
+    "only for gradual methods (— : fixed by the method). Paper: as published (the authors select the best epoch on the test set). "
     f"{TRANSCRIPTION_MARK} third-party transcription of the paper's Table 2, not verified against the paper."
 )
 
@@ -186,7 +196,13 @@ def _latex_escape(text: str) -> str:
 def to_latex(table: pd.DataFrame) -> str:
     """A booktabs tabular (needs `\\usepackage{booktabs}`); the dagger marks transcribed published rows."""
     header = " & ".join(_latex_escape(text).replace("±", r"$\pm$") for text in HEADERS) + r" \\"
-    lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(HEADERS) - 3) + "}", r"\toprule", header, r"\midrule"]
+    lines = [
+        r"% needs \usepackage{booktabs} (for \toprule, \midrule, \bottomrule)",
+        r"\begin{tabular}{" + "l" * 3 + "r" * (len(HEADERS) - 3) + "}",
+        r"\toprule",
+        header,
+        r"\midrule",
+    ]
     for row in table.to_dict("records"):
         cells = [
             _latex_escape(cell).replace(" ± ", r" $\pm$ ").replace(TRANSCRIPTION_MARK, r"$^\dagger$")

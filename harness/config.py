@@ -428,8 +428,9 @@ def describe_validation_error(error: ValidationError) -> str:
     return f"{location}: {message} (got {given!r})"
 
 
-def load_config_file(path: Path) -> Config:
+def load_config_file(path: Path | str) -> Config:
     """A resolved config written by a run (`config.yaml`)."""
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:

@@ -12,7 +12,16 @@ log = logging.getLogger("harness.train")
 class Console:
     """Fed every metrics record of the main process; renders progress and one line per epoch."""
 
-    def __init__(self, name: str, *, total_steps: int, start_step: int, interactive: bool | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        interactive: bool | None = None,
+        terminal: Any = None,
+    ):
+        """`terminal`: the rich Console to draw on (default: one on stderr)."""
         self.name = name
         self.total_steps = total_steps
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
@@ -22,24 +31,30 @@ class Console:
             from rich.console import Console as RichConsole
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            console = terminal if terminal is not None else RichConsole(stderr=True)
+            self._width = console.width
+            # Bar, step count and ETA first, at fixed widths; the run name and the epoch line get what is
+            # left (the name shrinks first), so an 80-column terminal never loses the bar or the ETA.
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=BAR_WIDTH),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
                 TimeRemainingColumn(),
-                console=RichConsole(stderr=True),
+                TextColumn("{task.fields[status]}"),
+                console=console,
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task(name, total=total_steps, completed=start_step, status="")
+            shown, _ = fit_line(name, "", total_steps, self._width)
+            self._task = self._progress.add_task(shown, total=total_steps, completed=start_step, status="")
 
     def record(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
         if kind == "epoch":
             line = describe_epoch(record)
             if self.interactive:
-                self._progress.update(self._task, completed=record["step"], status=line)
+                shown, status = fit_line(self.name, line, self.total_steps, self._width)
+                self._progress.update(self._task, completed=record["step"], description=shown, status=status)
             else:
                 log.info("%s %s", self.name, line)
         elif kind == "train" and self.interactive:
@@ -59,3 +74,65 @@ def describe_epoch(record: dict[str, Any]) -> str:
     parts.append(f"density {record['density']:.4f}")
     parts.append(f"lr {record['lr']:.4g}")
     return " | ".join(parts)
+
+
+BAR_WIDTH = 20
+ETA_WIDTH = 7  # rich's "0:01:23"
+MIN_NAME = 12  # below this a run name says nothing; the epoch line is cut instead
+
+
+def fit_line(name: str, status: str, total_steps: int, width: int) -> tuple[str, str]:
+    """(name, status) cut to fit one line of `width` columns beside the bar, the step count and the ETA.
+
+    The name is cut first (to MIN_NAME characters, keeping its start, which names method, arch and dataset),
+    then the end of the epoch line.
+    """
+    count = 2 * len(str(total_steps)) + 1
+    room = width - BAR_WIDTH - count - ETA_WIDTH - 4 - 1  # one space between columns, one spare
+    need = len(name) + len(status)
+    if need > room and len(name) > MIN_NAME:
+        name = _cut(name, max(MIN_NAME, room - len(status)))
+    if len(name) + len(status) > room:
+        status = _cut(status, max(0, room - len(name)))
+    return name, status
+
+
+def _cut(text: str, size: int) -> str:
+    if len(text) <= size:
+        return text
+    return text[: max(0, size - 1)] + "…" if size > 0 else ""
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line at the end of a run (or a plasticity probe) that says how it went."""
+    name = summary.get("run_id", "run")
+    if "acc_pre" in summary and summary.get("pruning_rate", 0) > 0:
+        rate = summary["pruning_rate"]
+        what = f"pruned {rate:.0%} of the remaining weights ({summary.get('criterion', 'global')})"
+        if summary.get("regeneration"):
+            what += ", regrew as many by gradient"
+        parts = [
+            what,
+            f"acc_pre {summary['acc_pre']:.4f}",
+            f"acc_post {summary['acc_post']:.4f}",
+            f"acc_continue {summary['acc_continue']:.4f}",
+            f"plasticity {summary['plasticity']:+.4f}",
+        ]
+        return f"{name}: " + " | ".join(parts) + f" | density {summary['density']:.4f} | {_wall(summary)}"
+    parts = [f"test acc {_number(summary.get('test_acc'))}"]
+    if summary.get("test_acc_at_best_val") is not None:
+        parts.append(f"at best val {_number(summary['test_acc_at_best_val'])}")
+    parts += [f"density {_number(summary.get('density'))}", _wall(summary)]
+    return f"{name}: done | " + " | ".join(parts)
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _wall(summary: dict[str, Any]) -> str:
+    seconds = summary.get("wall_time_s")
+    if seconds is None:
+        return "wall -"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"wall {minutes}m{rest:02d}s" if minutes else f"wall {rest}s"

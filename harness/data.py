@@ -197,6 +197,33 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+def missing_data(cfg: DataConfig) -> str | None:
+    """Why a run of this config would not find its dataset on disk (None when it would, or when the data is
+    generated): a cheap look at the folders, for `--dry-run`, which must not load or download anything."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        dataset_class = (
+            torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
+        )
+        folder = Path(cfg.data_dir) / dataset_class.base_folder
+        if folder.is_dir():
+            return None
+        then = (
+            "a run would download it (needs network)"
+            if cfg.download
+            else "a run would fail (data.download=false)"
+        )
+        return f"data.data_dir: {cfg.dataset} is not in {folder}; {then}"
+    if cfg.dataset == "imagenet":
+        absent = [
+            str(path)
+            for path in (Path(cfg.data_dir) / "imagenet" / "train", Path(cfg.data_dir) / "imagenet" / "val")
+            if not path.is_dir()
+        ]
+        if absent:
+            return f"data.data_dir: ImageNet folder {absent[0]} does not exist; a run would fail"
+    return None
+
+
 def _imagenet(cfg: DataConfig) -> Datasets:
     root = Path(cfg.data_dir) / "imagenet"
     normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

@@ -21,10 +21,12 @@ checkpoint first), which keeps a re-run after `kill -9` from racing with leftove
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -154,6 +156,49 @@ def grid_points(sweep: Sweep) -> list[dict[str, Any]]:
     """Every combination of the parameters' values, the first parameter varying slowest."""
     names = list(sweep.parameters)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*sweep.parameters.values())]
+
+
+def restrict(sweep: Sweep, only: Sequence[str]) -> Sweep:
+    """The sweep with its grid cut to `name=value` selections (`--only`): one name given several times keeps
+    each of those values, different names must all hold. Values are YAML, compared with the file's values
+    (numbers as numbers), and must be among them: a typo is an error, not an empty sweep."""
+    chosen: dict[str, list[Any]] = {}
+    for item in only:
+        name, equals, text = item.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise UserError(f"--only: {item!r} is not name=value (e.g. seed=0)")
+        if name not in sweep.parameters:
+            raise UserError(
+                f"--only: {name!r} is not a parameter of {sweep.path}; parameters: {', '.join(sweep.parameters)}"
+            )
+        try:
+            wanted = yaml.safe_load(text)
+        except yaml.YAMLError:
+            wanted = text
+        matches = [value for value in sweep.parameters[name] if _same_value(value, wanted)]
+        if not matches:
+            values = ", ".join(render(value) for value in sweep.parameters[name])
+            raise UserError(
+                f"--only: {name}={text} is not in the grid of {sweep.path}; {name} takes {values}"
+            )
+        chosen.setdefault(name, []).extend(value for value in matches if value not in chosen.get(name, []))
+    if not chosen:
+        return sweep
+    # Kept in the file's order, so the planned runs come in the same order as without --only.
+    parameters = {
+        name: tuple(value for value in values if name not in chosen or value in chosen[name])
+        for name, values in sweep.parameters.items()
+    }
+    return dataclasses.replace(sweep, parameters=parameters)
+
+
+def _same_value(value: Any, wanted: Any) -> bool:
+    if isinstance(value, bool) or isinstance(wanted, bool):
+        return value is wanted or str(value).lower() == str(wanted).lower()
+    if isinstance(value, int | float) and isinstance(wanted, int | float):
+        return math.isclose(value, wanted, rel_tol=1e-12, abs_tol=1e-12)
+    return str(value) == str(wanted)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -722,6 +767,7 @@ def run_sweep(
     extra_args: Iterable[str] = (),
     out: TextIO | None = None,
     launch: Launcher | None = None,
+    only: Sequence[str] = (),
 ) -> int:
     """Run (or, with dry_run, list) every run of a sweep file. Returns the exit code: 0 if all completed.
 
@@ -731,7 +777,7 @@ def run_sweep(
     out = sys.stdout if out is None else out
     if workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
-    sweep = load_sweep(path)
+    sweep = restrict(load_sweep(path), only)  # before planning, so --dry-run lists the same selection
     points = grid_points(sweep)
     jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args))
     warn_damaged(jobs)

@@ -448,8 +448,14 @@ class WandbMirror:
         try:
             import wandb
 
-            artifact = wandb.Artifact(f"masks-{self._run_id}", type="masks", metadata={"step": step})
-            artifact.add_file(str(path), name=path.name)
+            from harness.wandb_offline import RUN_FILE_KEY
+
+            # By reference to the run store's file ("immutable": W&B copies nothing into its global staging
+            # folder), so an offline run's payloads travel with the run directory; the metadata names the
+            # file inside it, for `harness wandb --relocate` after a move.
+            metadata = {"step": step, RUN_FILE_KEY: f"{path.parent.name}/{path.name}"}
+            artifact = wandb.Artifact(f"masks-{self._run_id}", type="masks", metadata=metadata)
+            artifact.add_file(str(path), name=path.name, policy="immutable")
             self._run.log_artifact(artifact, aliases=[f"step_{step}"])
         except Exception as error:  # see _stop
             self._stop("log_artifact", error)

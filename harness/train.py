@@ -28,7 +28,7 @@ from harness import config as configuration
 from harness import rundir
 from harness.batchnorm import RevivalGuard, batchnorm_after
 from harness.config import Config, OptimConfig, SparsityConfig
-from harness.console import Console
+from harness.console import Console, summary_line
 from harness.data import Loaders, build_datasets, build_loaders
 from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
 from harness.errors import UserError
@@ -751,6 +751,8 @@ def run_training(
             if console is not None:
                 console.close()
         tracker.finish("completed", summary)
+        if dist.is_main:
+            log.info("%s", summary_line(summary))
     # Rank 0 has written the summary and status: no rank may read this run's files (e.g. a plasticity
     # probe reading its control's summary) before that.
     barrier(dist)

@@ -299,18 +299,19 @@ def test_comparison_with_paper_rows_markdown_and_latex():
     assert "resnet50" not in set(table["arch"])
     markdown = to_markdown(table)
     assert (
-        "| resnet20 | cifar10 | dense | 0 | 0 | 160 | 92.00 ± 0.10 | 3 | 92.00 | 92.41 ± 0.04 |" in markdown
+        "| resnet20 | cifar10 | dense | — | 0 | 160 | 92.00 ± 0.10 | 3 | 92.00 ± 0.00 | 3 | 92.41 ± 0.04 |" in markdown
     )
     assert (
-        "| vgg19 | cifar10 | granet | 0 | 0.9 | 160 | 93.50 ± 0.10 | 3 | 93.50 | 93.80 ± 0.10† |" in markdown
+        "| vgg19 | cifar10 | granet | 0 | 0.9 | 160 | 93.50 ± 0.10 | 3 | 93.50 ± 0.00 | 3 | 93.80 ± 0.10† |" in markdown
     )
-    assert "| vgg19 | cifar10 | snip | — | 0.9 | — | — | 0 | — | 93.63† |" in markdown
+    assert "| vgg19 | cifar10 | snip | — | 0.9 | — | — | 0 | — | 0 | 93.63† |" in markdown
     latex = to_latex(table)
     assert (
-        r"vgg19 & cifar10 & granet & 0 & 0.9 & 160 & 93.50 $\pm$ 0.10 & 3 & 93.50 & 93.80 $\pm$ 0.10$^\dagger$ \\"
+        r"vgg19 & cifar10 & granet & 0 & 0.9 & 160 & 93.50 $\pm$ 0.10 & 3 & 93.50 $\pm$ 0.00 & 3 & 93.80 $\pm$ 0.10$^\dagger$ \\"
         in latex
     )
-    assert latex.startswith(r"\begin{tabular}") and r"\bottomrule" in latex
+    assert latex.startswith("% needs \\usepackage{booktabs}") and r"\bottomrule" in latex
+    assert latex.splitlines()[1].startswith(r"\begin{tabular}")
 
 
 # ---------------------------------------------------------------------------------------------------------

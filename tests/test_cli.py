@@ -12,7 +12,7 @@ import yaml
 from conftest import HarnessCli
 
 from harness import config as configuration
-from harness import train
+from harness import train, wandb_offline
 from harness.snapshots import snapshot_name
 from harness.tracking import read_metrics
 
@@ -293,10 +293,14 @@ def test_offline_wandb_mirror_of_a_cli_run(harness_cli: HarnessCli, isolated_env
     for text in expected:
         assert text.encode() in content, text
 
-    # Every mask snapshot is staged for `wandb sync` as the very same file.
+    # Every mask snapshot is an artifact payload read in place from masks/ by `wandb sync`; nothing is
+    # copied into W&B's global staging folder (it would not travel with the run directory).
     staging = isolated_environment / "wandb_data_dir" / "artifacts" / "staging"
-    staged = {path.read_bytes() for path in staging.iterdir()}
-    assert staged == {path.read_bytes() for path in snapshots}
+    assert not staging.exists() or not any(staging.iterdir())
+    payloads = wandb_offline.read_offline_run(offline_run).payloads
+    assert sorted(payload.local_path for payload in payloads if payload.artifact) == [
+        path.resolve() for path in snapshots
+    ]
     steps = [
         record["step"]
         for record in read_metrics(run_dir / "metrics.jsonl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -28,9 +29,29 @@ def test_notebook_is_committed_without_outputs(name):
     assert code and all(cell["execution_count"] is None and cell["outputs"] == [] for cell in code)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes_against_a_generated_store(name, small_store, tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_RUNS", str(small_store))
+@pytest.fixture(scope="module")
+def one_probe_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `harness plasticity --regeneration` leaves: a base run, its control and one probe."""
+    spec = factory.StoreSpec(
+        archs=("resnet20",), seeds=(0,), probe_epochs=(8,), rates=(0.5,), layerwise_archs=(),
+        filter_rates=(), pretrained_sparsities=(0.0,), incomplete_runs=False,
+    )  # fmt: skip
+    store = factory.build_store(tmp_path_factory.mktemp("runs"), spec, compare=False)
+    probes = [
+        path
+        for path in store.run_dirs
+        if json.loads((path / "summary.json").read_text())["job_type"] == "probe"
+    ]
+    kept = [path for path in probes if json.loads((path / "summary.json").read_text())["regeneration"]]
+    assert len(probes) == 2 and len(kept) == 1
+    for path in probes:
+        if path not in kept:
+            shutil.rmtree(path)
+    return store.root
+
+
+def _execute(name: str, runs: Path, tmp_path: Path, monkeypatch) -> list:
+    monkeypatch.setenv("HARNESS_RUNS", str(runs))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     # Any attempt to reach the network goes to a closed local port and fails.
     for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -42,7 +63,72 @@ def test_notebook_executes_against_a_generated_store(name, small_store, tmp_path
     client.execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
+    return outputs
+
+
+def _notes(outputs: list) -> list[str]:
+    """The 'not shown' notes of cells whose data is missing."""
+    return [
+        output["data"]["text/markdown"]
+        for output in outputs
+        if "not shown" in output.get("data", {}).get("text/markdown", "")
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_executes_against_a_generated_store(name, small_store, tmp_path, monkeypatch):
+    outputs = _execute(name, small_store, tmp_path, monkeypatch)
+    assert _notes(outputs) == []
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     expected_figures = 4 if name == "plasticity_curves.ipynb" else 3
     assert len(images) == expected_figures
     assert not (tmp_path / "runs").exists()  # read from HARNESS_RUNS, not the default location
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_to_the_end_on_a_one_probe_store(name, one_probe_store, tmp_path, monkeypatch):
+    outputs = _execute(name, one_probe_store, tmp_path, monkeypatch)
+    notes = _notes(outputs)
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    if name == "plasticity_curves.ipynb":
+        # Only the damage figure has data (one probe, no without-regeneration partner, no filter probes).
+        assert notes == [
+            "**regeneration_gain: not shown** (no runs with this data)",
+            "**plasticity_vs_epoch: not shown** (no unstructured probes without regeneration)",
+            "**plasticity_regeneration: not shown** (the global probes lack regeneration on/off pairs)",
+            "**structured_plasticity: not shown** (no filter-pruning probes (criterion filter))",
+        ]
+        assert len(images) == 1
+        # The last cell shows the continuation curves of the probe and its control.
+        last = notebook_text(outputs[-1])
+        assert "probe-" in last and "control-" in last
+    else:
+        assert len(images) == 0
+        assert notes == [
+            "**comparison_table: not shown** (no runs with this data)",
+            "**comparison_with_paper: not shown** (no runs with this data)",
+            "**accuracy_vs_sparsity: not shown** (no training runs (job_type train) to compare methods)",
+            "**accuracy_vs_train_flops: not shown** (no training runs (job_type train) to compare methods)",
+            "**pick_dynamics_run: not shown** (no local training run with mask snapshots (masks/) to show "
+            "training dynamics)",
+        ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_to_the_end_on_an_empty_store(name, tmp_path, monkeypatch):
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    (tmp_path / "work").mkdir()
+    outputs = _execute(name, empty, tmp_path / "work", monkeypatch)
+    notes = _notes(outputs)
+    # Every code cell but the imports-and-load cell's table shows data, so every one says it is missing.
+    code_cells = [
+        cell for cell in nbformat.read(NOTEBOOKS / name, as_version=4).cells if cell.cell_type == "code"
+    ]
+    assert notes[0] == f"**runs: not shown** ({empty}: no run directories (with config.yaml) found)"
+    assert len(notes) == len(code_cells)
+    assert not [output for output in outputs if "image/png" in output.get("data", {})]
+
+
+def notebook_text(output) -> str:
+    return output.get("data", {}).get("text/plain", "") + output.get("data", {}).get("text/html", "")

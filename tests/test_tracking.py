@@ -349,12 +349,11 @@ def test_offline_mirror_records_config_metrics_summary_and_mask_artifacts(
     ):
         assert expected.encode() in content, expected
 
-    # Artifact files are staged (copied) for a later `wandb sync`: the very same .npz files as masks/.
-    staged = sorted(
-        path.read_bytes() for path in (wandb_env / "wandb_data_dir" / "artifacts" / "staging").iterdir()
-    )
-    local = sorted(path.read_bytes() for path in (run_dir / "masks").iterdir())
-    assert len(local) == 2 and staged == local
+    # Artifact files are logged by reference to masks/: nothing is copied into W&B's global staging folder,
+    # so a later `wandb sync` finds every payload inside the run directory (tests/test_wandb_offline.py).
+    staging = wandb_env / "wandb_data_dir" / "artifacts" / "staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    assert len(list((run_dir / "masks").iterdir())) == 2
 
     # The local store is complete on its own.
     records = read_metrics(run_dir / "metrics.jsonl")

@@ -1,0 +1,102 @@
+"""The README's numbers and statements agree with the recipes, sweep files and Makefile they describe."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import sweep
+from harness.config import resolve
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+FLAT = " ".join(README.split())  # README sentences wrap; compare with single spaces
+RECIPES = REPO / "harness" / "recipes"
+
+
+def _recipe(name: str) -> dict:
+    return yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+
+
+def _says(text: str) -> None:
+    assert " ".join(text.split()) in FLAT, f"README does not say: {text}"
+
+
+def test_the_cpu_recipe_is_the_one_the_readme_describes():
+    config = resolve("granet", dataset="mnist1d", arch="resnet20")
+    data, optim, sparsity = config.data, config.optim, config.sparsity
+    test_samples = data.num_samples // 5  # mnist1d's make_dataset holds out 20% as its test set
+    train = data.num_samples - test_samples - data.val_size
+    steps_per_epoch = math.ceil(train / optim.batch_size)
+    decays = [fraction * optim.epochs for fraction in optim.lr_decay_at]
+    _says(
+        f"MNIST-1D with {data.num_samples:,} samples ({train:,} train, {data.val_size} validation, "
+        f"{test_samples} test), ResNet-20 with 1-D convolutions at width {config.model.width:g}"
+    )
+    _says(f"{optim.epochs} epochs of batch {optim.batch_size} ({steps_per_epoch} steps each)")
+    _says(f"decayed x{optim.lr_decay_factor:g} at epochs {decays[0]:g} and {decays[1]:g}")
+    prune_end = round(sparsity.prune_end * optim.epochs * steps_per_epoch)
+    dt = sparsity.update_frequency
+    events = len(range(dt, prune_end + 1, dt)) + (prune_end % dt != 0)
+    _says(
+        f"GraNet dT = {dt} steps: {events} pruning events up to epoch {sparsity.prune_end * optim.epochs:g}"
+    )
+    _says(
+        f"every {dt} steps, while the paper's dT = {_recipe('cifar10')['sparsity']['update_frequency']} steps"
+    )
+    _says(f"regrown weights {_recipe('cifar10')['sparsity']['update_frequency'] // dt} times as many steps")
+
+
+def test_validation_split_sizes_are_the_recipes():
+    cifar, imagenet, mnist1d = (
+        _recipe(name)["data"]["val_size"] for name in ("cifar10", "imagenet", "mnist1d")
+    )
+    _says(f"({cifar:,} CIFAR images; {imagenet:,} ImageNet images; {mnist1d} MNIST-1D samples)")
+    assert resolve("dense", dataset="cifar100", arch="resnet50").data.val_size == cifar
+
+
+def test_the_cifar_schedule_quoted_is_the_recipes():
+    optim = _recipe("cifar10")["optim"]
+    epochs = [fraction * optim["epochs"] for fraction in optim["lr_decay_at"]]
+    _says(
+        f"`optim.lr_decay_at: {optim['lr_decay_at']}` (epochs {epochs[0]:g} and {epochs[1]:g} of {optim['epochs']})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "statement", "expected"),
+    [
+        ("granet-mnist1d", "`make sweep-granet SCALE=cpu`, {total} runs", None),
+        ("plasticity-mnist1d", "1 base run, {control} controls, {probe} probes", {"probe": 72, "control": 9}),
+        ("plasticity-structured-mnist1d", "4 base runs at pre-trained sparsities 0/0.1/0.5/0.7, {control} controls, "
+         "{probe} probes", None),
+    ],
+)  # fmt: skip
+def test_sweep_sizes_quoted_are_what_the_sweep_files_plan(name, statement, expected, tmp_path):
+    jobs = sweep.plan_jobs(sweep.load_sweep(REPO / "sweeps" / f"{name}.yaml"), runs_dir=tmp_path)
+    kinds = Counter(job.run_dir.name.split("-")[0] for job in jobs)
+    _says(statement.format(total=len(jobs), control=kinds["control"], probe=kinds["probe"]))
+    if expected is not None:
+        assert {kind: kinds[kind] for kind in expected} == expected
+
+
+def test_sweep_headers_quote_the_recipes_dt():
+    dt = _recipe("mnist1d")["sparsity"]["update_frequency"]
+    for path in sorted((REPO / "sweeps").glob("*mnist1d*.yaml")):
+        header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+        quoted = [
+            int(value) for value in re.findall(r"dT = (\d+)", " ".join(header.replace("#", " ").split()))
+        ]
+        assert all(value == dt for value in quoted), (path.name, quoted)
+
+
+def test_every_make_target_is_in_the_readme():
+    makefile = (REPO / "Makefile").read_text()
+    (phony,) = re.findall(r"^\.PHONY: (.+)$", makefile, flags=re.MULTILINE)
+    for target in set(phony.split()) - {"clean", "format"}:
+        assert f"`make {target}" in README, f"make {target} is not in the README"
