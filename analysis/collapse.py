@@ -131,7 +131,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     for _, row in table.iterrows():
         cells = [cell(row, value) for value in VALUES]
         lines.append(
-            f"| {row['method']} | {row['sparsity']:g} | {row['variant']} | " + " | ".join(cells)
+            f"| {row['method']} | {row['sparsity']:g} | {row['variant']} | "
+            + " | ".join(cells)
             + f" | {int(row['n'])} |"
         )
     return "\n".join(lines) + "\n"

@@ -348,7 +348,11 @@ def run_inference_benchmarks(
 
     from harness.export import intra_op_threads
 
-    for field, value, minimum in (("repetitions", repetitions, 1), ("warmup", warmup, 0), ("threads", threads, 1)):
+    for field, value, minimum in (
+        ("repetitions", repetitions, 1),
+        ("warmup", warmup, 0),
+        ("threads", threads, 1),
+    ):
         if value < minimum:
             raise UserError(f"bench.{field}: must be >= {minimum}, got {value}")
     if not batch_sizes or min(batch_sizes) < 1:
@@ -394,7 +398,9 @@ def _benchmark_network(
     )
 
     log.info("inference benchmark: %s on %s-shaped input, sparsities %s", arch, dataset, list(sparsities))
-    networks = [random_masked_model(arch, dataset, sparsity, seed=seed, width=width) for sparsity in sparsities]
+    networks = [
+        random_masked_model(arch, dataset, sparsity, seed=seed, width=width) for sparsity in sparsities
+    ]
     input_shape = networks[0][2]
     first_model, first_masks, _ = networks[0]
     dense_bytes = _saved_bytes(first_model.state_dict(), scratch / "dense.pt")
@@ -442,13 +448,22 @@ def _benchmark_network(
         with torch.inference_mode():
             expected, got = reference(x), loaded(x)
         exported.append(
-            (sparsity, loaded, size, payload, float((got - expected).abs().max()), float(expected.abs().max()))
+            (
+                sparsity,
+                loaded,
+                size,
+                payload,
+                float((got - expected).abs().max()),
+                float(expected.abs().max()),
+            )
         )
 
     rows = []
     for batch, x in inputs.items():
         x_dense = x.contiguous(memory_format=torch.channels_last) if dense_format == "channels_last" else x
-        operations = [lambda x_dense=x_dense: dense(x_dense)] + [lambda m=entry[1], x=x: m(x) for entry in exported]
+        operations = [lambda x_dense=x_dense: dense(x_dense)] + [
+            lambda m=entry[1], x=x: m(x) for entry in exported
+        ]
         log.info("timing %s/%s at batch %d: dense and %d exports, %d repetitions", arch, dataset, batch,
                  len(exported), repetitions)  # fmt: skip
         with torch.inference_mode():

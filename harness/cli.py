@@ -388,14 +388,14 @@ def plan_invocation(argv: list[str]) -> list[PlannedRun]:
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 # The registry's names, written out so that the CLI starts without importing torch (a test pins them).
-METHOD_HELP = "dense | static | gmp | gmp-layerwise | granet | rigl | set | snip | grasp | synflow | mest | acdc"
+METHOD_HELP = (
+    "dense | static | gmp | gmp-layerwise | granet | rigl | set | snip | grasp | synflow | mest | acdc"
+)
 
 
 @app.command()
 def run(
-    method: Annotated[
-        str | None, typer.Argument(help=METHOD_HELP)
-    ] = None,
+    method: Annotated[str | None, typer.Argument(help=METHOD_HELP)] = None,
     method_option: Annotated[
         str | None, typer.Option("--method", help="the method, as an option (for sweeps)")
     ] = None,
@@ -531,7 +531,8 @@ def sweep(
     ] = False,
     nproc_per_node: NprocPerNode = 1,
     wandb: Annotated[
-        str | None, option("--wandb", help="W&B mirror of every run: offline | online | disabled (wins over the file)")
+        str | None,
+        option("--wandb", help="W&B mirror of every run: offline | online | disabled (wins over the file)"),
     ] = None,
     only: Annotated[
         list[str] | None,
@@ -587,7 +588,9 @@ def sweep(
             from harness.slurm import slurm_command
 
             if only:
-                raise UserError("--only: not available with --slurm or --status yet; cut the sweep file instead")
+                raise UserError(
+                    "--only: not available with --slurm or --status yet; cut the sweep file instead"
+                )
             code = slurm_command(
                 file,
                 submit=slurm,
@@ -601,7 +604,12 @@ def sweep(
             )
         else:
             code = run_sweep(
-                file, workers=workers, runs_dir=runs_dir, dry_run=dry_run, extra_args=extra_args, only=only or ()
+                file,
+                workers=workers,
+                runs_dir=runs_dir,
+                dry_run=dry_run,
+                extra_args=extra_args,
+                only=only or (),
             )
     raise typer.Exit(code)
 

@@ -116,7 +116,9 @@ def build_datasets(cfg: DataConfig) -> Datasets:
     """The dataset named by `cfg.dataset` with its fixed validation split. Raises UserError for missing data."""
     data_dir = Path(cfg.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
-        raise UserError(f"data.data_dir: {data_dir} is not a directory; give the folder that holds the datasets")
+        raise UserError(
+            f"data.data_dir: {data_dir} is not a directory; give the folder that holds the datasets"
+        )
     return _BUILDERS[cfg.dataset](cfg)
 
 

@@ -30,4 +30,3 @@ def defer_stop_signals() -> None:
 def stop_requested() -> bool:
     """Whether a stop signal arrived while deferred (it stays requested for the rest of the process)."""
     return bool(_received)
-

@@ -166,7 +166,9 @@ def setup_method(
     method = build_method(name, masks, optimizer, Hyperparameters(**hyper))
     if method.needs_scoring:
         # Scoring batches of their own, so the training batches of every method stay the same.
-        method.prepare(ScoringInputs(model, lambda count: make_batches(model, count, seed=99), model.input_shape))
+        method.prepare(
+            ScoringInputs(model, lambda count: make_batches(model, count, seed=99), model.input_shape)
+        )
     return optimizer, masks, method
 
 

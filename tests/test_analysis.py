@@ -299,10 +299,12 @@ def test_comparison_with_paper_rows_markdown_and_latex():
     assert "resnet50" not in set(table["arch"])
     markdown = to_markdown(table)
     assert (
-        "| resnet20 | cifar10 | dense | — | 0 | 160 | 92.00 ± 0.10 | 3 | 92.00 ± 0.00 | 3 | 92.41 ± 0.04 |" in markdown
+        "| resnet20 | cifar10 | dense | — | 0 | 160 | 92.00 ± 0.10 | 3 | 92.00 ± 0.00 | 3 | 92.41 ± 0.04 |"
+        in markdown
     )
     assert (
-        "| vgg19 | cifar10 | granet | 0 | 0.9 | 160 | 93.50 ± 0.10 | 3 | 93.50 ± 0.00 | 3 | 93.80 ± 0.10† |" in markdown
+        "| vgg19 | cifar10 | granet | 0 | 0.9 | 160 | 93.50 ± 0.10 | 3 | 93.50 ± 0.00 | 3 | 93.80 ± 0.10† |"
+        in markdown
     )
     assert "| vgg19 | cifar10 | snip | — | 0.9 | — | — | 0 | — | 0 | 93.63† |" in markdown
     latex = to_latex(table)

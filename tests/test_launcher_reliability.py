@@ -99,7 +99,9 @@ def test_workers_stop_and_checkpoint_when_torchrun_is_killed(
             assert launcher.poll() is None, launcher.stderr.read() if launcher.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.2)
-            run_dirs = list((runs_dir / "default").glob("granet-*")) if (runs_dir / "default").exists() else []
+            run_dirs = (
+                list((runs_dir / "default").glob("granet-*")) if (runs_dir / "default").exists() else []
+            )
         (torchrun,) = [pid for pid in children(launcher.pid) if "torch.distributed.run" in cmdline(pid)]
         workers = children(torchrun)
         assert len(workers) == 2

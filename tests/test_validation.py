@@ -178,7 +178,9 @@ def test_a_damaged_mnist1d_cache_is_regenerated_with_a_warning(
     assert list(cache.parent.iterdir()) == [cache]  # no temporary file left
 
 
-def test_a_mnist1d_cache_of_another_size_is_regenerated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_mnist1d_cache_of_another_size_is_regenerated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from harness.data import load_mnist1d
 
     cache = tmp_path / "mnist1d-400.npz"
@@ -255,7 +257,9 @@ def test_a_bad_value_at_one_grid_point_rejects_the_sweep_naming_file_and_point(
     assert not harness_cli.runs_dir.exists()
 
 
-def test_a_sweep_parameter_that_is_no_option_names_the_grid_point(harness_cli: HarnessCli, tmp_path: Path) -> None:
+def test_a_sweep_parameter_that_is_no_option_names_the_grid_point(
+    harness_cli: HarnessCli, tmp_path: Path
+) -> None:
     path = tmp_path / "typo.yaml"
     parameters = {"dataset": {"value": "mnist1d"}, "lrr": {"values": [0.1]}}
     path.write_text(
@@ -352,7 +356,13 @@ def test_masks_are_checked_every_n_steps_besides_updates_and_checkpoints(
     monkeypatch.setenv("HARNESS_CHECKSUM_LOG", str(log_dir))
     # 9 steps an epoch, no mask update after the initial masks (dT = 1000 steps).
     result = harness_cli.invoke(
-        "run", "static", *harness_cli.mnist1d(epochs=2), "--sparsity", "0.5", "--set", "run.mask_check_every=4"
+        "run",
+        "static",
+        *harness_cli.mnist1d(epochs=2),
+        "--sparsity",
+        "0.5",
+        "--set",
+        "run.mask_check_every=4",
     )
     assert result.exit_code == 0, result.stderr
     steps = [json.loads(line)["step"] for line in (log_dir / "rank0.jsonl").read_text().splitlines()]
