@@ -26,7 +26,11 @@ def write_ablation_run(
         dataset="mnist1d",
         overrides={
             **overrides,
-            "sparsity": {"sparsity": 0.98, **overrides.get("sparsity", {})},
+            "sparsity": {
+                "sparsity": 0.98,
+                **collapse.ABLATION_BASE["sparsity"],
+                **overrides.get("sparsity", {}),
+            },
             "run": {"seed": seed},
             "tracking": {"job_type": "ablation", "group": "collapse"},
         },

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from analysis import collapse
 from harness import cli, sweep
 from harness.errors import UserError
 from harness.sweep import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Job, Outcome
@@ -395,6 +396,9 @@ def test_the_collapse_ablation_runs_each_variant_once_outside_the_comparison():
     assert methods == {"granet": 21, "rigl": 21, "set": 21, "gmp": 12}
     assert {job.run_dir.parent.name for job in jobs} == {"collapse"}
     assert all("tracking.job_type=ablation" in job.argv for job in jobs)
+    # The baseline the analysis compares against is the one the sweep pins.
+    pinned = f"sparsity.regen_rate={collapse.ABLATION_BASE['sparsity']['regen_rate']}"
+    assert all(job.argv[job.argv.index(pinned) - 1] == "--set" for job in jobs)
 
 
 def test_the_cpu_comparison_runs_each_distinct_experiment_once():
