@@ -358,24 +358,29 @@ def test_decay_epochs_and_dynamics_run_choice(runs):
 
 def test_write_figures_writes_every_figure_png_pdf_tables_and_index(runs, tmp_path):
     report = figures.write_figures(runs, tmp_path / "figures")
-    assert report.skipped == {}
-    assert list(report.written) == list(figures.FIGURE_NAMES)
+    # The factory store holds no collapse ablation (tests/test_collapse.py covers that figure).
+    assert list(report.skipped) == ["collapse_ablation"]
+    assert list(report.written) == [name for name in figures.FIGURE_NAMES if name != "collapse_ablation"]
     for name, paths in report.written.items():
         assert [path.name for path in paths] == [f"{name}.png", f"{name}.pdf"]
         assert all(path.stat().st_size > 10_000 for path in paths)
         assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes()[:5] == b"%PDF-"
     assert [path.name for path in report.tables] == ["comparison_table.md", "comparison_table.tex"]
     index = report.index.read_text()
-    for name in figures.FIGURE_NAMES:
+    for name in report.written:
         assert f"]({name}.png)" in index and f"]({name}.pdf)" in index
-    assert "Skipped" not in index and "comparison_table.md" in index
+    assert "comparison_table.md" in index
 
 
 def test_write_figures_skips_with_reasons(store, tmp_path):
     compare_only = load_runs(store.root / "compare")
     report = figures.write_figures(compare_only, tmp_path / "compare")
     reason = "no plasticity probe runs (job_type probe) among the runs"
-    assert report.skipped == {name: reason for name in figures.FIGURE_NAMES[:4]}
+    ablation = "no collapse-ablation runs (job_type ablation, sweeps/collapse-mnist1d.yaml)"
+    assert report.skipped == {
+        **{name: reason for name in figures.FIGURE_NAMES[:4]},
+        "collapse_ablation": ablation,
+    }
     assert set(report.written) == {"accuracy_vs_sparsity", "training_dynamics", "accuracy_vs_train_flops"}
     assert f"- plasticity_vs_epoch: {reason}" in report.index.read_text()
 
@@ -387,6 +392,7 @@ def test_write_figures_skips_with_reasons(store, tmp_path):
         "accuracy_vs_sparsity": "no training runs (job_type train) to compare methods",
         "training_dynamics": "no local training run with mask snapshots (masks/) to show training dynamics",
         "accuracy_vs_train_flops": "no training runs (job_type train) to compare methods",
+        "collapse_ablation": ablation,
     }
     assert report.tables == []
 

@@ -40,7 +40,7 @@ def write_ablation_run(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     (run_dir / "status").write_text("completed\n")
     summary = {
-        "method": method, "arch": "resnet20", "dataset": "mnist1d", "seed": seed, "sparsity": 0.98,
+        "run_id": run_dir.name, "method": method, "arch": "resnet20", "dataset": "mnist1d", "seed": seed, "sparsity": 0.98,
         "init_sparsity": 0.0, "epochs": 30, "test_acc": test_acc, "test_acc_at_best_val": best,
     }  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary))

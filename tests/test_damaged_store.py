@@ -157,10 +157,10 @@ def test_a_damaged_run_is_listed_damaged_with_one_warning_and_the_others_are_sho
     run_dir, damaged = damaged_copy(pristine, root, ROW_DAMAGE[kind])
     caplog.set_level(logging.WARNING)
 
-    code, stdout, stderr = harness("runs", str(root))
+    code, stdout, stderr = harness("runs", str(root), "--json")
     assert code == 0, stderr
     assert "Traceback" not in stdout + stderr
-    listing = {line.split()[0]: line.split()[1] for line in stdout.strip().splitlines()[1:]}
+    listing = {run["run_key"]: run["status"] for run in json.loads(stdout)["runs"]}
     assert len(listing) == len(pristine.run_dirs)
     damaged_key = f"{run_dir.parent.name}/{run_dir.name}"
     assert listing.pop(damaged_key) == "damaged"
@@ -228,10 +228,11 @@ def test_a_truncated_mask_snapshot_of_the_dynamics_run_skips_that_figure_only(
     run_dir, damaged = damaged_copy(pristine, root, CONTENT_DAMAGE["snapshot-truncated"])
     caplog.set_level(logging.WARNING)
 
-    code, stdout, stderr = harness("runs", str(root))
+    code, stdout, stderr = harness("runs", str(root), "--json")
     assert code == 0 and "Traceback" not in stdout + stderr
-    assert len(stdout.strip().splitlines()) == 1 + len(pristine.run_dirs)
-    assert "damaged" not in stdout  # listing reads no snapshots
+    listed = json.loads(stdout)["runs"]
+    assert len(listed) == len(pristine.run_dirs)
+    assert {run["status"] for run in listed} == {"completed"}  # listing reads no snapshots
 
     code, stdout, stderr = harness("figures", str(root), "--out", str(tmp_path / "figures"))
     assert code == 0, stderr

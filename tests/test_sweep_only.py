@@ -26,10 +26,12 @@ def test_only_cuts_the_grid_before_planning(tmp_path):
     chosen = sweep.restrict(full, ["seed=0", "final_sparsity=0.95"])
     assert chosen.parameters["seed"] == (0,) and chosen.parameters["final_sparsity"] == (0.95,)
     assert chosen.parameters["method"] == full.parameters["method"]
-    assert len(sweep.grid_points(chosen)) == 6 * 2  # methods x init_sparsity
+    methods = len(full.parameters["method"])
+    assert len(sweep.grid_points(chosen)) == methods * 2  # methods x init_sparsity
     jobs = _planned(["seed=0", "final_sparsity=0.95"], tmp_path)
-    # dense ignores sparsity and init_sparsity (one run); the others 1 (fixed s_i) or 2 (gmp, granet).
-    assert len(jobs) == 1 + 3 + 2 * 2
+    # dense ignores sparsity and init_sparsity (one run); gmp and granet read s_i (2 runs each); every
+    # other method fixes its own s_i (1 run each).
+    assert len(jobs) == 1 + 2 * 2 + (methods - 3)
     names = [job.run_dir.name for job in jobs]
     assert all("-s0-" in name for name in names)
     everything = sweep.plan_jobs(full, runs_dir=tmp_path)

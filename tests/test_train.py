@@ -43,8 +43,9 @@ def lr_of_step(step: int, total_steps: int) -> float:
 
 
 def regen_rate(step: int, total_steps: int) -> float:
-    """SPEC section 5: r(t) = r_min + (r_0 - r_min) (1 + cos(pi t / T)) / 2, r_0 = 0.5, r_min = 0.005."""
-    return 0.005 + (0.5 - 0.005) * (1 + math.cos(math.pi * step / total_steps)) / 2
+    """SPEC section 5: r(t) = r_min + (r_0 - r_min) (1 + cos(pi t / T)) / 2, with the MNIST-1D recipe's
+    r_0 = 0.1 (harness/recipes/mnist1d.yaml) and r_min = 0.005."""
+    return 0.005 + (0.1 - 0.005) * (1 + math.cos(math.pi * step / total_steps)) / 2
 
 
 def expected_mask_events(method: str, total_steps: int, update_frequency: int) -> list[int]:
