@@ -50,6 +50,7 @@ def test_the_cpu_recipe_is_the_one_the_readme_describes():
         f"every {dt} steps, while the paper's dT = {_recipe('cifar10')['sparsity']['update_frequency']} steps"
     )
     _says(f"regrown weights {_recipe('cifar10')['sparsity']['update_frequency'] // dt} times as many steps")
+    _says(f"regeneration to the end, r_0 = {sparsity.regen_rate:g}")
 
 
 def test_validation_split_sizes_are_the_recipes():
