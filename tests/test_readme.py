@@ -73,9 +73,10 @@ def test_the_cifar_schedule_quoted_is_the_recipes():
     ("name", "statement", "expected"),
     [
         ("granet-mnist1d", "`make sweep-granet SCALE=cpu`, {total} runs", None),
-        ("plasticity-mnist1d", "1 base run, {control} controls, {probe} probes", {"probe": 72, "control": 9}),
-        ("plasticity-structured-mnist1d", "4 base runs at pre-trained sparsities 0/0.1/0.5/0.7, {control} controls, "
-         "{probe} probes", None),
+        ("plasticity-mnist1d", "3 base runs (one per seed), {control} controls, {probe} probes",
+         {"probe": 3 * 72, "control": 3 * 9}),
+        ("plasticity-structured-mnist1d", "12 base runs (pre-trained sparsities 0/0.1/0.5/0.7, 3 seeds), {control} "
+         "controls, {probe} probes", None),
     ],
 )  # fmt: skip
 def test_sweep_sizes_quoted_are_what_the_sweep_files_plan(name, statement, expected, tmp_path):
