@@ -37,18 +37,21 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from torchvision import transforms as T
 
 from harness import rundir
 from harness.config import DataConfig
 from harness.errors import UserError
+
+# torchvision is imported inside the CIFAR and ImageNet functions: `import torchvision` takes ~2.5 s (it
+# loads every model family and torch._dynamo), which every MNIST-1D run and probe of a sweep would pay.
+if TYPE_CHECKING:
+    import torchvision
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +154,8 @@ def _split_files(
 
 def _with_transform(dataset: Any, transform: Callable) -> Any:
     """A shallow copy sharing the loaded images, with another transform."""
+    import torchvision
+
     clone = copy.copy(dataset)
     clone.transform = transform
     clone.transforms = torchvision.datasets.vision.StandardTransform(transform, None)
@@ -158,6 +163,9 @@ def _with_transform(dataset: Any, transform: Callable) -> Any:
 
 
 def _cifar(cfg: DataConfig) -> Datasets:
+    import torchvision
+    from torchvision import transforms as T
+
     mean, std = CIFAR_STATS[cfg.dataset]
     normalise = [T.ToTensor(), T.Normalize(mean, std)]
     augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
@@ -202,6 +210,8 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 def missing_data(cfg: DataConfig) -> str | None:
     """Why a run of this config would not find its dataset on disk (None when it would, or when the data is
     generated): a cheap look at the folders, for `--dry-run`, which must not load or download anything."""
+    import torchvision
+
     if cfg.dataset in ("cifar10", "cifar100"):
         dataset_class = (
             torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
@@ -227,6 +237,8 @@ def missing_data(cfg: DataConfig) -> str | None:
 
 
 def _imagenet(cfg: DataConfig) -> Datasets:
+    from torchvision import transforms as T
+
     root = Path(cfg.data_dir) / "imagenet"
     normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     test_transform = T.Compose([T.Resize(256), T.CenterCrop(224), *normalise])
@@ -246,6 +258,8 @@ def _imagenet(cfg: DataConfig) -> Datasets:
 
 
 def _open_image_folder(path: Path, transform: Callable) -> torchvision.datasets.ImageFolder:
+    import torchvision
+
     layout = "expected <data_dir>/imagenet/{train,val}/<class folder>/<image files>"
     if not path.is_dir():
         raise UserError(f"data.data_dir: ImageNet folder {path} does not exist; {layout}")

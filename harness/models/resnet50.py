@@ -9,7 +9,6 @@ shape changes. For ImageNet the harness uses torchvision's reference model uncha
 
 from __future__ import annotations
 
-import torchvision
 from torch import Tensor, nn
 
 from harness.models.layers import LayerKit, conv_bn, initialise, layer_kit, scaled, shortcut
@@ -75,4 +74,8 @@ def resnet50(*, num_classes: int, in_channels: int, spatial_dims: int, width: fl
 
 def imagenet_resnet50(*, num_classes: int) -> nn.Module:
     """torchvision's ResNet-50 (7x7 stem + max-pool), randomly initialised: the paper's ImageNet model."""
+    # Imported here: `import torchvision` costs ~2.5 s (it loads every model family and torch._dynamo),
+    # paid by every run and probe process of a CPU sweep that never builds this model.
+    import torchvision
+
     return torchvision.models.resnet50(weights=None, num_classes=num_classes)
