@@ -28,6 +28,7 @@ PROBE_KEYS = (
     "regeneration",
     "pruning_rate",
     "probe_epoch",
+    "recalibrate_bn",
 )
 PROBE_VALUES = ("plasticity", "acc_pre", "acc_post", "acc_continue", "acc_control")
 # What identifies a setting of the method comparison (besides the seed).
@@ -78,7 +79,11 @@ def probe_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The probes of the plasticity study (job_type `probe`)."""
     if "job_type" not in runs.columns:
         return runs.iloc[0:0]
-    return runs[runs["job_type"] == "probe"]
+    probes = runs[runs["job_type"] == "probe"]
+    # Probes from before the setting existed measured with the running BatchNorm statistics.
+    recalibrated = probes["recalibrate_bn"] if "recalibrate_bn" in probes.columns else False
+    recalibrated = pd.Series(recalibrated, index=probes.index, dtype=object).fillna(False).astype(bool)
+    return probes.assign(recalibrate_bn=recalibrated)
 
 
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -279,7 +279,17 @@ def _unstructured(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def _panels(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    return [(arch, dataset, part) for (arch, dataset), part in frame.groupby(["arch", "dataset"], sort=True)]
+    """One panel per architecture and dataset and, for probes, per way of measuring accuracy: probes
+    measured with recomputed BatchNorm statistics are never pooled with probes measured without."""
+    if "recalibrate_bn" not in frame.columns:
+        groups = frame.groupby(["arch", "dataset"], sort=True)
+        return [(arch, dataset, part) for (arch, dataset), part in groups]
+    panels = []
+    for (arch, dataset, recalibrated), part in frame.groupby(
+        ["arch", "dataset", "recalibrate_bn"], sort=True
+    ):
+        panels.append((arch, f"{dataset} (BN recomputed)" if recalibrated else dataset, part))
+    return panels
 
 
 def _decays(probes: pd.DataFrame) -> list[float]:

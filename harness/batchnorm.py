@@ -12,7 +12,8 @@ variance 1) when they are revived removes the window; the training trajectory do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -92,3 +93,36 @@ class RevivalGuard:
                 reset += int(revived.sum())
             self.alive[slot] = alive
         return reset
+
+
+@contextmanager
+@torch.no_grad()
+def recomputed_statistics(model: nn.Module, inputs: Iterable[Tensor]) -> Iterator[None]:
+    """Inside: every BatchNorm's running statistics are the exact average over `inputs` (one forward pass
+    in training mode, no gradients); afterwards the model's statistics, momenta and mode come back.
+
+    For measurements only. At a high learning rate the running averages lag the weights (a dense ResNet-20 on
+    MNIST-1D at LR 0.1 scored 41% on the test set at epoch 4 and 64% at epoch 14 with its running
+    statistics, 69% and 82% with them recomputed), so an accuracy read from them measures that lag as
+    much as the network. Restoring them afterwards leaves training exactly as it would have been.
+    """
+    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved = [
+        (layer.momentum, {name: buffer.clone() for name, buffer in layer.named_buffers()}) for layer in layers
+    ]
+    was_training = model.training
+    try:
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # a cumulative average: every batch counts the same
+        model.train()
+        for batch in inputs:
+            model(batch)
+        model.eval()
+        yield
+    finally:
+        for layer, (momentum, buffers) in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+            for name, buffer in layer.named_buffers():
+                buffer.copy_(buffers[name])
+        model.train(was_training)

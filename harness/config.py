@@ -256,6 +256,10 @@ class PlasticityConfig(Section):
     criterion: Literal["global", "layerwise", "filter"] = "global"
     regeneration: bool = False
     continue_epochs: int | None = Field(None, ge=0)  # None = to the end of the base schedule
+    # Measure every accuracy of the probe (acc_pre, acc_post, acc_continue) with BatchNorm statistics
+    # recomputed over the training set (harness/batchnorm.py, recomputed_statistics). Off: the paper's
+    # measurement, with the running averages.
+    recalibrate_bn: bool = False
 
 
 class Config(Section):
@@ -292,6 +296,7 @@ _IDENTITY_WHEN_SET = {
         "acdc_phase",
         "acdc_final",
     },
+    "plasticity": {"recalibrate_bn"},
 }
 
 
@@ -302,6 +307,8 @@ def config_hash(config: Config, world_size: int = 1) -> str:
         for name in fields:
             identity[section].pop(name, None)
     for section, fields in _IDENTITY_WHEN_SET.items():
+        if getattr(config, section) is None:  # an optional section (plasticity) that this run lacks
+            continue
         defaults = type(getattr(config, section)).model_fields
         for name in fields:
             if identity[section].get(name) == defaults[name].default:

@@ -24,6 +24,7 @@ from torch import nn
 
 from harness import checkpoint as checkpoints
 from harness import rundir
+from harness.batchnorm import recomputed_statistics
 from harness.config import Config, PlasticityConfig, deep_merge, validate
 from harness.distributed import DistInfo, all_reduce_sum
 from harness.errors import UserError
@@ -47,6 +48,7 @@ class Study:
     continue_epochs: int | None = None  # None = to the end of the base schedule
     pretrained_sparsity: float = 0.0
     probe_every: int | None = None  # None = the recipe's epochs / 16 (every 10 epochs of 160)
+    recalibrate_bn: bool = False  # measure with BatchNorm statistics recomputed (PlasticityConfig)
 
 
 def default_probe_every(epochs: int) -> int:
@@ -96,6 +98,7 @@ def probe_config(base: Config, study: Study, world_size: int = 1) -> Config:
         "criterion": study.criterion,
         "regeneration": study.regeneration,
         "continue_epochs": until - study.probe_epoch,
+        "recalibrate_bn": study.recalibrate_bn,
     }
     overrides = {
         "tracking": {"job_type": "probe"},
@@ -146,7 +149,9 @@ def run_probe(config: Config, dist: DistInfo, *, sweep_run: bool = True) -> RunR
 def add_outcome(session: Session, summary: dict[str, Any]) -> None:
     """acc_continue is the probe's final test accuracy; plasticity = acc_continue - acc_pre."""
     summary.update(session.extra["probe"])
-    summary["acc_continue"] = summary["test_acc"]
+    probe = session.config.plasticity
+    recalibrate = probe is not None and probe.recalibrate_bn
+    summary["acc_continue"] = measure(session, recalibrate)[0] if recalibrate else summary["test_acc"]
     # What the probe trained at, not the base method's target (0 for a dense base).
     summary["sparsity"] = 1.0 - summary["density"]
     summary["plasticity"] = summary["acc_continue"] - summary["acc_pre"]
@@ -173,7 +178,7 @@ def prune_and_measure(
     session.flops.total = session.flops.dense_total = 0.0
     session.elapsed = 0.0
     session.best = Best()
-    acc_pre, _ = evaluate(session, "test")
+    acc_pre, _ = measure(session, probe.recalibrate_bn)
     before = session.masks.active_counts()
     pruned = prune_fraction(session.masks, probe.pruning_rate, probe.criterion, session.optimizer)
     grown = [0] * len(before)
@@ -183,7 +188,7 @@ def prune_and_measure(
         session.optimizer.zero_grad(set_to_none=True)
     session.flops.masks_changed(session.current_flops())
     session.batchnorm.masks_changed()
-    acc_post, loss_post = evaluate(session, "test")
+    acc_post, loss_post = measure(session, probe.recalibrate_bn)
     # Until the continuation trains an epoch, the probe's latest numbers are those right after pruning.
     session.extra["last_epoch"] = {
         "test/acc": acc_post,
@@ -198,6 +203,7 @@ def prune_and_measure(
         "criterion": probe.criterion,
         "regeneration": probe.regeneration,
         "continue_epochs": probe.continue_epochs,
+        "recalibrate_bn": probe.recalibrate_bn,
         "pretrained_sparsity": session.config.sparsity.sparsity
         if session.config.sparsity.method == "static"
         else 0.0,
@@ -208,6 +214,22 @@ def prune_and_measure(
     }
     tracker.log({"kind": "probe", "step": session.step, "epoch": session.epoch, **summary})
     session.extra["probe"] = summary
+
+
+def measure(session: Session, recalibrate: bool) -> tuple[float, float]:
+    """Test accuracy and loss, with BatchNorm statistics recomputed over the training set if asked.
+
+    The recomputation reads the current epoch's training batches on a forked RNG and puts the running
+    statistics back afterwards, so a probe trains exactly as it would without it."""
+    if not recalibrate:
+        accuracy, loss = evaluate(session, "test")
+        return accuracy, loss
+    device = session.device
+    inputs = (batch.to(device) for batch, _ in session.loaders.train.iterate(session.epoch))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with recomputed_statistics(session.model, inputs):
+            accuracy, loss = evaluate(session, "test")
+    return accuracy, loss
 
 
 def regrowth_gradient(session: Session) -> None:

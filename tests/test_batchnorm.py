@@ -61,3 +61,27 @@ def test_a_revived_filter_gets_fresh_statistics_and_nothing_else_changes():
     # Nothing more to reset until the next revival.
     assert guard.masks_changed() == 0
     assert alive_filters(masks.masks[0]).tolist() == [True, True, True, True]
+
+
+def test_recomputed_statistics_are_the_exact_average_and_everything_comes_back():
+    from harness.batchnorm import recomputed_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 3, 3), nn.BatchNorm1d(3), nn.ReLU())
+    model.eval()
+    model[1].running_mean.fill_(5.0)
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    batches = [torch.randn(4, 1, 10) * (index + 1) for index in range(3)]
+    with recomputed_statistics(model, batches):
+        assert not model.training
+        outputs = [model[0](batch) for batch in batches]
+        means = torch.stack([out.mean(dim=(0, 2)) for out in outputs]).mean(dim=0)
+        variances = torch.stack([out.transpose(0, 1).reshape(3, -1).var(dim=1) for out in outputs]).mean(
+            dim=0
+        )
+        assert torch.allclose(model[1].running_mean, means, atol=1e-6)
+        assert torch.allclose(model[1].running_var, variances, atol=1e-5)
+        assert model[1].num_batches_tracked.item() == 3
+    assert not model.training and model[1].momentum == 0.1
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name

@@ -392,3 +392,61 @@ def test_two_probes_from_one_checkpoint_in_either_order_give_identical_results(
         (base_dir,) = store.glob("plasticity/dense-*")
         for path in sorted((trained_bases / "plasticity" / base_dir.name / "checkpoints").iterdir()):
             assert (base_dir / "checkpoints" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measuring with recomputed BatchNorm statistics (the CPU studies' low-noise protocol)
+
+
+def test_recalibrated_measurement_changes_the_numbers_read_not_the_training(
+    harness_cli: HarnessCli, runs_dir: Path
+) -> None:
+    """--recalibrate-bn is another run (its own id, and its own control), trains bit-identically to the
+    probe without it, and reads acc_pre / acc_continue from the recomputed statistics."""
+    options = ("--pruning-rate", "0.5")
+    plain = probe(harness_cli, runs_dir, 0.0, *options)
+    recalibrated = probe(harness_cli, runs_dir, 0.0, *options, "--recalibrate-bn")
+    assert recalibrated.path.name != plain.path.name
+    assert recalibrated.summary["recalibrate_bn"] is True and plain.summary["recalibrate_bn"] is False
+    control = RunFiles(runs_dir / recalibrated.summary["control_run"])
+    assert control.path != RunFiles(runs_dir / plain.summary["control_run"]).path
+    assert yaml.safe_load((control.path / "config.yaml").read_text())["plasticity"]["recalibrate_bn"] is True
+    assert recalibrated.summary["acc_control"] == control.summary["acc_continue"]
+
+    first, second = plain.checkpoint(), recalibrated.checkpoint()
+    for part in ("model", "optimizer"):
+        flat_a, flat_b = (
+            torch.utils._pytree.tree_flatten(first[part])[0],
+            torch.utils._pytree.tree_flatten(second[part])[0],
+        )
+        assert len(flat_a) == len(flat_b)
+        for a, b in zip(flat_a, flat_b, strict=True):
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, part
+    # What the probe reads: test_acc is the plain final evaluation in both; acc_continue is recomputed.
+    assert recalibrated.summary["test_acc"] == plain.summary["test_acc"]
+    assert plain.summary["acc_continue"] == plain.summary["test_acc"]
+    assert recalibrated.summary["plasticity"] == pytest.approx(
+        recalibrated.summary["acc_continue"] - recalibrated.summary["acc_pre"]
+    )
+    assert (recalibrated.summary["acc_pre"], recalibrated.summary["acc_continue"]) != (
+        plain.summary["acc_pre"],
+        plain.summary["acc_continue"],
+    )
+
+
+def test_the_setting_leaves_earlier_probe_ids_alone() -> None:
+    """Off is the default and is left out of the run id: the ids below were computed before the setting
+    existed, so stores written then keep their probes."""
+    from harness.config import resolve, run_id
+
+    study = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8)
+    configs = plasticity.plan(resolve("dense", dataset="mnist1d"), study)
+    assert [run_id(config) for config in configs] == [
+        "dense-resnet20-mnist1d-s0-e7437d3cf4",
+        "control-resnet20-mnist1d-s0-e2-8e1f37362b",
+        "probe-resnet20-mnist1d-s0-e2-p0.5-global-7efe191a6f",
+    ]
+    recalibrated = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8, recalibrate_bn=True)
+    base, control, probe_config = plasticity.plan(resolve("dense", dataset="mnist1d"), recalibrated)
+    assert run_id(base) == run_id(configs[0])  # the base run does not measure: it is shared
+    assert run_id(control) != run_id(configs[1]) and run_id(probe_config) != run_id(configs[2])
