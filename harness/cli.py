@@ -462,6 +462,7 @@ def plasticity(
         bool,
         typer.Option(
             "--recalibrate-bn/--no-recalibrate-bn",
+            "--recalibrate_bn/--no_recalibrate_bn",  # the spelling a W&B sweep agent passes
             help="measure accuracies with BatchNorm statistics recomputed over the training set",
         ),
     ] = False,
