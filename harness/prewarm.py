@@ -93,6 +93,9 @@ def forking_launcher(
     """
     import harness.plasticity  # noqa: F401  (the training code, data, models and sparse core)
 
+    # Constructing the first torch.optim optimizer imports torch._dynamo (~2.4 s): import it here, once.
+    import torch._dynamo  # noqa: F401
+
     libc = ctypes.CDLL(None, use_errno=True)
 
     def launch(job: Any) -> ForkedProcess:

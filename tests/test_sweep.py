@@ -349,8 +349,8 @@ def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
     [
         ("plasticity", 2 * 3 * 16 * 4 * 2),
         ("plasticity-structured", 2 * 3 * 4 * 16 * 4 * 2),
-        ("plasticity-structured-mnist1d", 3 * 4 * 4 * 3 * 2),
-        ("plasticity-mnist1d", 3 * 9 * 4 * 2),
+        ("plasticity-structured-mnist1d", 3 * 2 * 2 * 2 * 2),
+        ("plasticity-mnist1d", 3 * 4 * 3 * 2),
         ("granet-cifar10", 3 * 11 * 3 * 2 * 3),
         ("granet-cifar100", 11 * 3 * 2 * 3),
         ("granet-mnist1d", 11 * 3 * 2 * 3),
@@ -370,20 +370,35 @@ def test_shipped_sweep_files_expand_and_plan(name, points):
         )
 
 
-def test_the_cpu_plasticity_sweep_is_one_base_nine_controls_and_its_probes_per_seed():
+def test_the_cpu_plasticity_sweep_is_one_base_four_controls_and_its_probes_per_seed():
     jobs = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
     kinds = [job.run_dir.name.split("-")[0] for job in jobs]
     seeds = Counter(job.run_dir.name.split("-")[3] for job in jobs)
-    assert seeds == {"s0": 82, "s1": 82, "s2": 82}
+    assert seeds == {"s0": 29, "s1": 29, "s2": 29}
     assert kinds.count("dense") == 3
-    assert kinds.count("control") == 3 * 9
-    assert kinds.count("probe") == 3 * 9 * 4 * 2
-    assert sum("-regen-" in job.run_dir.name for job in jobs) == 3 * 9 * 4
-    # Every probe continues for the full 8 epochs: none is cut short by the end of the 30-epoch schedule.
+    assert kinds.count("control") == 3 * 4
+    assert kinds.count("probe") == 3 * 4 * 3 * 2
+    assert sum("-regen-" in job.run_dir.name for job in jobs) == 3 * 4 * 3
+    # Every probe continues for the full 6 epochs: none is cut short by the end of the 30-epoch schedule.
     probe_epochs = {
         int(name.split("-")[4][1:]) for name in (job.run_dir.name for job in jobs) if name.startswith("probe")
     }
-    assert probe_epochs == {0, 2, 4, 6, 8, 12, 16, 20, 22} and max(probe_epochs) + 8 <= 30
+    assert probe_epochs == {0, 4, 10, 16} and max(probe_epochs) + 6 <= 30
+    # Every probe and control measures with recomputed BatchNorm statistics; the base runs do not measure.
+    measured = [job for job in jobs if not job.run_dir.name.startswith("dense")]
+    assert all("--recalibrate_bn" in job.argv for job in measured)
+
+
+def test_the_cpu_filter_study_shares_its_dense_base_with_the_unstructured_study():
+    unstructured = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
+    filters = sweep.plan_jobs(
+        sweep.load_sweep(SWEEPS / "plasticity-structured-mnist1d.yaml"), runs_dir=Path("r")
+    )
+    bases = {job.run_dir for job in filters if job.run_dir.name.startswith(("dense", "static"))}
+    assert len(bases) == 3 * 2
+    assert {job.run_dir for job in unstructured if job.run_dir.name.startswith("dense")} < bases
+    shared_controls = {job.run_dir for job in unstructured if job.run_dir.name.startswith("control")}
+    assert len({job.run_dir for job in filters if job.run_dir in shared_controls}) == 3 * 2
 
 
 def test_the_collapse_ablation_runs_each_variant_once_outside_the_comparison():
