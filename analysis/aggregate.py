@@ -100,6 +100,41 @@ def plasticity_table(runs: pd.DataFrame) -> pd.DataFrame:
     return seed_stats(probes, PROBE_KEYS, PROBE_VALUES)
 
 
+# The seed-to-seed spread the CPU plasticity protocol aims at (pp), at every probe epoch after the first
+# tenth of training.
+NOISE_TARGET_PP = 2.0
+NOISE_KEYS = ("arch", "dataset", "criterion", "pretrained_sparsity", "recalibrate_bn", "probe_epoch")
+
+
+def plasticity_noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """The seed-to-seed std of plasticity (pp) per probe epoch: over the settings at that epoch (pruning
+    rates, regeneration off/on) its largest and median value, the setting with the largest, the fewest
+    seeds any setting has, and whether the epoch lies after the first tenth of training."""
+    table = plasticity_table(runs)
+    columns = [*NOISE_KEYS, "max_std_pp", "median_std_pp", "worst_setting", "min_n", "after_first_tenth"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    table = table.assign(std_pp=table["plasticity_std"] * 100.0)
+    epochs = probe_runs(runs)
+    total = pd.to_numeric(epochs["optim.epochs"]).max() if "optim.epochs" in epochs.columns else np.nan
+    rows = []
+    for key, part in table.groupby(list(NOISE_KEYS), sort=True, dropna=False):
+        worst = part.loc[part["std_pp"].idxmax()] if part["std_pp"].notna().any() else None
+        rows.append(
+            {
+                **dict(zip(NOISE_KEYS, key, strict=True)),
+                "max_std_pp": float(part["std_pp"].max()),
+                "median_std_pp": float(part["std_pp"].median()),
+                "worst_setting": ""
+                if worst is None
+                else f"rate {worst['pruning_rate']:g}, regeneration {'on' if worst['regeneration'] else 'off'}",
+                "min_n": int(part["n"].min()),
+                "after_first_tenth": bool(np.isfinite(total) and key[-1] > total / 10),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
 def regeneration_gain(runs: pd.DataFrame) -> pd.DataFrame:
     """Plasticity with regeneration minus without, paired by seed, then mean/std/n over seeds.
 

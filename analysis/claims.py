@@ -22,8 +22,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.aggregate import GRADUAL_METHODS, method_label, probe_runs, training_runs
+from analysis.aggregate import (
+    GRADUAL_METHODS,
+    NOISE_TARGET_PP,
+    PROBE_KEYS,
+    PROBE_VALUES,
+    method_label,
+    plasticity_noise,
+    probe_runs,
+    training_runs,
+)
 from analysis.tables import TRANSCRIPTION_MARK, _paper_match, paper_results
+from harness.errors import UserError
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -543,11 +553,12 @@ def filter_claim(runs: pd.DataFrame) -> Claim:
     return Claim(7, text, metric, tuple(tests))
 
 
-USED_COLUMNS = (
+# Each name once (a repeated column would be selected twice).
+USED_COLUMNS = tuple(dict.fromkeys((
     "job_type", "arch", "dataset", "seed", "method", "init_sparsity", "sparsity", "epochs", "test_acc",
     "criterion", "pretrained_sparsity", "regeneration", "pruning_rate", "probe_epoch", "plasticity",
-    "optim.lr_decay_at", "optim.epochs",
-)  # fmt: skip
+    "optim.lr_decay_at", "optim.epochs", *PROBE_KEYS, *PROBE_VALUES,
+)))  # fmt: skip
 
 
 def evaluate_claims(runs: pd.DataFrame, paper: pd.DataFrame | None = None) -> list[Claim]:
@@ -690,7 +701,46 @@ def to_markdown(claims: Sequence[Claim], runs: pd.DataFrame) -> str:
     notes = [f"- Claim {claim.number}: {note}" for claim in claims for note in claim.notes]
     if notes:
         lines += ["", "## Notes", "", *notes]
+    lines += noise_section(runs)
     return "\n".join(lines) + "\n"
+
+
+def noise_section(runs: pd.DataFrame) -> list[str]:
+    """How noisy the plasticity measurements are: the seed-to-seed std per probe epoch, against the
+    protocol's target of NOISE_TARGET_PP after the first tenth of training."""
+    try:
+        noise = plasticity_noise(runs[[column for column in USED_COLUMNS if column in runs.columns]])
+    except UserError as error:  # probes without the columns the table needs: say so, do not guess
+        return ["", "## Measurement noise", "", f"Not computed: {error}."]
+    if noise.empty:
+        return []
+    lines = [
+        "",
+        "## Measurement noise",
+        "",
+        "Seed-to-seed std of plasticity (pp, ddof = 1) at each probe epoch: the largest and the median over "
+        "the settings probed at that epoch (pruning rates, regeneration off/on), and the fewest seeds a "
+        f"setting has. The CPU protocol's target is at most {NOISE_TARGET_PP:g} pp at every probe epoch after "
+        "the first tenth of training.",
+        "",
+        "| arch / dataset | criterion | pre-trained sparsity | probe epoch | max std (pp) | setting with the "
+        "max | median std (pp) | min n | within target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in noise.itertuples(index=False):
+        dataset = f"{row.dataset} (BN recomputed)" if row.recalibrate_bn else row.dataset
+        if not row.after_first_tenth:
+            within = "— (first tenth)"
+        elif not np.isfinite(row.max_std_pp) or row.min_n < 2:
+            within = "— (n < 2)"
+        else:
+            within = "yes" if row.max_std_pp <= NOISE_TARGET_PP else "no"
+        lines.append(
+            f"| {row.arch} / {dataset} | {row.criterion} | {_percent(row.pretrained_sparsity)} | "
+            f"{row.probe_epoch:g} | {row.max_std_pp:.2f} | {row.worst_setting} | {row.median_std_pp:.2f} | "
+            f"{row.min_n} | {within} |"
+        )
+    return lines
 
 
 def write_claims(runs: pd.DataFrame, path: Path | str, paper: pd.DataFrame | None = None) -> Path:

@@ -394,24 +394,58 @@ def test_make_reproduce_cpu_runs_every_cpu_sweep_then_figures_and_ends_with_clai
     calls = tmp_path / "calls.log"
     result = _make(project, calls, "RUNS_DIR=store", "FIGURES_DIR=out", "WORKERS=3")
     assert result.returncode == 0, result.stderr
-    sweeps = ("plasticity-mnist1d", "plasticity-structured-mnist1d", "granet-mnist1d", "collapse-mnist1d")
+    sweep = "sweep --workers 3 --runs-dir store --wandb disabled sweeps/"
+    claim_methods = "--only method=gmp --only method=rigl --only method=set --only method=granet"
     assert calls.read_text().splitlines() == [
-        *(f"sweep sweeps/{name}.yaml --workers 3 --runs-dir store" for name in sweeps),
+        f"{sweep}plasticity-mnist1d.yaml",
+        f"{sweep}plasticity-structured-mnist1d.yaml",
+        f"{sweep}granet-mnist1d.yaml {claim_methods} --only init_sparsity=0.0",
+        f"{sweep}granet-mnist1d.yaml --only method=granet --only init_sparsity=0.5",
         "figures store --out out",
-    ]
+    ]  # the collapse ablation is not part of it (make sweep-collapse)
     assert result.stdout.splitlines()[-1] == "out/claims.md"
 
     # A failed sweep: the other sweeps and the figures still run, and the exit status says it failed.
     calls.unlink()
-    failed = _make(project, calls, "RUNS_DIR=store", "FIGURES_DIR=out", fail_sweep=True)
+    failed = _make(
+        project, calls, "RUNS_DIR=store", "FIGURES_DIR=out", "REPRO_WANDB=offline", fail_sweep=True
+    )
     assert failed.returncode != 0
-    assert len(calls.read_text().splitlines()) == 5
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 5 and all("--wandb offline" in line for line in lines[:4])
     assert failed.stdout.splitlines()[-1] == "out/claims.md"
 
-    # Without the collapse ablation's file the target runs the three others.
-    bare = tmp_path / "bare"
-    _make(_fake_project(bare, with_collapse=False), bare / "calls.log")
-    assert [line.split()[1] for line in (bare / "calls.log").read_text().splitlines()] == [
-        *(f"sweeps/{name}.yaml" for name in sweeps[:3]),
-        "runs",
-    ]
+
+def test_the_report_states_the_seed_to_seed_std_of_plasticity_per_probe_epoch(pristine):
+    from analysis.aggregate import plasticity_noise
+
+    runs = load_runs(pristine)
+    noise = plasticity_noise(runs)
+    unstructured = noise[(noise["criterion"] == "global") & (noise["pretrained_sparsity"] == 0)]
+    assert list(unstructured["probe_epoch"]) == list(SPEC.probe_epochs)
+    epoch = 8
+    (row,) = unstructured[unstructured["probe_epoch"] == epoch].itertuples(index=False)
+    stds = {
+        (rate, regen): float(
+            pd.Series(
+                [
+                    100
+                    * factory.probe_values(
+                        factory.Probe("resnet20", epoch, rate, regen, "global", 0.0, seed),
+                        SPEC.plasticity_epochs,
+                        SPEC.continue_epochs,
+                    )["plasticity"]
+                    for seed in (0, 1, 2)
+                ]
+            ).std()
+        )
+        for rate in SPEC.rates
+        for regen in (False, True)
+    }
+    assert row.max_std_pp == pytest.approx(max(stds.values()))
+    assert row.min_n == 3 and row.after_first_tenth is (epoch > SPEC.plasticity_epochs / 10)
+    assert bool(unstructured.iloc[0]["after_first_tenth"]) is False  # epoch 0
+    text = to_markdown(evaluate_claims(runs), runs)
+    section = text[text.index("## Measurement noise") :]
+    assert f"| resnet20 / mnist1d | global | 0% | {epoch} | {row.max_std_pp:.2f} |" in section
+    assert "— (first tenth)" in section

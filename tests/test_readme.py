@@ -74,9 +74,9 @@ def test_the_cifar_schedule_quoted_is_the_recipes():
     [
         ("granet-mnist1d", "`make sweep-granet SCALE=cpu`, {total} runs", None),
         ("plasticity-mnist1d", "3 base runs (one per seed), {control} controls, {probe} probes",
-         {"probe": 3 * 72, "control": 3 * 9}),
-        ("plasticity-structured-mnist1d", "12 base runs (pre-trained sparsities 0/0.1/0.5/0.7, 3 seeds), {control} "
-         "controls, {probe} probes", None),
+         {"probe": 3 * 24, "control": 3 * 4}),
+        ("plasticity-structured-mnist1d", "6 base runs (pre-trained sparsities 0/0.5, 3 seeds), {control} "
+         "controls, {probe} probes", {"probe": 3 * 16, "control": 3 * 4}),
     ],
 )  # fmt: skip
 def test_sweep_sizes_quoted_are_what_the_sweep_files_plan(name, statement, expected, tmp_path):
