@@ -49,17 +49,10 @@ from typing import Any, Literal, Protocol, TextIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import UserError
-from harness.sweep import (
-    Job,
-    Sweep,
-    child_environment,
-    grid_points,
-    is_completed,
-    judge,
-    load_sweep,
-    plan_jobs,
-    read_status,
-)
+from harness.launch import die_with_parent
+from harness.supervisor import child_environment, judge
+from harness.sweep_file import Sweep, grid_points, load_sweep
+from harness.sweep_plan import Job, is_completed, plan_jobs, read_status
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +312,6 @@ def run_command(job: Job) -> int:
 
     Returns the exit code, or 3 (stopped, resumable) when a SIGTERM to this task ended the run.
     """
-    from harness.sweep import die_with_parent
 
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(job.log_path, "a") as log_file:
