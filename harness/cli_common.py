@@ -25,7 +25,6 @@ def option(*names: str, help: str, **kwargs: Any) -> Any:
     return typer.Option(*spellings, help=help, **kwargs)
 
 
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A user's mistake is one line on stderr and exit code 2; never a traceback."""

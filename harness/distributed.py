@@ -200,4 +200,3 @@ def broadcast_tensors(info: DistInfo, tensors: list[torch.Tensor], src: int = 0)
             with torch.no_grad():
                 tensor.copy_(flat[offset : offset + count].view_as(tensor))
             offset += count
-

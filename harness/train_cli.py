@@ -60,6 +60,7 @@ RdzvEndpoint = Annotated[
 ]
 MaxRestarts = Annotated[int, option("--max-restarts", help="torchrun restarts of a failed job")]
 
+
 @functools.cache
 def click_group() -> Any:
     """The training commands as a click group, built once (building it costs ~25 ms, and sweeps plan
@@ -217,8 +218,8 @@ def warn_if_data_missing(config: configuration.Config) -> None:
 
 
 def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
+    from harness.lifecycle import run_training
     from harness.plasticity import run_probe
-    from harness.train import run_training
 
     path = None
     for index, config in enumerate(configs):
@@ -235,7 +236,7 @@ def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
 
 
 def train_or_skip(config: configuration.Config, dist: Any) -> Path:
-    from harness.train import run_training
+    from harness.lifecycle import run_training
 
     result = run_training(config, dist)
     if result.skipped:
