@@ -373,8 +373,8 @@ def bench_inference(
     import json
 
     from harness.bench import format_inference_markdown, inference_report, run_inference_benchmarks
-    from harness.checkpoint import atomic_write_text
-    from harness.config import ARCHS
+    from harness.names import ARCHS
+    from harness.rundir import atomic_write_text
 
     for arch in archs:
         if arch not in ARCHS:
@@ -457,7 +457,7 @@ def export_command(
             arch_name, dataset_name, input_shape = facts["arch"], facts["dataset"], facts["input_shape"]
             source = {key: value for key, value in facts.items() if key != "input_shape"}
         else:
-            from harness.config import ARCHS
+            from harness.names import ARCHS
 
             if arch not in ARCHS:
                 raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")

@@ -48,11 +48,14 @@ from typing import Any, Literal, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness import rundir
 from harness.errors import UserError
 from harness.launch import die_with_parent
+from harness.rundir import is_completed
+from harness.rundir import read_status_or_damaged as read_status
 from harness.supervisor import child_environment, judge
 from harness.sweep_file import Sweep, grid_points, load_sweep
-from harness.sweep_plan import Job, is_completed, plan_jobs, read_status
+from harness.sweep_plan import Job, plan_jobs
 
 log = logging.getLogger(__name__)
 
@@ -355,21 +358,8 @@ def wait_for_run(process: subprocess.Popen) -> int:
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a record atomically (temporary file, fsync, rename): a reader sees the old one or the new one.
-
-    Not harness.checkpoint's writer: importing it imports torch, which would add seconds to every task's
-    start on a loaded node only to write a few hundred bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(json.dumps(dict(record), sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write a record atomically (`harness.rundir.atomic_write_text`): a reader sees the old one or the new one."""
+    rundir.atomic_write_text(path, json.dumps(dict(record), sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

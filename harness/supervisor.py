@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.launch import die_with_parent
-from harness.sweep_plan import Job, is_completed, read_status
+from harness.rundir import is_completed
+from harness.rundir import read_status_or_damaged as read_status
+from harness.sweep_plan import Job
 
 log = logging.getLogger("harness.sweep")
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.errors import UserError
+from harness.rundir import is_completed
 from harness.supervisor import (
     ALREADY,
     BLOCKED,
@@ -50,7 +51,7 @@ from harness.supervisor import (
     subprocess_launcher,
 )
 from harness.sweep_file import Sweep, grid_points, load_sweep, restrict
-from harness.sweep_plan import Job, is_completed, plan_jobs, warn_damaged
+from harness.sweep_plan import Job, plan_jobs, warn_damaged
 
 log = logging.getLogger(__name__)
 

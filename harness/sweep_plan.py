@@ -95,17 +95,6 @@ def format_point(point: Mapping[str, Any]) -> str:
     return " ".join(f"{name}={render(value)}" for name, value in point.items())
 
 
-def read_status(run_dir: Path) -> str | None:
-    try:
-        return rundir.read_status(run_dir)
-    except rundir.DamagedFile:
-        return rundir.DAMAGED
-
-
-def is_completed(run_dir: Path) -> bool:
-    return rundir.is_completed(run_dir)
-
-
 def warn_damaged(jobs: Sequence[Job]) -> None:
     """One warning per planned run whose status or summary is damaged: the sweep runs it again."""
     for job in jobs:

@@ -20,13 +20,14 @@ from harness import config as configuration
 from harness.cli_common import Verbose, option, setup_logging, user_errors
 from harness.errors import UserError
 from harness.launch import launch_if_needed
+from harness.names import ARCHS, DATASETS, METHODS, choices
 from harness.planning import STAGES, plasticity_configs, run_config, world_size_of
 
 log = logging.getLogger("harness")
 
 # Options shared by every command that trains ------------------------------------------------------------
-Arch = Annotated[str, option("--arch", help="resnet20 | resnet32 | resnet56 | vgg19 | resnet50")]
-Dataset = Annotated[str, option("--dataset", help="cifar10 | cifar100 | imagenet | mnist1d | synthetic")]
+Arch = Annotated[str, option("--arch", help=choices(ARCHS))]
+Dataset = Annotated[str, option("--dataset", help=choices(DATASETS))]
 # Paths as strings: typer would turn "" into Path("") == "." and hide an empty value from the config's check.
 DataDir = Annotated[str | None, option("--data-dir", help="where datasets live (default: data)")]
 Epochs = Annotated[
@@ -103,10 +104,8 @@ def plan_invocation(argv: list[str]) -> list[PlannedRun]:
     return runs
 
 
-# The registry's names, written out so that the CLI starts without importing torch (a test pins them).
-METHOD_HELP = (
-    "dense | static | gmp | gmp-layerwise | granet | rigl | set | snip | grasp | synflow | mest | acdc"
-)
+# The method registry's names (harness.names: without importing the registry itself).
+METHOD_HELP = choices(METHODS)
 
 
 def run(

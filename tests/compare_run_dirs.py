@@ -3,8 +3,11 @@
     python tests/compare_run_dirs.py BEFORE AFTER
 
 Every file must exist in both. JSON and JSON-lines files are compared as values without their timing keys
-(`time/epoch_s`, `wall_time_s`), checkpoints as loaded values without `elapsed`, every other file byte for
-byte. Prints one line per difference and exits 1 if there is any.
+(`time/epoch_s`, `wall_time_s`), checkpoints as loaded values without `elapsed` and without the states of
+Python's and NumPy's global generators (the harness never seeds them, so they come from the interpreter's
+start-up entropy: two runs of the same code differ there), every other file byte for byte. Both stores
+must have been written with the same `--runs-dir` path (config.yaml records it). Prints one line per
+difference and exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 TIME_KEYS = frozenset({"time/epoch_s", "wall_time_s", "elapsed"})
+UNSEEDED_GENERATORS = ("numpy", "python")  # in every rank's entry of a checkpoint's `rng`
 
 
 def without_times(value: Any) -> Any:
@@ -23,6 +27,13 @@ def without_times(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [without_times(item) for item in value]
     return value
+
+
+def seeded_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    ranks = checkpoint.get("rng", [])
+    ranks = ranks if isinstance(ranks, list) else [ranks]
+    rng = [{key: value for key, value in rank.items() if key not in UNSEEDED_GENERATORS} for rank in ranks]
+    return {**checkpoint, "rng": rng}
 
 
 def same_values(left: Any, right: Any) -> bool:
@@ -47,12 +58,14 @@ def compare_file(before: Path, after: Path) -> bool:
     if before.suffix == ".pt":
         import torch
 
-        return same_values(
-            without_times(torch.load(before, weights_only=True)), without_times(torch.load(after, weights_only=True))
+        left, right = (
+            seeded_only(without_times(torch.load(path, weights_only=True))) for path in (before, after)
         )
+        return same_values(left, right)
     if before.suffix == ".jsonl":
         lines = [
-            [without_times(json.loads(line)) for line in path.read_text().splitlines()] for path in (before, after)
+            [without_times(json.loads(line)) for line in path.read_text().splitlines()]
+            for path in (before, after)
         ]
         return lines[0] == lines[1] and same_key_order(*lines)
     if before.suffix == ".json":

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness import cli, slurm, supervisor, sweep_file, sweep_plan
+from harness import cli, rundir, slurm, supervisor, sweep_file, sweep_plan
 from harness.errors import UserError
 from harness.sweep_plan import Job
 
@@ -568,7 +568,7 @@ def test_local_executor_runs_base_control_and_probes_in_order_then_skips_them(tm
     argv = ["sweep", str(path), "--runs-dir", str(runs), "--slurm", "--cluster", "local", "--time", "20"]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 0, result.output
-    assert all(sweep_plan.is_completed(job.run_dir) for job in jobs)
+    assert all(rundir.is_completed(job.run_dir) for job in jobs)
     found = records(runs, jobs)
     assert [record["state"] for record in found] == ["completed"] * 4
     check_order(found)

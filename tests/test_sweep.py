@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from analysis import collapse
-from harness import cli, supervisor, sweep, sweep_agent, sweep_file, sweep_plan, train_cli
+from harness import cli, rundir, supervisor, sweep, sweep_agent, sweep_file, sweep_plan, train_cli
 from harness.errors import UserError
 from harness.supervisor import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Outcome
 from harness.sweep_plan import Job
@@ -726,11 +726,11 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
 
     def midway() -> bool:
         """One run completed and the next checkpointed, with half its epochs still to go: a wide window."""
-        done = [job for job in jobs if sweep_plan.is_completed(job.run_dir)]
+        done = [job for job in jobs if rundir.is_completed(job.run_dir)]
         started = [
             job
             for job in jobs
-            if not sweep_plan.is_completed(job.run_dir)
+            if not rundir.is_completed(job.run_dir)
             and (job.run_dir / "checkpoints" / "last.pt").exists()
             and epochs_done(job) <= 3
         ]
@@ -750,13 +750,13 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
     # The child got SIGTERM from the kernel when the runner died: it checkpoints and exits by itself.
     wait_for(lambda: not harness_processes(str(runs)), 120, "the runner's children to exit")
 
-    completed_before = {job.run_dir for job in jobs if sweep_plan.is_completed(job.run_dir)}
+    completed_before = {job.run_dir for job in jobs if rundir.is_completed(job.run_dir)}
     interrupted = [job for job in jobs if job.run_dir not in completed_before and job.log_path.exists()]
     assert len(completed_before) >= 1 and len(interrupted) == 1
 
     out = io.StringIO()
     assert sweep.run_sweep(path, workers=2, runs_dir=runs, out=out) == 0
-    assert all(sweep_plan.is_completed(job.run_dir) for job in jobs)
+    assert all(rundir.is_completed(job.run_dir) for job in jobs)
     for job in jobs:
         expected = 1 if job.run_dir in completed_before or job not in interrupted else 2
         assert starts(job.log_path) == expected, job.run_dir.name
