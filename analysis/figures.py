@@ -7,6 +7,9 @@ as PNG and PDF, writes the comparison table as Markdown and LaTeX, and lists eve
 Conventions: accuracies are drawn in percent and plasticity in percentage points (pp); error bars and
 bands are ± one standard deviation over seeds; LR-decay epochs come from each run's config
 (`optim.lr_decay_at` fractions x `optim.epochs`).
+
+Over 450 lines on purpose: one function per figure, all following the conventions above, with
+`write_figures` their one caller.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ The training commands (`run`, `plasticity`) live in `harness.train_cli`, process
 `harness.launch`, options shared by every command in `harness.cli_common`. Every option has a dashed and an
 underscored spelling (`--init-sparsity` and `--init_sparsity`) because W&B sweep agents pass parameter
 names exactly as the sweep file writes them.
+
+It stays near 500 lines because it is the table of every command with its options spelled out for Typer:
+declarations, not logic.
 """
 
 from __future__ import annotations

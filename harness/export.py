@@ -22,6 +22,9 @@ integer dtype that fits (or the dense tensor where that is smaller), whatever th
 loader rebuilds dense layers from them. Keys: `format`, `version`, `arch`, `dataset`, `input_shape`,
 `num_classes`, `dense_format`, `layers` (the program), `num_registers`, `output`, `kinds`, `choices`,
 `end_to_end`, `threads`, `batch_sizes`, `source`, `torch`.
+
+Over 450 lines on purpose: the writer, the per-layer timed choice and the loader of one versioned file
+format stay together (the runtime kernels are in `harness.inference`).
 """
 
 from __future__ import annotations

@@ -30,10 +30,11 @@ from harness.config import Config
 from harness.console import Console, summary_line
 from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
 from harness.errors import UserError
+from harness.session import Session
 from harness.signals import stop_requested
 from harness.sparse import MaskSet, MaskUpdate
 from harness.tracking import Tracker, open_tracker
-from harness.train import Hooks, Interrupted, Session, fit, score_before_training
+from harness.train import Hooks, Interrupted, fit, score_before_training
 
 # The trainer's logger: its lines ("... done | test acc ...") are part of every run's output.
 log = logging.getLogger("harness.train")

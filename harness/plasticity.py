@@ -28,9 +28,10 @@ from harness.config import Config, PlasticityConfig, deep_merge, validate
 from harness.distributed import DistInfo, all_reduce_sum
 from harness.errors import UserError
 from harness.lifecycle import RunResult, log_mask_update, run_id_and_dir, run_training
+from harness.session import Best, ProbeRecord, Session
 from harness.sparse import prune_fraction, regrow
 from harness.tracking import Tracker
-from harness.train import Best, ProbeRecord, Session, evaluate
+from harness.train import evaluate
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,9 @@ squeue (and sacct, where accounting is enabled) say about the job ids.
 With `--cluster local` submitit's local executor runs the same tasks on this machine: it knows no
 dependencies, so the submitter itself waits for each level to end before it submits the next one, and
 returns when everything has ended.
+
+Over 450 lines on purpose: submission, the per-task runner and the status report share one record format
+and one plan, and change together.
 """
 
 from __future__ import annotations

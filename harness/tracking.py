@@ -14,6 +14,9 @@ The trainer's view:
 
 W&B is a mirror, never a dependency: it never prompts, needs no network in offline mode, and a W&B
 failure (import, init, log, artifact, finish) logs one warning and leaves the local store running alone.
+
+Over 450 lines on purpose: the Tracker interface and both of its implementations (local store, W&B
+mirror) stay together so that the two keep the same keys.
 """
 
 from __future__ import annotations
