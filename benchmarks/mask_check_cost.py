@@ -31,9 +31,9 @@ def worker(rank: int, port: int, arch: str, width: float, repetitions: int) -> N
     from types import SimpleNamespace
 
     from harness.distributed import barrier, dist_info_from_env, init_distributed, teardown
+    from harness.lifecycle import check_masks
     from harness.models import build_model
     from harness.sparse import MaskSet
-    from harness.lifecycle import check_masks
 
     os.environ.update(
         RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
