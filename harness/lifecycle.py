@@ -241,14 +241,11 @@ def run_training(
     *,
     prepare: Callable[[Session, Tracker], None] | None = None,
     finish: Callable[[Session, dict[str, Any]], None] | None = None,
-    sweep_run: bool = True,
 ) -> RunResult:
     """Run (or resume, or skip if completed) the run directory that `config` addresses.
 
     `prepare` runs once on a fresh start, after the session is built and before training, and `finish`
     may add to the summary; the plasticity study uses them to load a base checkpoint, prune, and report.
-    `sweep_run=False` marks a run the command needs first (a probe's base or control): under a W&B sweep
-    agent it is mirrored outside the sweep.
     """
     run_id, run_dir = run_id_and_dir(config, dist.world_size)
     done = completed_summary(run_dir, warn=False)
@@ -281,7 +278,6 @@ def run_training(
             tags=[config.sparsity.method, config.model.arch, config.data.dataset],
             is_main=dist.is_main,
             resume_step=session.step if resume_path is not None else None,
-            sweep_run=sweep_run,
         )
         console = (
             Console(run_id, total_steps=session.total_steps, start_step=session.step)

@@ -118,7 +118,7 @@ def plan(recipe: Config, study: Study, world_size: int = 1) -> list[Config]:
 # Running a probe
 
 
-def run_probe(config: Config, dist: DistInfo, *, sweep_run: bool = True) -> RunResult:
+def run_probe(config: Config, dist: DistInfo) -> RunResult:
     """Run a probe or control whose base (and, for a probe, control) have completed."""
     probe = config.plasticity
     if probe is None:
@@ -139,7 +139,7 @@ def run_probe(config: Config, dist: DistInfo, *, sweep_run: bool = True) -> RunR
     def prepare(session: Session, tracker: Tracker) -> None:
         prune_and_measure(session, tracker, checkpoint, probe, control)
 
-    return run_training(config, dist, prepare=prepare, finish=add_outcome, sweep_run=sweep_run)
+    return run_training(config, dist, prepare=prepare, finish=add_outcome)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ spellings cannot drift apart), without running anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import traceback
@@ -219,14 +220,14 @@ def warn_if_data_missing(config: configuration.Config) -> None:
 def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
     from harness.lifecycle import run_training
     from harness.plasticity import run_probe
+    from harness.tracking import outside_sweep
 
     path = None
     for index, config in enumerate(configs):
-        target = index == len(configs) - 1  # what a W&B sweep agent launched this command for
-        if config.plasticity is None:
-            result = run_training(config, dist, sweep_run=target)
-        else:
-            result = run_probe(config, dist, sweep_run=target)
+        # Under a W&B sweep agent the last run is what the agent launched this command for; the runs it needs
+        # first (base, control) are mirrored as ordinary runs of the project, outside the sweep.
+        with contextlib.nullcontext() if index == len(configs) - 1 else outside_sweep():
+            result = run_training(config, dist) if config.plasticity is None else run_probe(config, dist)
         if result.skipped:
             log.info("already completed: %s", result.run_dir)
         path = result.run_dir
