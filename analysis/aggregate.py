@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
+from harness.names import GRADUAL_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +159,6 @@ def regeneration_gain(runs: pd.DataFrame) -> pd.DataFrame:
         logger.info("regeneration_gain: left out %d probes without a counterpart", unpaired)
     pairs["gain"] = pairs["plasticity_with"] - pairs["plasticity_without"]
     return seed_stats(pairs, keys, ["gain", "plasticity_with", "plasticity_without"])
-
-
-# Methods whose initial sparsity s_i is a setting of its own (gradual pruning from s_i); for the others
-# s_i is fixed by the method (dense: 0; static, RigL, SET: the final sparsity).
-GRADUAL_METHODS = ("granet", "gmp", "gmp-layerwise")
 
 
 def method_label(method: str, init_sparsity: float) -> str:

@@ -7,6 +7,9 @@ as PNG and PDF, writes the comparison table as Markdown and LaTeX, and lists eve
 Conventions: accuracies are drawn in percent and plasticity in percentage points (pp); error bars and
 bands are ± one standard deviation over seeds; LR-decay epochs come from each run's config
 (`optim.lr_decay_at` fractions x `optim.epochs`).
+
+Over 450 lines on purpose: one function per figure, all following the conventions above, with
+`write_figures` their one caller.
 """
 
 from __future__ import annotations
@@ -528,7 +531,6 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     between consecutive snapshots, all against training epochs."""
     steps_per_epoch = run["steps"] / run["epochs"]
     figure, axes = style.new_figure(2, 2, panel=(5.0, 3.3))
-    density, regen, layers, turnover = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
     whole = global_dynamics(dynamics)
     # Density is constant between mask updates: draw steps, starting from the initial masks (step 0).
     if (events["step"] > 0).all():  # runs log their initial masks as a step-0 event; older ones may not
@@ -536,6 +538,22 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
         initial = float(start["density"].iloc[0]) if len(start) else float(events["density"].iloc[0])
         first = pd.DataFrame({"step": [0], "density": [initial], "target_density": [initial]})
         events = pd.concat([first, events], ignore_index=True)
+    _density_panel(axes[0, 0], run, events, steps_per_epoch)
+    _regeneration_panel(axes[0, 1], run, events, steps_per_epoch)
+    _layer_density_panel(figure, axes[1, 0], dynamics, whole, steps_per_epoch)
+    _turnover_panel(axes[1, 1], run, whole, steps_per_epoch)
+    for axis in axes.flat:
+        axis.set_xlabel("epoch")
+        axis.set_xlim(left=0)
+    figure.suptitle(
+        f"Training dynamics of {run['run_key']}\n({run['method']}, {run['arch']} / {run['dataset']}, "
+        f"target sparsity {100 * run['sparsity']:g}%, seed {run['seed']})"
+    )
+    return figure
+
+
+def _density_panel(density: Axes, run: pd.Series, events: pd.DataFrame, steps_per_epoch: float) -> None:
+    """Achieved and scheduled global density as steps from one mask update to the next."""
     epoch = np.append(events["step"] / steps_per_epoch, run["epochs"])
     achieved = 100 * np.append(events["density"], events["density"].iloc[-1])
     target = 100 * np.append(events["target_density"], events["target_density"].iloc[-1])
@@ -553,7 +571,6 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     density.plot(
         epoch[1:-1], achieved[1:-1], linestyle="none", marker="o", color=style.method_colour(run["method"])
     )
-    epoch = events["step"] / steps_per_epoch
     if "sparsity.prune_end" in run.index and not pd.isna(run["sparsity.prune_end"]):
         density.axvline(run["sparsity.prune_end"] * run["epochs"], color="0.45", linestyle=":", linewidth=1.0)
         density.annotate(
@@ -570,6 +587,10 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     _log_percent(density)
     density.set_title("density at each mask update")
     density.legend(loc="center right")
+
+
+def _regeneration_panel(regen: Axes, run: pd.Series, events: pd.DataFrame, steps_per_epoch: float) -> None:
+    epoch = events["step"] / steps_per_epoch
     if "regen/rate" in events.columns:
         regen.plot(epoch, 100 * events["regen/rate"], marker="o", color=style.method_colour(run["method"]))
         regen.set_ylabel("regeneration rate (% of active weights)")
@@ -577,6 +598,12 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     else:
         _empty_panel(regen, f"{run['method']} does not regrow weights")
     regen.set_title("regeneration rate (drop-and-grow fraction)")
+
+
+def _layer_density_panel(
+    figure: Figure, layers: Axes, dynamics: pd.DataFrame, whole: pd.DataFrame, steps_per_epoch: float
+) -> None:
+    """Every layer's density from the mask snapshots, coloured by depth, with the global density dashed."""
     names = list(dict.fromkeys(dynamics["layer"]))
     colours = style.sequential_colours(len(names), "viridis")
     for index, name in enumerate(names):
@@ -595,6 +622,10 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     _log_percent(layers)
     layers.set_title(f"per-layer density from {len(whole)} mask snapshots")
     layers.legend(loc="upper right")
+
+
+def _turnover_panel(turnover: Axes, run: pd.Series, whole: pd.DataFrame, steps_per_epoch: float) -> None:
+    """Weights new and removed between consecutive snapshots, as a share of the active weights."""
     changed = whole.dropna(subset=["turnover"])
     turnover.plot(
         changed["step"] / steps_per_epoch,
@@ -619,14 +650,6 @@ def training_dynamics(run: pd.Series, events: pd.DataFrame, dynamics: pd.DataFra
     )
     turnover.set_ylim(0, 1.35 * highest if highest > 0 else 1)  # headroom: the legend sits above the curves
     turnover.legend(loc="upper right")
-    for axis in axes.flat:
-        axis.set_xlabel("epoch")
-        axis.set_xlim(left=0)
-    figure.suptitle(
-        f"Training dynamics of {run['run_key']}\n({run['method']}, {run['arch']} / {run['dataset']}, "
-        f"target sparsity {100 * run['sparsity']:g}%, seed {run['seed']})"
-    )
-    return figure
 
 
 def dynamics_figure(

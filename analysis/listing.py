@@ -15,9 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.aggregate import GRADUAL_METHODS
 from analysis.runs import load_runs, read_metrics
 from harness.errors import UserError
+from harness.names import GRADUAL_METHODS
 
 # (table column, where its value comes from: summary key first, then the config column)
 FIELDS = {

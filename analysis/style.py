@@ -133,7 +133,3 @@ def save(figure: Figure, out_dir: Path, name: str) -> list[Path]:
             figure.savefig(path, dpi=PNG_DPI if extension == "png" else None)
             paths.append(path)
     return paths
-
-
-def percent(value: float) -> str:
-    return f"{100 * value:g}%"

@@ -4,7 +4,7 @@
 
 Both are timed in the same 2-process job, interleaved, on a GraNet-masked ResNet-20 for MNIST-1D shapes
 (batch 64 per rank, sequences of 40): one DDP training step (forward, backward, optimizer step, masks
-applied) and one `harness.train.check_masks` as `run.mask_check_every` triggers it. Medians over the
+applied) and one `harness.lifecycle.check_masks` as `run.mask_check_every` triggers it. Medians over the
 repetitions; rank 0 prints them and their ratio.
 """
 
@@ -31,9 +31,9 @@ def worker(rank: int, port: int, arch: str, width: float, repetitions: int) -> N
     from types import SimpleNamespace
 
     from harness.distributed import barrier, dist_info_from_env, init_distributed, teardown
+    from harness.lifecycle import check_masks
     from harness.models import build_model
     from harness.sparse import MaskSet
-    from harness.train import check_masks
 
     os.environ.update(
         RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)

@@ -13,6 +13,9 @@ Timed, per architecture, on CIFAR-shaped random input:
 
 Medians over `repetitions` after `warmup` untimed repetitions. Masking zeroes weights but runs dense
 kernels, so the masked/dense ratio measures the per-step overhead of the sparse core, not a speed-up.
+
+Over 450 lines on purpose: both benchmarks (training step and exported inference) share the timing,
+environment and report code here, and splitting them would duplicate it.
 """
 
 from __future__ import annotations

@@ -33,10 +33,7 @@ CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
 LAST = rundir.LAST_CHECKPOINT
 PREVIOUS = rundir.PREVIOUS_CHECKPOINT
 checkpoint_dir = rundir.checkpoint_dir
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.pt"
+epoch_checkpoint_name = rundir.epoch_checkpoint_name
 
 
 def previous_path(path: Path) -> Path:

@@ -30,12 +30,11 @@ from pydantic import (
 )
 
 from harness.errors import UserError
+from harness.names import ARCHS, DATASETS
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "mnist1d", "synthetic")
-ARCHS = ("resnet20", "resnet32", "resnet56", "vgg19", "resnet50")
-
-Dataset = Literal["cifar10", "cifar100", "imagenet", "mnist1d", "synthetic"]
-Arch = Literal["resnet20", "resnet32", "resnet56", "vgg19", "resnet50"]
+# The registries' names (harness.names): the config accepts exactly what the registries hold.
+Dataset = Literal[DATASETS]  # type: ignore[valid-type]
+Arch = Literal[ARCHS]  # type: ignore[valid-type]
 Fraction = float  # a point in time as a fraction of the whole run, in [0, 1]
 # Channels of each architecture's narrowest layer at width 1 (harness/models; a test checks the table).
 NARROWEST_LAYER = {"resnet20": 16, "resnet32": 16, "resnet56": 16, "vgg19": 64, "resnet50": 64}

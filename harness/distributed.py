@@ -1,6 +1,6 @@
 """Multi-process training: the torchrun environment as a DistInfo, process-group life cycle, and collectives.
 
-`harness run ... --nproc-per-node N` re-executes itself under torchrun (`torchrun_command`); each child
+`harness run ... --nproc-per-node N` re-executes itself under torchrun (`harness.launch`); each child
 reads its place once with `dist_info_from_env`, calls `init_distributed`, trains, and ends with
 `teardown`. Backend: nccl on GPUs, gloo on CPU. Every helper is a no-op for a single process, so the
 trainer calls them unconditionally.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -201,74 +200,3 @@ def broadcast_tensors(info: DistInfo, tensors: list[torch.Tensor], src: int = 0)
             with torch.no_grad():
                 tensor.copy_(flat[offset : offset + count].view_as(tensor))
             offset += count
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_torchrun() -> None:
-    """In a torchrun worker: ask Linux to send this process SIGTERM when torchrun dies, even by SIGKILL.
-
-    Otherwise SIGKILL of torchrun (an OOM killer, `kill -9`, a scheduler's hard stop) leaves the workers
-    training on as orphans that a re-run would race with. SIGTERM rather than SIGKILL: every worker gets
-    it at once, so they agree to stop, checkpoint, and exit 3. Not available off Linux: a no-op there.
-    """
-    if not sys.platform.startswith("linux") or not under_torchrun():
-        return
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # torchrun died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def under_torchrun() -> bool:
-    """Whether this process is a torchrun child (so it must not launch torchrun again)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
-
-
-def torchrun_command(
-    module_args: list[str],
-    *,
-    nproc_per_node: int,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    rdzv_endpoint: str | None = None,
-    max_restarts: int = 0,
-) -> tuple[list[str], dict[str, str]]:
-    """(argv, environment additions) that run `python -m harness.cli <module_args>` under torchrun.
-
-    One machine: `--standalone` (a private rendezvous on a free local port). Several: c10d rendezvous at
-    `rdzv_endpoint` (host:port), hosted by node 0. With restarts, torchrun must not hand the restarted
-    workers the agent's shared TCP store: gloo would reconnect to the dead rank's address.
-    """
-    if nproc_per_node < 1:
-        raise UserError(f"--nproc-per-node={nproc_per_node}: must be at least 1")
-    if nnodes < 1:
-        raise UserError(f"--nnodes={nnodes}: must be at least 1")
-    if not 0 <= node_rank < nnodes:
-        raise UserError(f"--node-rank={node_rank}: must be in [0, {nnodes - 1}] for --nnodes={nnodes}")
-    if max_restarts < 0:
-        raise UserError(f"--max-restarts={max_restarts}: must be at least 0")
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
-    if nnodes == 1 and rdzv_endpoint is None:
-        argv.append("--standalone")
-    else:
-        if not rdzv_endpoint:
-            raise UserError(
-                "--rdzv-endpoint: required with --nnodes > 1 (host:port reachable from every node)"
-            )
-        argv += [
-            f"--nnodes={nnodes}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={rdzv_endpoint}",
-            # c10d ignores --node-rank; what it needs to know is which node serves the rendezvous store,
-            # which it would otherwise guess from host names.
-            f"--rdzv-conf=is_host={'true' if node_rank == 0 else 'false'}",
-        ]
-    argv.append(f"--max-restarts={max_restarts}")
-    argv += ["-m", "harness.cli", *module_args]
-    environment = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if max_restarts > 0 else {}
-    return argv, environment

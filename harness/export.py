@@ -22,6 +22,9 @@ integer dtype that fits (or the dense tensor where that is smaller), whatever th
 loader rebuilds dense layers from them. Keys: `format`, `version`, `arch`, `dataset`, `input_shape`,
 `num_classes`, `dense_format`, `layers` (the program), `num_registers`, `output`, `kinds`, `choices`,
 `end_to_end`, `threads`, `batch_sizes`, `source`, `torch`.
+
+Over 450 lines on purpose: the writer, the per-layer timed choice and the loader of one versioned file
+format stay together (the runtime kernels are in `harness.inference`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness import rundir
 from harness.errors import UserError
 from harness.inference import (
     BATCH_FIRST,
@@ -630,7 +634,7 @@ def serialize(payload: dict[str, Any]) -> bytes:
 
 def save_export(path: Path, payload: dict[str, Any]) -> int:
     """Write the export atomically; returns its size in bytes."""
-    from harness.checkpoint import atomic_write
+    from harness.rundir import atomic_write
 
     data = serialize(payload)
     atomic_write(Path(path), lambda handle: handle.write(data))
@@ -752,10 +756,10 @@ def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, An
     from harness.models import build_model
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    config_path = rundir.config_path(run_dir)
     if not config_path.is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    status_path = run_dir / "status"
+    status_path = rundir.status_path(run_dir)
     status = status_path.read_text(encoding="utf-8").strip() if status_path.is_file() else "missing"
     if status != "completed":
         raise UserError(

@@ -28,9 +28,11 @@ from harness.batchnorm import recomputed_statistics
 from harness.config import Config, PlasticityConfig, deep_merge, validate
 from harness.distributed import DistInfo, all_reduce_sum
 from harness.errors import UserError
-from harness.sparse import LayerUpdate, MaskUpdate, prune_fraction, regrow
+from harness.lifecycle import RunResult, log_mask_update, run_id_and_dir, run_training
+from harness.session import Best, ProbeRecord, Session
+from harness.sparse import prune_fraction, regrow
 from harness.tracking import Tracker
-from harness.train import Best, RunResult, Session, evaluate, run_id_and_dir, run_training
+from harness.train import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def plan(recipe: Config, study: Study, world_size: int = 1) -> list[Config]:
 # Running a probe
 
 
-def run_probe(config: Config, dist: DistInfo, *, sweep_run: bool = True) -> RunResult:
+def run_probe(config: Config, dist: DistInfo) -> RunResult:
     """Run a probe or control whose base (and, for a probe, control) have completed."""
     probe = config.plasticity
     if probe is None:
@@ -129,28 +131,33 @@ def run_probe(config: Config, dist: DistInfo, *, sweep_run: bool = True) -> RunR
     checkpoint = checkpoints.checkpoint_dir(base_dir) / checkpoints.epoch_checkpoint_name(probe.probe_epoch)
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: the base run has no checkpoint for probe epoch {probe.probe_epoch}")
-    extra: dict[str, Any] = {}
+    control: Control | None = None
     if probe.pruning_rate > 0:
         _, control_dir = run_id_and_dir(control_of(config), dist.world_size)
         control_summary = rundir.read_summary(control_dir)
         if "acc_continue" not in control_summary:
             raise UserError(f"{control_dir}: the control run of this probe has not completed")
-        extra = {
-            "acc_control": control_summary["acc_continue"],
-            "control_run": str(control_dir.relative_to(runs_dir)),
-        }
+        control = Control(control_summary["acc_continue"], str(control_dir.relative_to(runs_dir)))
 
     def prepare(session: Session, tracker: Tracker) -> None:
-        prune_and_measure(session, tracker, checkpoint, probe, extra)
+        prune_and_measure(session, tracker, checkpoint, probe, control)
 
-    return run_training(config, dist, prepare=prepare, finish=add_outcome, sweep_run=sweep_run)
+    return run_training(config, dist, prepare=prepare, finish=add_outcome)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A probe's completed control run: its accuracy after the same continuation unpruned, and where it is."""
+
+    acc_continue: float
+    run: str  # group/run-id
 
 
 def add_outcome(session: Session, summary: dict[str, Any]) -> None:
     """acc_continue is the probe's final test accuracy; plasticity = acc_continue - acc_pre."""
-    summary.update(session.extra["probe"])
-    probe = session.config.plasticity
-    recalibrate = probe is not None and probe.recalibrate_bn
+    assert session.probe is not None, "a probe's session holds its record from prune_and_measure on"
+    summary.update(session.probe.as_dict())
+    recalibrate = session.probe.recalibrate_bn
     summary["acc_continue"] = measure(session, recalibrate)[0] if recalibrate else summary["test_acc"]
     # What the probe trained at, not the base method's target (0 for a dense base).
     summary["sparsity"] = 1.0 - summary["density"]
@@ -169,7 +176,7 @@ def control_of(config: Config) -> Config:
 
 
 def prune_and_measure(
-    session: Session, tracker: Tracker, checkpoint: Path, probe: PlasticityConfig, extra: dict[str, Any]
+    session: Session, tracker: Tracker, checkpoint: Path, probe: PlasticityConfig, control: Control | None
 ) -> None:
     """Load the base checkpoint, measure, prune, optionally regrow, measure; record it all in the session."""
     state = checkpoints.load_checkpoint(checkpoint)
@@ -190,30 +197,31 @@ def prune_and_measure(
     session.batchnorm.masks_changed()
     acc_post, loss_post = measure(session, probe.recalibrate_bn)
     # Until the continuation trains an epoch, the probe's latest numbers are those right after pruning.
-    session.extra["last_epoch"] = {
+    session.last_epoch = {
         "test/acc": acc_post,
         "test/loss": loss_post,
         "val/acc": None,
         "train/loss": None,
     }
     record_masks(session, tracker, pruned.weights, grown)
-    summary = {
-        "probe_epoch": probe.probe_epoch,
-        "pruning_rate": probe.pruning_rate,
-        "criterion": probe.criterion,
-        "regeneration": probe.regeneration,
-        "continue_epochs": probe.continue_epochs,
-        "recalibrate_bn": probe.recalibrate_bn,
-        "pretrained_sparsity": session.config.sparsity.sparsity
+    record = ProbeRecord(
+        probe_epoch=probe.probe_epoch,
+        pruning_rate=probe.pruning_rate,
+        criterion=probe.criterion,
+        regeneration=probe.regeneration,
+        continue_epochs=probe.continue_epochs,
+        pretrained_sparsity=session.config.sparsity.sparsity
         if session.config.sparsity.method == "static"
         else 0.0,
-        "acc_pre": acc_pre,
-        "acc_post": acc_post,
-        "base_run": probe.base_run,
-        **extra,
-    }
-    tracker.log({"kind": "probe", "step": session.step, "epoch": session.epoch, **summary})
-    session.extra["probe"] = summary
+        acc_pre=acc_pre,
+        acc_post=acc_post,
+        base_run=probe.base_run,
+        acc_control=None if control is None else control.acc_continue,
+        control_run=None if control is None else control.run,
+        recalibrate_bn=probe.recalibrate_bn,
+    )
+    tracker.log({"kind": "probe", "step": session.step, "epoch": session.epoch, **record.as_dict()})
+    session.probe = record
 
 
 def measure(session: Session, recalibrate: bool) -> tuple[float, float]:
@@ -267,21 +275,13 @@ def average_gradients(session: Session) -> None:
 
 
 def record_masks(session: Session, tracker: Tracker, pruned: list[int], grown: list[int]) -> None:
-    masks = session.masks
-    counts = masks.active_counts()
-    layers = {
-        name: LayerUpdate(active=count, size=size, pruned=removed, grown=added)
-        for name, count, size, removed, added in zip(
-            masks.names, counts, masks.numels, pruned, grown, strict=True
-        )
-    }
-    update = MaskUpdate(
-        step=session.step,
-        target_density=sum(counts) / masks.total,
-        density=sum(counts) / masks.total,
-        regen_rate=None,
-        layers=layers,
-        checksum=int(masks.checksums().sum()),
+    """The probe's pruning (and regrowth) as a mask-update event, built as the method builds its own."""
+    method = session.method
+    layers, counts = method._layers(pruned=pruned, grown=grown)
+    density = sum(counts) / session.masks.total
+    log_mask_update(
+        tracker,
+        session.masks,
+        method._event(session.step, density, None, layers, counts),
+        epoch=session.epoch,
     )
-    tracker.log({"kind": "mask_update", "step": session.step, "epoch": session.epoch, **update.record()})
-    tracker.log_masks(session.step, masks.as_dict())

@@ -91,10 +91,11 @@ def forking_launcher(
     `entry` is the CLI's main function (it reads sys.argv and may raise SystemExit, as a console script
     does). The training modules are imported here, once, so that no child imports them again.
     """
-    import harness.plasticity  # noqa: F401  (the training code, data, models and sparse core)
-
     # Constructing the first torch.optim optimizer imports torch._dynamo (~2.4 s): import it here, once.
     import torch._dynamo  # noqa: F401
+
+    import harness.plasticity  # noqa: F401  (the training code, data, models and sparse core)
+    import harness.train_cli  # noqa: F401  (the run and plasticity commands)
 
     libc = ctypes.CDLL(None, use_errno=True)
 

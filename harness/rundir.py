@@ -98,6 +98,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
+def epoch_checkpoint_name(epoch: int) -> str:
+    """A checkpoint kept for good at the end of `epoch` (`run.keep_checkpoints`)."""
+    return f"epoch_{epoch:04d}.pt"
+
+
 def lock_path(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     return run_dir.parent / f".{run_dir.name}.lock"

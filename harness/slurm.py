@@ -25,6 +25,9 @@ squeue (and sacct, where accounting is enabled) say about the job ids.
 With `--cluster local` submitit's local executor runs the same tasks on this machine: it knows no
 dependencies, so the submitter itself waits for each level to end before it submits the next one, and
 returns when everything has ended.
+
+Over 450 lines on purpose: submission, the per-task runner and the status report share one record format
+and one plan, and change together.
 """
 
 from __future__ import annotations
@@ -48,18 +51,14 @@ from typing import Any, Literal, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness import rundir
 from harness.errors import UserError
-from harness.sweep import (
-    Job,
-    Sweep,
-    child_environment,
-    grid_points,
-    is_completed,
-    judge,
-    load_sweep,
-    plan_jobs,
-    read_status,
-)
+from harness.launch import die_with_parent
+from harness.rundir import is_completed
+from harness.rundir import read_status_or_damaged as read_status
+from harness.supervisor import child_environment, judge
+from harness.sweep_file import Sweep, grid_points, load_sweep
+from harness.sweep_plan import Job, plan_jobs
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +318,6 @@ def run_command(job: Job) -> int:
 
     Returns the exit code, or 3 (stopped, resumable) when a SIGTERM to this task ended the run.
     """
-    from harness.sweep import die_with_parent
 
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(job.log_path, "a") as log_file:
@@ -363,21 +361,8 @@ def wait_for_run(process: subprocess.Popen) -> int:
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a record atomically (temporary file, fsync, rename): a reader sees the old one or the new one.
-
-    Not harness.checkpoint's writer: importing it imports torch, which would add seconds to every task's
-    start on a loaded node only to write a few hundred bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(json.dumps(dict(record), sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write a record atomically (`harness.rundir.atomic_write_text`): a reader sees the old one or the new one."""
+    rundir.atomic_write_text(path, json.dumps(dict(record), sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

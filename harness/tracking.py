@@ -14,6 +14,9 @@ The trainer's view:
 
 W&B is a mirror, never a dependency: it never prompts, needs no network in offline mode, and a W&B
 failure (import, init, log, artifact, finish) logs one warning and leaves the local store running alone.
+
+Over 450 lines on purpose: the Tracker interface and both of its implementations (local store, W&B
+mirror) stay together so that the two keep the same keys.
 """
 
 from __future__ import annotations
@@ -320,7 +323,8 @@ def open_tracker(
     """Start (or resume) tracking one run; non-main ranks get a Tracker that does nothing.
 
     Under a W&B sweep agent, `sweep_run` says whether this is the run the agent launched the command for
-    (see `WandbMirror.open`); a plasticity probe's base and control runs are not.
+    (see `WandbMirror.open`); the CLI starts the runs a command needs first (a plasticity probe's base and
+    control) inside `outside_sweep()` instead, which has the same effect.
 
     `config` is the resolved config as a nested dict (`Config.to_dict()`). With `resume_step=None` the
     run starts fresh: earlier metrics, summary and mask snapshots in `run_dir` are removed. With a step,
@@ -492,6 +496,13 @@ def _agent_run_id() -> str | None:
     if os.environ.get("WANDB_SWEEP_ID"):
         return os.environ.get("WANDB_RUN_ID")
     return None
+
+
+def outside_sweep() -> contextlib.AbstractContextManager[None]:
+    """Runs started inside are not the W&B sweep agent's run: they mirror as ordinary runs of the project.
+
+    For the runs a command needs before the one the agent launched it for (a probe's base and control)."""
+    return _outside_sweep(True)
 
 
 @contextlib.contextmanager

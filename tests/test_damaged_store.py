@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from analysis import load_curves, load_runs
 from analysis.aggregate import comparison_table
 from analysis.dynamics import mask_dynamics
-from harness import cli, rundir, sweep
+from harness import cli, rundir
 
 SPEC = factory.StoreSpec(
     archs=("resnet20",),
@@ -172,7 +172,7 @@ def test_a_damaged_run_is_listed_damaged_with_one_warning_and_the_others_are_sho
     runs = load_runs(root)
     assert damaged_key not in set(runs["run_key"]) and len(runs) == len(pristine.run_dirs) - 1
     assert len(warnings_about(caplog, run_dir, damaged)) == 1
-    assert not sweep.is_completed(run_dir) and sweep.is_completed(next(p for p in root.rglob("dense-*")))
+    assert not rundir.is_completed(run_dir) and rundir.is_completed(next(p for p in root.rglob("dense-*")))
     assert not (tmp_path / "PWNED").exists()  # the !!python/object tag built nothing
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import cli
+from harness import cli, launch
 from harness.errors import UserError
 from harness.snapshots import load_masks, step_of
 from harness.sparse.masks import MaskSet
@@ -408,12 +408,12 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_same_masks(
     ],
 )
 def test_a_thread_budget_is_divided_among_the_processes(environ: dict, nproc: int, expected: dict) -> None:
-    assert cli.threads_per_process(nproc, environ) == expected
+    assert launch.threads_per_process(nproc, environ) == expected
 
 
 def test_a_bad_thread_budget_is_a_user_error() -> None:
     with pytest.raises(UserError, match="^OMP_NUM_THREADS='two': must be a positive integer$"):
-        cli.threads_per_process(2, {"OMP_NUM_THREADS": "two"})
+        launch.threads_per_process(2, {"OMP_NUM_THREADS": "two"})
 
 
 def test_launcher_options_are_stripped_in_every_spelling() -> None:
@@ -421,12 +421,19 @@ def test_launcher_options_are_stripped_in_every_spelling() -> None:
         "run", "granet", "--nproc-per-node", "2", "--nnodes=2", "--node_rank", "1",
         "--rdzv-endpoint=node0:29400", "--max_restarts=3", "--epochs", "3", "--set", "model.width=0.25",
     ]  # fmt: skip
-    assert cli.strip_launcher_options(argv) == ["run", "granet", "--epochs", "3", "--set", "model.width=0.25"]
+    assert launch.strip_launcher_options(argv) == [
+        "run",
+        "granet",
+        "--epochs",
+        "3",
+        "--set",
+        "model.width=0.25",
+    ]
 
 
 def test_no_relaunch_inside_a_torchrun_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
-    assert cli.launcher_argv(2, 1, 0, None, 0) is None
+    assert launch.launcher_argv(2, 1, 0, None, 0) is None
 
 
 def test_launcher_command_carries_the_divided_thread_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,7 +442,7 @@ def test_launcher_command_carries_the_divided_thread_budget(monkeypatch: pytest.
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.setattr(sys, "argv", ["harness", "run", "granet", "--nproc-per-node", "2"])
-    argv, environment = cli.launcher_argv(2, 1, 0, None, 0)
+    argv, environment = launch.launcher_argv(2, 1, 0, None, 0)
     assert argv[-4:] == ["-m", "harness.cli", "run", "granet"]
     assert environment == {"OMP_NUM_THREADS": "2"}
 
@@ -448,7 +455,7 @@ def test_a_batch_the_processes_do_not_divide_is_refused_before_launching(
     for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     launched: list[Any] = []
-    monkeypatch.setattr(cli, "relaunch", launched.append)
+    monkeypatch.setattr(launch, "relaunch", launched.append)
     options = ["--dataset", "mnist1d", "--runs-dir", str(tmp_path), "--nproc-per-node", "2"]
     result = CliRunner().invoke(cli.app, ["run", "granet", *options, "--batch-size", "127"])
     assert result.exit_code == 2
@@ -478,7 +485,7 @@ def signalled_wait(signum: int, child_seconds: float) -> tuple[int, int]:
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signum))
     timer.start()
     try:
-        code = cli.wait_passing_on_stop(child)
+        code = launch.wait_passing_on_stop(child)
     finally:
         timer.join()
         child.stdout.close()

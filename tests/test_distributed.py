@@ -21,9 +21,9 @@ from harness.distributed import (
     dist_info_from_env,
     init_distributed,
     teardown,
-    torchrun_command,
 )
 from harness.errors import UserError
+from harness.launch import torchrun_command
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from harness import cli
+from harness import train_cli
 from harness.config import _NOT_IDENTITY, SparsityConfig, resolve, run_id
 from harness.errors import UserError
 from harness.sparse import METHODS, Hyperparameters
@@ -110,4 +110,4 @@ def test_acdc_phases_must_fit_in_the_run() -> None:
 
 
 def test_the_cli_help_lists_every_registered_method() -> None:
-    assert cli.METHOD_HELP.split(" | ") == list(METHODS)
+    assert train_cli.METHOD_HELP.split(" | ") == list(METHODS)

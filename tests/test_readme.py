@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import sweep
+from harness import sweep_file, sweep_plan
 from harness.config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_the_cifar_schedule_quoted_is_the_recipes():
     ],
 )  # fmt: skip
 def test_sweep_sizes_quoted_are_what_the_sweep_files_plan(name, statement, expected, tmp_path):
-    jobs = sweep.plan_jobs(sweep.load_sweep(REPO / "sweeps" / f"{name}.yaml"), runs_dir=tmp_path)
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(REPO / "sweeps" / f"{name}.yaml"), runs_dir=tmp_path)
     kinds = Counter(job.run_dir.name.split("-")[0] for job in jobs)
     _says(statement.format(total=len(jobs), control=kinds["control"], probe=kinds["probe"]))
     if expected is not None:

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness import cli, slurm, sweep
+from harness import cli, rundir, slurm, supervisor, sweep_file, sweep_plan
 from harness.errors import UserError
-from harness.sweep import Job
+from harness.sweep_plan import Job
 
 PLASTICITY_COMMAND = ["${env}", "${program}", "plasticity", "${args_no_boolean_flags}"]
 
@@ -52,7 +52,7 @@ def base_and_two_probes(directory: Path) -> Path:
 def plan(tmp_path: Path) -> tuple[Path, Path, list[Job]]:
     path = base_and_two_probes(tmp_path)
     runs = tmp_path / "runs"
-    return path, runs, sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs)
+    return path, runs, sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=runs)
 
 
 def complete(job: Job, status: str = "completed") -> None:
@@ -319,7 +319,7 @@ def test_the_task_records_the_outcome_and_fails_when_the_run_did(tmp_path, monke
     monkeypatch.setattr(slurm, "run_command", fake_command)
     record_path = tmp_path / "record.json"
     if code == 0:
-        assert slurm.run_task(jobs[0], record_path, job_id="5") == sweep.COMPLETED
+        assert slurm.run_task(jobs[0], record_path, job_id="5") == supervisor.COMPLETED
     else:
         with pytest.raises(slurm.TaskFailed, match=f"log: {jobs[0].log_path}"):
             slurm.run_task(jobs[0], record_path, job_id="5")
@@ -568,7 +568,7 @@ def test_local_executor_runs_base_control_and_probes_in_order_then_skips_them(tm
     argv = ["sweep", str(path), "--runs-dir", str(runs), "--slurm", "--cluster", "local", "--time", "20"]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 0, result.output
-    assert all(sweep.is_completed(job.run_dir) for job in jobs)
+    assert all(rundir.is_completed(job.run_dir) for job in jobs)
     found = records(runs, jobs)
     assert [record["state"] for record in found] == ["completed"] * 4
     check_order(found)

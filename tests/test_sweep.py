@@ -21,9 +21,10 @@ import yaml
 from typer.testing import CliRunner
 
 from analysis import collapse
-from harness import cli, sweep
+from harness import cli, rundir, supervisor, sweep, sweep_agent, sweep_file, sweep_plan, train_cli
 from harness.errors import UserError
-from harness.sweep import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Job, Outcome
+from harness.supervisor import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Outcome
+from harness.sweep_plan import Job
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "sweeps"
@@ -62,10 +63,10 @@ def test_grid_is_the_cross_product_in_file_order_first_parameter_slowest(tmp_pat
         tmp_path,
         {"a": {"values": [1, 2]}, "b": {"value": "x"}, "c": {"values": [True, False, None]}},
     )
-    loaded = sweep.load_sweep(path)
+    loaded = sweep_file.load_sweep(path)
     assert loaded.name == "tiny"
-    assert loaded.command == sweep.DEFAULT_COMMAND  # W&B's default when `command` is absent
-    assert sweep.grid_points(loaded) == [
+    assert loaded.command == sweep_file.DEFAULT_COMMAND  # W&B's default when `command` is absent
+    assert sweep_file.grid_points(loaded) == [
         {"a": 1, "b": "x", "c": True},
         {"a": 1, "b": "x", "c": False},
         {"a": 1, "b": "x", "c": None},
@@ -104,7 +105,7 @@ def test_bad_sweep_files_name_the_file_and_the_field(tmp_path, content, expected
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(UserError) as raised:
-        sweep.load_sweep(path)
+        sweep_file.load_sweep(path)
     message = str(raised.value)
     assert message.startswith(f"{path}: ")
     assert expected in message
@@ -113,7 +114,7 @@ def test_bad_sweep_files_name_the_file_and_the_field(tmp_path, content, expected
 
 def test_a_missing_sweep_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"missing\.yaml: cannot read the sweep file"):
-        sweep.load_sweep(tmp_path / "missing.yaml")
+        sweep_file.load_sweep(tmp_path / "missing.yaml")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ POINT = {"arch": "resnet20", "pruning_rate": 0.9, "probe_epoch": 10, "regenerati
 
 
 def test_argument_macros_render_parameters_as_the_agent_does():
-    macros = sweep.argument_macros(POINT)
+    macros = sweep_agent.argument_macros(POINT)
     assert macros["args"] == [
         "--arch=resnet20",
         "--pruning_rate=0.9",
@@ -164,9 +165,9 @@ def test_agent_command_expands_env_interpreter_program_and_envvar(tmp_path):
         ],
         program="train.py",
     )
-    loaded = sweep.load_sweep(path)
-    point = sweep.grid_points(loaded)[0]
-    argv = sweep.agent_command(loaded, point, environ={"TAG": "t7"}, json_dir=tmp_path / "json")
+    loaded = sweep_file.load_sweep(path)
+    point = sweep_file.grid_points(loaded)[0]
+    argv = sweep_agent.agent_command(loaded, point, environ={"TAG": "t7"}, json_dir=tmp_path / "json")
     assert argv[:6] == [
         "/usr/bin/env",
         "python",
@@ -177,28 +178,30 @@ def test_agent_command_expands_env_interpreter_program_and_envvar(tmp_path):
     ]
     assert json.loads(Path(argv[6]).read_text()) == {"arch": "vgg19", "regeneration": False}
     # An unset variable is replaced by its own name, as the agent does.
-    assert sweep.agent_command(loaded, point, environ={}, json_dir=tmp_path)[3] == "--tag=TAG-x"
+    assert sweep_agent.agent_command(loaded, point, environ={}, json_dir=tmp_path)[3] == "--tag=TAG-x"
 
 
 def test_unknown_macros_and_a_missing_program_are_user_errors(tmp_path):
-    unknown = sweep.load_sweep(write_sweep(tmp_path, {"a": {"value": 1}}, command=["${program}", "${argz}"]))
+    unknown = sweep_file.load_sweep(
+        write_sweep(tmp_path, {"a": {"value": 1}}, command=["${program}", "${argz}"])
+    )
     with pytest.raises(UserError, match=r"command: unknown macro \$\{argz\}"):
-        sweep.agent_command(unknown, {"a": 1})
+        sweep_agent.agent_command(unknown, {"a": 1})
     path = tmp_path / "noprogram.yaml"
     path.write_text("method: grid\nparameters: {a: {value: 1}}\n")
     with pytest.raises(UserError, match=r"noprogram\.yaml: program: missing"):
-        sweep.agent_command(sweep.load_sweep(path), {"a": 1})
+        sweep_agent.agent_command(sweep_file.load_sweep(path), {"a": 1})
 
 
 def test_harness_argv_finds_the_cli_after_env_and_its_assignments():
-    found = sweep.harness_argv(["/usr/bin/env", "A=1", "harness", "run", "--seed=1"], Path("s.yaml"))
+    found = sweep_agent.harness_argv(["/usr/bin/env", "A=1", "harness", "run", "--seed=1"], Path("s.yaml"))
     assert found.argv == ["run", "--seed=1"]
     assert found.env == {"A": "1"}
-    found = sweep.harness_argv(["python3", "-m", "harness.cli", "plasticity", "--x=1"], Path("s.yaml"))
+    found = sweep_agent.harness_argv(["python3", "-m", "harness.cli", "plasticity", "--x=1"], Path("s.yaml"))
     assert found.argv == ["plasticity", "--x=1"]
-    assert sweep.harness_argv(["/venv/bin/harness", "run"], Path("s.yaml")).argv == ["run"]
+    assert sweep_agent.harness_argv(["/venv/bin/harness", "run"], Path("s.yaml")).argv == ["run"]
     with pytest.raises(UserError, match=r"s\.yaml: command: expected the harness CLI"):
-        sweep.harness_argv(["/usr/bin/env", "python", "train.py", "--lr=1"], Path("s.yaml"))
+        sweep_agent.harness_argv(["/usr/bin/env", "python", "train.py", "--lr=1"], Path("s.yaml"))
 
 
 def dry_run(argv: list[str], runs: int) -> tuple[dict, list[str]]:
@@ -210,7 +213,7 @@ def dry_run(argv: list[str], runs: int) -> tuple[dict, list[str]]:
 
 
 def count_line(state: str, count: int) -> str:
-    width = max(len(name) for name in sweep.STATES)
+    width = max(len(name) for name in supervisor.STATES)
     return f"  {state:<{width}}  {count:>5}"
 
 
@@ -229,14 +232,14 @@ def test_wandb_command_line_round_trip_lands_in_the_probe_config(tmp_path, regen
         },
         command=PLASTICITY_COMMAND,
     )
-    loaded = sweep.load_sweep(path)
-    [point] = sweep.grid_points(loaded)
-    command = sweep.agent_command(loaded, point)
+    loaded = sweep_file.load_sweep(path)
+    [point] = sweep_file.grid_points(loaded)
+    command = sweep_agent.agent_command(loaded, point)
     expected_flags = ["--dataset=synthetic", "--probe_epoch=1", "--pruning_rate=0.7", "--criterion=layerwise"]
     expected_flags += ["--regeneration"] if regeneration else []
     assert command == ["/usr/bin/env", "harness", "plasticity", *expected_flags, "--seed=3"]
 
-    argv = sweep.harness_argv(command, path).argv
+    argv = sweep_agent.harness_argv(command, path).argv
     config, printed_dirs = dry_run(argv, runs=3)
     probe = config["plasticity"]
     assert probe["pruning_rate"] == 0.7
@@ -246,17 +249,17 @@ def test_wandb_command_line_round_trip_lands_in_the_probe_config(tmp_path, regen
     assert config["run"]["seed"] == 3
     assert config["tracking"]["job_type"] == "probe"
 
-    planned = cli.plan_invocation(argv)
+    planned = train_cli.plan_invocation(argv)
     assert [str(run.run_dir) for run in planned] == printed_dirs
     assert [run.run_dir.name.split("-")[0] for run in planned] == ["dense", "control", "probe"]
     assert ("-regen-" in planned[-1].run_dir.name) is regeneration
 
 
 def test_dashed_and_underscored_parameter_names_plan_the_same_runs():
-    underscored = cli.plan_invocation(
+    underscored = train_cli.plan_invocation(
         ["plasticity", "--dataset=synthetic", "--probe_epoch=1", "--pruning_rate=0.5"]
     )
-    dashed = cli.plan_invocation(
+    dashed = train_cli.plan_invocation(
         ["plasticity", "--dataset=synthetic", "--probe-epoch=1", "--pruning-rate=0.5"]
     )
     assert [run.run_dir for run in underscored] == [run.run_dir for run in dashed]
@@ -273,13 +276,15 @@ def test_a_granet_grid_point_resolves_to_the_method_and_its_sparsities(tmp_path)
         },
         command=RUN_COMMAND,
     )
-    loaded = sweep.load_sweep(path)
-    argv = sweep.harness_argv(sweep.agent_command(loaded, sweep.grid_points(loaded)[0]), path).argv
+    loaded = sweep_file.load_sweep(path)
+    argv = sweep_agent.harness_argv(
+        sweep_agent.agent_command(loaded, sweep_file.grid_points(loaded)[0]), path
+    ).argv
     config, printed_dirs = dry_run(argv, runs=1)
     assert config["sparsity"]["method"] == "granet"
     assert config["sparsity"]["sparsity"] == 0.95
     assert config["sparsity"]["init_sparsity"] == 0.5
-    assert [str(run.run_dir) for run in cli.plan_invocation(argv)] == printed_dirs
+    assert [str(run.run_dir) for run in train_cli.plan_invocation(argv)] == printed_dirs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,7 +293,7 @@ def test_a_granet_grid_point_resolves_to_the_method_and_its_sparsities(tmp_path)
 
 def test_plan_shares_base_and_control_and_orders_dependencies_first(tmp_path):
     runs = tmp_path / "runs"
-    jobs = sweep.plan_jobs(sweep.load_sweep(synthetic_plasticity(tmp_path)), runs_dir=runs)
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(synthetic_plasticity(tmp_path)), runs_dir=runs)
     kinds = [job.run_dir.name.split("-")[0] for job in jobs]
     assert kinds == ["dense", "control", "probe", "probe", "probe", "probe"]
     base, control, *probes = jobs
@@ -319,7 +324,7 @@ def test_booleans_under_plain_args_are_refused_with_the_macro_to_use(tmp_path):
         command=["${env}", "${program}", "plasticity", "${args}"],
     )
     with pytest.raises(UserError) as raised:
-        sweep.plan_jobs(sweep.load_sweep(path))
+        sweep_plan.plan_jobs(sweep_file.load_sweep(path))
     assert str(raised.value) == (
         f"{path}: parameters.regeneration: ${{args}} passes booleans as --regeneration=True/False, which "
         "the harness CLI rejects; use ${args_no_boolean_flags} in command"
@@ -328,9 +333,9 @@ def test_booleans_under_plain_args_are_refused_with_the_macro_to_use(tmp_path):
 
 def test_runs_dir_argument_overrides_the_sweeps_own(tmp_path):
     path = synthetic_plasticity(tmp_path, runs_dir={"value": str(tmp_path / "theirs")})
-    own = sweep.plan_jobs(sweep.load_sweep(path))
+    own = sweep_plan.plan_jobs(sweep_file.load_sweep(path))
     assert all(job.run_dir.parents[1] == tmp_path / "theirs" for job in own)
-    mine = sweep.plan_jobs(sweep.load_sweep(path), runs_dir=tmp_path / "mine")
+    mine = sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=tmp_path / "mine")
     assert all(job.run_dir.parents[1] == tmp_path / "mine" for job in mine)
     assert [job.run_dir.name for job in own] == [job.run_dir.name for job in mine]
 
@@ -338,7 +343,7 @@ def test_runs_dir_argument_overrides_the_sweeps_own(tmp_path):
 def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
     path = synthetic_plasticity(tmp_path, probe_epoch={"values": [1, 5]})  # the base keeps epochs 0..2
     with pytest.raises(UserError) as raised:
-        sweep.plan_jobs(sweep.load_sweep(path))
+        sweep_plan.plan_jobs(sweep_file.load_sweep(path))
     message = str(raised.value)
     assert message.startswith(f"{path}: grid point dataset=synthetic wandb=disabled probe_epoch=5")
     assert "probe_epoch: 5 is not a checkpoint of the base run" in message
@@ -358,20 +363,20 @@ def test_a_bad_grid_point_names_the_file_and_the_point(tmp_path):
 )
 def test_shipped_sweep_files_expand_and_plan(name, points):
     """Grid sizes, and the first, middle and last points plan (the CPU sweeps are planned whole below)."""
-    loaded = sweep.load_sweep(SWEEPS / f"{name}.yaml")
-    grid = sweep.grid_points(loaded)
+    loaded = sweep_file.load_sweep(SWEEPS / f"{name}.yaml")
+    grid = sweep_file.grid_points(loaded)
     assert len(grid) == points
     for point in (grid[0], grid[len(grid) // 2], grid[-1]):
-        command = sweep.agent_command(loaded, point)
+        command = sweep_agent.agent_command(loaded, point)
         assert command[:2] == ["/usr/bin/env", "harness"]
-        planned = cli.plan_invocation(sweep.harness_argv(command, loaded.path).argv)
+        planned = train_cli.plan_invocation(sweep_agent.harness_argv(command, loaded.path).argv)
         assert planned[-1].run_dir.parent.name == (
             "plasticity" if name.startswith("plasticity") else "default"
         )
 
 
 def test_the_cpu_plasticity_sweep_is_one_base_four_controls_and_its_probes_per_seed():
-    jobs = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
     kinds = [job.run_dir.name.split("-")[0] for job in jobs]
     seeds = Counter(job.run_dir.name.split("-")[3] for job in jobs)
     assert seeds == {"s0": 29, "s1": 29, "s2": 29}
@@ -390,9 +395,11 @@ def test_the_cpu_plasticity_sweep_is_one_base_four_controls_and_its_probes_per_s
 
 
 def test_the_cpu_filter_study_shares_its_dense_base_with_the_unstructured_study():
-    unstructured = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r"))
-    filters = sweep.plan_jobs(
-        sweep.load_sweep(SWEEPS / "plasticity-structured-mnist1d.yaml"), runs_dir=Path("r")
+    unstructured = sweep_plan.plan_jobs(
+        sweep_file.load_sweep(SWEEPS / "plasticity-mnist1d.yaml"), runs_dir=Path("r")
+    )
+    filters = sweep_plan.plan_jobs(
+        sweep_file.load_sweep(SWEEPS / "plasticity-structured-mnist1d.yaml"), runs_dir=Path("r")
     )
     bases = {job.run_dir for job in filters if job.run_dir.name.startswith(("dense", "static"))}
     assert len(bases) == 3 * 2
@@ -402,9 +409,9 @@ def test_the_cpu_filter_study_shares_its_dense_base_with_the_unstructured_study(
 
 
 def test_the_collapse_ablation_runs_each_variant_once_outside_the_comparison():
-    loaded = sweep.load_sweep(SWEEPS / "collapse-mnist1d.yaml")
-    assert len(sweep.grid_points(loaded)) == 4 * 8 * 3
-    jobs = sweep.plan_jobs(loaded, runs_dir=Path("r"))
+    loaded = sweep_file.load_sweep(SWEEPS / "collapse-mnist1d.yaml")
+    assert len(sweep_file.grid_points(loaded)) == 4 * 8 * 3
+    jobs = sweep_plan.plan_jobs(loaded, runs_dir=Path("r"))
     methods = Counter(job.run_dir.name.split("-")[0] for job in jobs)
     # Per seed: granet 1 + 1 regen_until + 1 r_0 + 1 dT + 1 growth + 2 (width, samples) = 7; rigl 7 (update_until
     # instead of regen_until); set 7 (growth=random is its own growth, under another id); gmp 4.
@@ -418,7 +425,7 @@ def test_the_collapse_ablation_runs_each_variant_once_outside_the_comparison():
 
 def test_the_cpu_comparison_runs_each_distinct_experiment_once():
     """Grid points differing only in settings a method ignores share one run (dense at any sparsity...)."""
-    jobs = sweep.plan_jobs(sweep.load_sweep(SWEEPS / "granet-mnist1d.yaml"), runs_dir=Path("r"))
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(SWEEPS / "granet-mnist1d.yaml"), runs_dir=Path("r"))
     methods = Counter(job.run_dir.name.split("-")[0] for job in jobs)
     assert methods == {
         **{"dense": 3, "rigl": 9, "set": 9, "static": 9, "gmp": 18, "granet": 18},
@@ -500,7 +507,7 @@ def test_a_failed_base_blocks_its_probes_and_the_other_chain_still_completes(tmp
     jobs = chain(tmp_path, "a-") + chain(tmp_path, "b-")
     jobs.sort(key=lambda job: ["base", "control", "probe1", "probe2"].index(job.argv[0]))
     launcher = FakeLauncher({"a-base": 1})
-    outcomes, stopped = sweep.execute(jobs, workers=2, launch=launcher, poll_seconds=0)
+    outcomes, stopped = supervisor.execute(jobs, workers=2, launch=launcher, poll_seconds=0)
     states = {outcome.job.run_dir.name: outcome.state for outcome in outcomes}
     assert not stopped
     assert states == {
@@ -538,7 +545,7 @@ def test_completed_runs_are_skipped_without_starting_a_process(tmp_path):
     (jobs[2].run_dir).mkdir(parents=True)
     (jobs[2].run_dir / "status").write_text("running\n")  # interrupted: started again, resumes itself
     launcher = FakeLauncher()
-    outcomes, _ = sweep.execute(jobs, workers=1, launch=launcher, poll_seconds=0)
+    outcomes, _ = supervisor.execute(jobs, workers=1, launch=launcher, poll_seconds=0)
     assert [outcome.state for outcome in outcomes] == [ALREADY, ALREADY, COMPLETED, COMPLETED]
     assert [name for event, name in launcher.clock if event == "start"] == ["a-probe1", "a-probe2"]
     assert launcher.most_running == 1
@@ -547,7 +554,7 @@ def test_completed_runs_are_skipped_without_starting_a_process(tmp_path):
 def test_run_sweep_of_a_finished_sweep_starts_nothing_and_exits_0(tmp_path):
     path = synthetic_plasticity(tmp_path)
     runs = tmp_path / "runs"
-    for job in sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs):
+    for job in sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=runs):
         job.run_dir.mkdir(parents=True)
         (job.run_dir / "status").write_text("completed\n")
 
@@ -562,7 +569,7 @@ def test_run_sweep_of_a_finished_sweep_starts_nothing_and_exits_0(tmp_path):
 def test_run_sweep_reports_failures_with_their_log_tail_and_exits_1(tmp_path):
     path = synthetic_plasticity(tmp_path)
     runs = tmp_path / "runs"
-    jobs = sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs)
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=runs)
     failing = jobs[2]  # a probe: its siblings go on
     failing.log_path.parent.mkdir(parents=True)
     failing.log_path.write_text("".join(f"line {index}\n" for index in range(30)))
@@ -586,7 +593,7 @@ def test_the_report_shows_the_log_tails_of_the_first_failures_only(tmp_path):
     outcomes = [Outcome(job, FAILED, "exit code 1") for job in jobs[:7]] + [
         Outcome(jobs[7], BLOCKED, "needs x")
     ]
-    report = sweep.format_report(sweep.load_sweep(synthetic_plasticity(tmp_path)), outcomes).splitlines()
+    report = sweep.format_report(sweep_file.load_sweep(synthetic_plasticity(tmp_path)), outcomes).splitlines()
     assert sum(line.startswith("    log: ") for line in report) == 7
     assert [line for line in report if line.startswith("    | ")] == [
         f"    | last words of {job.name}" for job in jobs[: sweep.MAX_LOG_TAILS]
@@ -597,7 +604,7 @@ def test_the_report_shows_the_log_tails_of_the_first_failures_only(tmp_path):
 def test_dry_run_lists_what_would_run_and_what_is_complete(tmp_path):
     path = synthetic_plasticity(tmp_path)
     runs = tmp_path / "runs"
-    jobs = sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs)
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=runs)
     jobs[0].run_dir.mkdir(parents=True)
     (jobs[0].run_dir / "status").write_text("completed\n")
     out = io.StringIO()
@@ -626,7 +633,7 @@ def test_stopping_the_runner_stops_children_and_reports_them_resumable(tmp_path)
         process.poll = poll
         return process
 
-    outcomes, stopped = sweep.execute(jobs, workers=2, launch=interrupting, poll_seconds=0)
+    outcomes, stopped = supervisor.execute(jobs, workers=2, launch=interrupting, poll_seconds=0)
     assert stopped
     assert [outcome.state for outcome in outcomes] == [STOPPED] * 4
     assert launcher.processes[0].signals == [signal.SIGTERM]
@@ -636,24 +643,24 @@ def test_stopping_the_runner_stops_children_and_reports_them_resumable(tmp_path)
 
 def test_judge_trusts_the_run_directory_not_only_the_exit_code(tmp_path):
     job = chain(tmp_path, "a-")[0]
-    mismatch = sweep.judge(job, 0)
+    mismatch = supervisor.judge(job, 0)
     assert mismatch.state == FAILED
     assert mismatch.detail.startswith(f"exited 0 but {job.run_dir / 'status'} is None (did the harness code")
     job.run_dir.mkdir(parents=True)
     (job.run_dir / "status").write_text("completed\n")
-    assert sweep.judge(job, 0).state == COMPLETED
-    assert sweep.judge(job, 2) == Outcome(job, FAILED, "exit code 2")
-    assert sweep.judge(job, -9) == Outcome(job, FAILED, "killed by signal 9")
-    assert sweep.judge(job, 3).state == STOPPED
+    assert supervisor.judge(job, 0).state == COMPLETED
+    assert supervisor.judge(job, 2) == Outcome(job, FAILED, "exit code 2")
+    assert supervisor.judge(job, -9) == Outcome(job, FAILED, "killed by signal 9")
+    assert supervisor.judge(job, 3).state == STOPPED
 
 
 def test_workers_share_the_cores_and_a_users_thread_setting_wins(monkeypatch):
     job = Job(Path("r/g/x"), ("run",), (), Path("x.log"), env=(("EXTRA", "1"),))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    env = sweep.child_environment(2, job, base={})
+    env = supervisor.child_environment(2, job, base={})
     assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2" and env["EXTRA"] == "1"
-    assert sweep.child_environment(8, job, base={})["OMP_NUM_THREADS"] == "1"
-    assert sweep.child_environment(2, job, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+    assert supervisor.child_environment(8, job, base={})["OMP_NUM_THREADS"] == "1"
+    assert supervisor.child_environment(2, job, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
 
 
 def test_workers_must_be_positive(tmp_path):
@@ -683,7 +690,7 @@ def test_real_sweep_keeps_going_when_a_run_fails(tmp_path):
         command=RUN_COMMAND,
     )
     runs = tmp_path / "runs"
-    good, bad = sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs)
+    good, bad = sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=runs)
     out = io.StringIO()
     assert sweep.run_sweep(path, workers=2, runs_dir=runs, out=out) == 1
     assert (good.run_dir / "status").read_text() == "completed\n"
@@ -732,7 +739,7 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
         command=RUN_COMMAND,
     )
     runs = tmp_path / "runs"
-    jobs = sweep.plan_jobs(sweep.load_sweep(path), runs_dir=runs)
+    jobs = sweep_plan.plan_jobs(sweep_file.load_sweep(path), runs_dir=runs)
 
     def epochs_done(job: Job) -> int:
         metrics = job.run_dir / "metrics.jsonl"
@@ -740,11 +747,11 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
 
     def midway() -> bool:
         """One run completed and the next checkpointed, with half its epochs still to go: a wide window."""
-        done = [job for job in jobs if sweep.is_completed(job.run_dir)]
+        done = [job for job in jobs if rundir.is_completed(job.run_dir)]
         started = [
             job
             for job in jobs
-            if not sweep.is_completed(job.run_dir)
+            if not rundir.is_completed(job.run_dir)
             and (job.run_dir / "checkpoints" / "last.pt").exists()
             and epochs_done(job) <= 3
         ]
@@ -764,13 +771,13 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
     # The child got SIGTERM from the kernel when the runner died: it checkpoints and exits by itself.
     wait_for(lambda: not harness_processes(str(runs)), 120, "the runner's children to exit")
 
-    completed_before = {job.run_dir for job in jobs if sweep.is_completed(job.run_dir)}
+    completed_before = {job.run_dir for job in jobs if rundir.is_completed(job.run_dir)}
     interrupted = [job for job in jobs if job.run_dir not in completed_before and job.log_path.exists()]
     assert len(completed_before) >= 1 and len(interrupted) == 1
 
     out = io.StringIO()
     assert sweep.run_sweep(path, workers=2, runs_dir=runs, out=out) == 0
-    assert all(sweep.is_completed(job.run_dir) for job in jobs)
+    assert all(rundir.is_completed(job.run_dir) for job in jobs)
     for job in jobs:
         expected = 1 if job.run_dir in completed_before or job not in interrupted else 2
         assert starts(job.log_path) == expected, job.run_dir.name

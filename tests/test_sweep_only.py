@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import sweep
+from harness import sweep, sweep_file, sweep_plan
 from harness.cli import app
 from harness.errors import UserError
 
@@ -16,33 +16,33 @@ REPO = Path(__file__).resolve().parents[1]
 GRANET_MNIST1D = REPO / "sweeps" / "granet-mnist1d.yaml"
 
 
-def _planned(only: list[str], runs_dir: Path) -> list[sweep.Job]:
-    chosen = sweep.restrict(sweep.load_sweep(GRANET_MNIST1D), only)
-    return sweep.plan_jobs(chosen, runs_dir=runs_dir)
+def _planned(only: list[str], runs_dir: Path) -> list[sweep_plan.Job]:
+    chosen = sweep_file.restrict(sweep_file.load_sweep(GRANET_MNIST1D), only)
+    return sweep_plan.plan_jobs(chosen, runs_dir=runs_dir)
 
 
 def test_only_cuts_the_grid_before_planning(tmp_path):
-    full = sweep.load_sweep(GRANET_MNIST1D)
-    chosen = sweep.restrict(full, ["seed=0", "final_sparsity=0.95"])
+    full = sweep_file.load_sweep(GRANET_MNIST1D)
+    chosen = sweep_file.restrict(full, ["seed=0", "final_sparsity=0.95"])
     assert chosen.parameters["seed"] == (0,) and chosen.parameters["final_sparsity"] == (0.95,)
     assert chosen.parameters["method"] == full.parameters["method"]
     methods = len(full.parameters["method"])
-    assert len(sweep.grid_points(chosen)) == methods * 2  # methods x init_sparsity
+    assert len(sweep_file.grid_points(chosen)) == methods * 2  # methods x init_sparsity
     jobs = _planned(["seed=0", "final_sparsity=0.95"], tmp_path)
     # dense ignores sparsity and init_sparsity (one run); gmp and granet read s_i (2 runs each); every
     # other method fixes its own s_i (1 run each).
     assert len(jobs) == 1 + 2 * 2 + (methods - 3)
     names = [job.run_dir.name for job in jobs]
     assert all("-s0-" in name for name in names)
-    everything = sweep.plan_jobs(full, runs_dir=tmp_path)
+    everything = sweep_plan.plan_jobs(full, runs_dir=tmp_path)
     assert {job.run_dir for job in jobs} <= {job.run_dir for job in everything}
 
 
 def test_one_name_given_twice_keeps_both_values_in_file_order(tmp_path):
-    chosen = sweep.restrict(sweep.load_sweep(GRANET_MNIST1D), ["method=granet", "seed=2", "seed=0"])
+    chosen = sweep_file.restrict(sweep_file.load_sweep(GRANET_MNIST1D), ["method=granet", "seed=2", "seed=0"])
     assert chosen.parameters["seed"] == (0, 2) and chosen.parameters["method"] == ("granet",)
     # Numbers compare as numbers: 0.90 is the file's 0.9.
-    assert sweep.restrict(chosen, ["final_sparsity=0.90"]).parameters["final_sparsity"] == (0.9,)
+    assert sweep_file.restrict(chosen, ["final_sparsity=0.90"]).parameters["final_sparsity"] == (0.9,)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_one_name_given_twice_keeps_both_values_in_file_order(tmp_path):
 )  # fmt: skip
 def test_bad_selections_name_the_parameter_and_what_is_allowed(item, message):
     with pytest.raises(UserError) as raised:
-        sweep.restrict(sweep.load_sweep(GRANET_MNIST1D), [item])
+        sweep_file.restrict(sweep_file.load_sweep(GRANET_MNIST1D), [item])
     assert str(raised.value) == message
 
 

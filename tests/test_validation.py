@@ -19,7 +19,7 @@ from conftest import HarnessCli
 from test_cli import assert_user_error
 
 from harness import config as configuration
-from harness import signals
+from harness import launch, signals
 from harness.config import MAX_SEED, NARROWEST_LAYER
 from harness.models import build_model
 from harness.tracking import finish_mirror_within
@@ -401,13 +401,12 @@ def test_a_prompt_wandb_finish_is_waited_for(caplog: pytest.LogCaptureFixture) -
 
 
 def test_a_launcher_stopped_during_start_up_starts_no_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cli
 
     monkeypatch.setattr(signals, "_received", [signal.SIGTERM])
     started: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "Popen", lambda argv, **kwargs: started.append(argv))
-    with pytest.raises(cli.typer.Exit) as stopped:
-        cli.relaunch((["torchrun", "-m", "harness.cli"], {}))
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda argv, **kwargs: started.append(argv))
+    with pytest.raises(launch.typer.Exit) as stopped:
+        launch.relaunch((["torchrun", "-m", "harness.cli"], {}))
     assert stopped.value.exit_code == 3
     assert started == []
 
@@ -416,12 +415,10 @@ def test_a_stop_that_arrived_while_torchrun_started_is_passed_on(monkeypatch: py
     import subprocess
     import sys
 
-    from harness import cli
-
     job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     monkeypatch.setattr(signals, "_received", [signal.SIGTERM])
     try:
-        assert cli.wait_passing_on_stop(job) == 3
+        assert launch.wait_passing_on_stop(job) == 3
     finally:
         job.kill()
         job.wait()

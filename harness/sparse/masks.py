@@ -69,7 +69,6 @@ class MaskSet:
         self.numels: list[int] = [weight.numel() for weight in self.weights]
         self.is_dense = True  # all-ones masks need no per-step work
         self._state_cache_key: tuple[int, ...] | None = None
-        self._state_owner: object = None
         self._state_tensors: list[Tensor] = []
         self._state_masks: list[Tensor] = []
 
@@ -158,7 +157,6 @@ class MaskSet:
                         tensors.append(value)
                         masks.append(mask)
             self._state_tensors, self._state_masks, self._state_cache_key = tensors, masks, key
-            self._state_owner = optimizer.state
         return self._state_tensors, self._state_masks
 
     # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""A sweep's jobs: one per distinct run directory its grid points stand for, in dependency order.
+
+Every grid point's command line is built exactly as the W&B agent would build it (`harness.sweep_agent`),
+and the part after the `harness` program is handed to `harness.train_cli.plan_invocation` to learn which
+run directories it stands for. Run directories shared by many grid points (one plasticity base run serves
+every probe) become one job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import rundir
+from harness.errors import UserError
+from harness.sweep_agent import agent_command, harness_argv
+from harness.sweep_file import Sweep, grid_points, render
+from harness.train_cli import plan_invocation
+
+log = logging.getLogger("harness.sweep")
+
+RUNS_DIR_FLAG = "--runs-dir"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Jobs: one per distinct run directory, in dependency order
+
+
+@dataclass(frozen=True)
+class Job:
+    run_dir: Path
+    argv: tuple[str, ...]  # after the program: `plasticity --probe_epoch=10 ... --stage base`
+    needs: tuple[Path, ...]
+    log_path: Path
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def plan_jobs(sweep: Sweep, *, runs_dir: Path | None = None, extra_args: Sequence[str] = ()) -> list[Job]:
+    """Every run the sweep stands for, once each, dependencies before the runs that need them.
+
+    `runs_dir` overrides the sweep's own `runs_dir` parameter (the last `--runs-dir` given wins).
+    """
+    check_boolean_flags(sweep)
+    jobs: dict[Path, Job] = {}
+    depth: dict[Path, int] = {}
+    for point in grid_points(sweep):
+        command = harness_argv(agent_command(sweep, point), sweep.path)
+        argv = [*command.argv, *extra_args]
+        if runs_dir is not None:
+            argv.append(f"{RUNS_DIR_FLAG}={runs_dir}")
+        try:
+            planned = plan_invocation(argv)
+        except UserError as error:
+            raise UserError(f"{sweep.path}: grid point {format_point(point)}: {error}") from None
+        for run in planned:
+            if run.run_dir in jobs:
+                continue
+            depth[run.run_dir] = 1 + max((depth[need] for need in run.needs), default=-1)
+            jobs[run.run_dir] = Job(
+                run_dir=run.run_dir,
+                argv=run.argv,
+                needs=run.needs,
+                log_path=log_path(run.run_dir, sweep.name),
+                env=tuple(sorted(command.env.items())),
+            )
+    # Stable: within a depth, grid order. All base runs first lets independent work start early.
+    return sorted(jobs.values(), key=lambda job: depth[job.run_dir])
+
+
+def check_boolean_flags(sweep: Sweep) -> None:
+    """The harness CLI's booleans are `--flag/--no-flag`, which reject the `--flag=True` that ${args} writes."""
+    if "${args}" not in sweep.command:
+        return
+    for name, values in sweep.parameters.items():
+        if any(isinstance(value, bool) for value in values):
+            raise UserError(
+                f"{sweep.path}: parameters.{name}: ${{args}} passes booleans as --{name}=True/False, which "
+                "the harness CLI rejects; use ${args_no_boolean_flags} in command"
+            )
+
+
+def log_path(run_dir: Path, sweep_name: str) -> Path:
+    """`<runs_dir>/.sweeps/<sweep>/<run_id>.log` (run directories are `<runs_dir>/<group>/<run_id>`)."""
+    return run_dir.parent.parent / ".sweeps" / sweep_name / f"{run_dir.name}.log"
+
+
+def format_point(point: Mapping[str, Any]) -> str:
+    return " ".join(f"{name}={render(value)}" for name, value in point.items())
+
+
+def warn_damaged(jobs: Sequence[Job]) -> None:
+    """One warning per planned run whose status or summary is damaged: the sweep runs it again."""
+    for job in jobs:
+        damage = rundir.completion_damage(job.run_dir)
+        if damage is not None:
+            log.warning(
+                "run %s is damaged (%s); it is run again and resumes from its last checkpoint",
+                job.run_dir.name,
+                damage,
+            )

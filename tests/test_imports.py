@@ -1,0 +1,137 @@
+"""Every module of `harness` and `analysis` imports on its own, and no modules import each other in a cycle.
+
+The cycle check reads the import statements (top-level and inside functions, which are cycles too, only
+deferred) from the source with `ast`, so it needs no imports itself and names the cycle it finds.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("harness", "analysis")
+
+
+def package_modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    return modules
+
+
+MODULES = package_modules()
+
+
+def imported_modules(name: str, path: Path) -> set[str]:
+    """The package's modules that `name` imports anywhere in its source (a package's __init__ for a name
+    it defines, the submodule for `from package import submodule`)."""
+
+    def known(candidate: str) -> str | None:
+        while candidate and candidate not in MODULES:
+            candidate = candidate.rpartition(".")[0]
+        return candidate or None
+
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names
+            ]
+        for target in targets:
+            module = known(target)
+            if module is not None and module != name:
+                found.add(module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {name: imported_modules(name, path) for name, path in MODULES.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for neighbour in sorted(graph[node]):
+            if state.get(neighbour) == 1:
+                return [*path[path.index(neighbour) :], neighbour]
+            if neighbour not in state and (cycle := visit(neighbour)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_the_graph_sees_the_imports_it_should() -> None:
+    graph = import_graph()
+    assert "harness.train_cli" in graph["harness.cli"]
+    assert "harness.lifecycle" in graph["harness.plasticity"]
+    assert (
+        "harness.sparse.criteria" in graph["harness.sparse.methods"]
+    )  # `from harness.sparse import criteria`
+    assert "harness.sparse" not in graph["harness.sparse.methods"]
+    assert "harness.plasticity" in graph["harness.planning"]  # an import inside a function counts
+
+
+def test_the_cycle_finder_names_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle or [])}"
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
+    # One interpreter per module, run one after another from a single driver to keep the start-up cost low.
+    driver = (
+        "import subprocess, sys\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    result = subprocess.run([sys.executable, '-c', f'import {name}'], capture_output=True, text=True)\n"
+        "    if result.returncode:\n"
+        "        failed.append(f'{name}: ' + (result.stderr.strip().splitlines() or ['?'])[-1])\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", driver, *MODULES], capture_output=True, text=True, cwd=ROOT, env=environment
+    )
+    assert result.returncode == 0, f"modules that fail to import alone:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("module", ["harness.names", "harness.launch"])
+def test_names_and_the_launcher_import_without_torch(module: str) -> None:
+    code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment).returncode == 0
