@@ -37,6 +37,7 @@ ABLATED = {
     "sparsity.growth": "growth",
     "model.width": "width",
     "data.num_samples": "samples",
+    "sparsity.drop_rounding": "drop_rounding",
 }
 VALUES = ("test_acc", "test_acc_at_best_val", "late_drop", "dead_regrowth", "dead_filters")
 KEYS = ("arch", "dataset", "method", "sparsity", "variant")

@@ -151,6 +151,8 @@ class SparsityConfig(Section):
     growth: Literal["gradient", "momentum", "random"] | None = None
     # RigL / SET stop updating the topology after this fraction of training.
     update_until: Fraction = Field(1.0, gt=0, le=1)
+    # Drop count of a regeneration event per layer: ceil(r * n) (the authors' code) or r * n rounded.
+    drop_rounding: Literal["ceil", "nearest"] = "ceil"
     # SNIP / GraSP: mini-batches of the scoring pass at initialisation.
     scoring_batches: int = Field(1, ge=1)
     synflow_rounds: int = Field(100, ge=1)  # SynFlow: pruning rounds (exponential density schedule)
@@ -294,6 +296,7 @@ _IDENTITY_WHEN_SET = {
         "acdc_warmup",
         "acdc_phase",
         "acdc_final",
+        "drop_rounding",
     },
     "plasticity": {"recalibrate_bn"},
 }

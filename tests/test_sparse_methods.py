@@ -781,3 +781,44 @@ def test_mask_updates_never_sort(name: str, monkeypatch: pytest.MonkeyPatch) -> 
     # end) update at 5, 10, 15 (never at the last step, 20: what they regrew there would never train).
     expected = {"static": 0, "gmp": 2, "gmp-layerwise": 2}.get(name, 3)
     assert sum(update is not None for update in updates) == expected
+
+
+@pytest.mark.parametrize(
+    ("rate", "active", "ceil", "nearest"),
+    [
+        (0.005, 20, 1, 0),
+        (0.1, 20, 2, 2),
+        (0.125, 20, 3, 3),
+        (0.12, 20, 3, 2),
+        (0.5, 7, 4, 4),
+        (0.0, 20, 0, 0),
+    ],
+)
+def test_drop_count_rounding(rate, active, ceil, nearest) -> None:
+    """ceil drops at least one weight of every layer at every event; nearest rounds r * n half up."""
+    from harness.sparse.methods import drop_count
+
+    assert drop_count(rate, active, "ceil") == ceil
+    assert drop_count(rate, active, "nearest") == nearest
+    with pytest.raises(ValueError, match="drop_rounding"):
+        drop_count(rate, active, "floor")
+
+
+def test_nearest_rounding_drops_nothing_where_r_n_is_below_a_half() -> None:
+    """The same regeneration event with both roundings: at r = 0.001 ceil moves one weight per layer,
+    nearest none (r * n < 0.5 in every layer of the tiny network), and the masks are unchanged."""
+    results = {}
+    for rounding in ("ceil", "nearest"):
+        model = tiny_model(TinyMLP)
+        optimizer, masks, method = setup_method(
+            "granet", model, "sgd", total_steps=100, sparsity=0.5, drop_rounding=rounding
+        )
+        train_step(model, optimizer, method, make_batches(model, 1)[0])
+        before = [mask.clone() for mask in masks.masks]
+        with torch.no_grad():
+            dropped, _ = method.regenerate(0.001)
+        results[rounding] = dropped
+        if rounding == "nearest":
+            assert all(torch.equal(a, b) for a, b in zip(before, masks.masks, strict=True))
+    layers = len(results["ceil"])
+    assert layers > 1 and results["ceil"] == [1] * layers and results["nearest"] == [0] * layers

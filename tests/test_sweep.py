@@ -410,12 +410,13 @@ def test_the_cpu_filter_study_shares_its_dense_base_with_the_unstructured_study(
 
 def test_the_collapse_ablation_runs_each_variant_once_outside_the_comparison():
     loaded = sweep_file.load_sweep(SWEEPS / "collapse-mnist1d.yaml")
-    assert len(sweep_file.grid_points(loaded)) == 4 * 8 * 3
+    assert len(sweep_file.grid_points(loaded)) == 4 * 9 * 3
     jobs = sweep_plan.plan_jobs(loaded, runs_dir=Path("r"))
     methods = Counter(job.run_dir.name.split("-")[0] for job in jobs)
-    # Per seed: granet 1 + 1 regen_until + 1 r_0 + 1 dT + 1 growth + 2 (width, samples) = 7; rigl 7 (update_until
-    # instead of regen_until); set 7 (growth=random is its own growth, under another id); gmp 4.
-    assert methods == {"granet": 21, "rigl": 21, "set": 21, "gmp": 12}
+    # Per seed: granet 1 + 1 regen_until + 1 r_0 + 1 dT + 1 growth + 2 (width, samples) + 1 drop_rounding = 8;
+    # rigl 8 (update_until instead of regen_until); set 8 (growth=random is its own growth, under another
+    # id); gmp 4.
+    assert methods == {"granet": 24, "rigl": 24, "set": 24, "gmp": 12}
     assert {job.run_dir.parent.name for job in jobs} == {"collapse"}
     assert all("tracking.job_type=ablation" in job.argv for job in jobs)
     # The baseline the analysis compares against is the one the sweep pins.

@@ -68,6 +68,9 @@ class Hyperparameters:
     growth: str | None = None  # None = the method's own
     # RigL / SET: last step that may update the topology; None = the end
     update_until: int | None = field(default=None, metadata=TIME)
+    # Drop count per layer and event: "ceil" = ceil(r * n_l) (the authors' code: at least one weight of
+    # every layer at every event, even when r * n_l is 0.1), "nearest" = r * n_l rounded half up.
+    drop_rounding: str = "ceil"
     scoring_batches: int = 1  # SNIP / GraSP: mini-batches of the scoring pass
     synflow_rounds: int = 100  # SynFlow: pruning rounds
     mest_lambda: float = 1.0  # MEST: drop score |w| + lambda * |g|
@@ -91,6 +94,8 @@ class Hyperparameters:
             )
         if self.regen_until not in ("end", "prune_end"):
             raise ValueError(f"regen_until must be 'end' or 'prune_end', got {self.regen_until!r}")
+        if self.drop_rounding not in ("ceil", "nearest"):
+            raise ValueError(f"drop_rounding must be 'ceil' or 'nearest', got {self.drop_rounding!r}")
         if self.growth is not None and self.growth not in criteria.GROWTH_SCORES:
             raise ValueError(f"unknown growth {self.growth!r}; valid: {', '.join(criteria.GROWTH_SCORES)}")
         if self.scoring_batches < 1 or self.synflow_rounds < 1:
@@ -139,6 +144,15 @@ class MaskUpdate:
             record[f"layers/{name}/dropped"] = layer.dropped
             record[f"layers/{name}/grown"] = layer.grown
         return record
+
+
+def drop_count(rate: float, active: int, rounding: str) -> int:
+    """Weights one layer drops at a regeneration event: ceil(r * n), or r * n rounded half up."""
+    if rounding == "ceil":
+        return math.ceil(rate * active)
+    if rounding == "nearest":
+        return math.floor(rate * active + 0.5)
+    raise ValueError(f"drop_rounding: {rounding!r} is not ceil or nearest")
 
 
 class SparsityMethod:
@@ -273,7 +287,8 @@ class SparsityMethod:
         return [old - new for old, new in zip(before, after, strict=True)]
 
     def regenerate(self, rate: float) -> tuple[list[int], list[int]]:
-        """Per layer: drop the ceil(rate * n_l) active weights of lowest drop score, grow as many by the growth score.
+        """Per layer: drop ceil(rate * n_l) (or, with drop_rounding "nearest", round(rate * n_l)) active weights
+        of lowest drop score, grow as many by the growth score.
 
         Newly activated weights and their optimizer state start at exactly 0; a weight dropped and regrown
         in the same event is kept as it was. Active counts are unchanged.
@@ -284,7 +299,7 @@ class SparsityMethod:
         for weight, mask, drop, score, active in zip(
             self.masks.weights, self.masks.masks, drops, growth, self.masks.active_counts(), strict=True
         ):
-            count = math.ceil(rate * active)
+            count = drop_count(rate, active, self.hyper.drop_rounding)
             new_mask, dropped, grown = criteria.drop_and_grow(weight, mask, score, count, drop_score=drop)
             new_masks.append(new_mask)
             # Only newly activated positions start at 0. A weight dropped and regrown in the same event
@@ -443,7 +458,13 @@ class GraNet(GradualMagnitude):
     """
 
     name = "granet"
-    reads = GradualMagnitude.reads | {"regen_rate", "regen_rate_min", "regen_until", "growth"}
+    reads = GradualMagnitude.reads | {
+        "regen_rate",
+        "regen_rate_min",
+        "regen_until",
+        "growth",
+        "drop_rounding",
+    }
     reference = (
         "Liu et al., Sparse Training via Boosting Pruning Plasticity with Neuroregeneration, NeurIPS 2021"
     )
@@ -485,6 +506,7 @@ class SET(SparsityMethod):
             "regen_rate_min",
             "growth",
             "update_until",
+            "drop_rounding",
         }
     )
     reference = "Mocanu et al., Scalable training of artificial neural networks with adaptive sparse connectivity, 2018"
