@@ -15,7 +15,15 @@ from harness.errors import UserError
 from harness.sparse import METHODS, Hyperparameters
 from harness.train import epoch_step, sparsity_hyperparameters
 
-NEW_FIELDS = ("scoring_batches", "synflow_rounds", "mest_lambda", "acdc_warmup", "acdc_phase", "acdc_final")
+NEW_FIELDS = (
+    "scoring_batches",
+    "synflow_rounds",
+    "mest_lambda",
+    "acdc_warmup",
+    "acdc_phase",
+    "acdc_final",
+    "drop_rounding",
+)
 
 
 def test_the_config_section_and_the_core_have_the_same_fields() -> None:
@@ -47,6 +55,7 @@ def test_every_setting_is_carried_to_the_core_with_times_in_steps() -> None:
         "regen_until": "prune_end",
         "growth": "momentum",
         "update_until": 0.9,
+        "drop_rounding": "nearest",
         "scoring_batches": 3,
         "synflow_rounds": 7,
         "mest_lambda": 0.25,
