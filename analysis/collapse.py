@@ -64,8 +64,9 @@ def variant_of(run: pd.Series) -> str:
     for column, label in ABLATED.items():
         value = run.get(column)
         expected = baseline[column]
-        same = (value is None or (isinstance(value, float) and np.isnan(value))) and expected is None
-        if not same and value != expected:
+        # Missing: the run was written before the field existed, so it ran with the field's default.
+        missing = value is None or (isinstance(value, float) and np.isnan(value))
+        if not missing and value != expected:
             changed.append(f"{label}={value:g}" if isinstance(value, float) else f"{label}={value}")
     return ", ".join(changed) or "baseline"
 

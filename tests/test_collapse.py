@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -109,3 +110,16 @@ def test_figures_skip_the_ablation_without_its_runs(tmp_path):
     assert collapse.ablation_table(runs).empty
     report = write_figures(runs, tmp_path / "figures")
     assert report.skipped["collapse_ablation"].startswith("no collapse-ablation runs")
+
+
+def test_a_field_missing_from_an_older_run_is_its_default_not_a_variant():
+    """Runs written before a field existed (drop_rounding here) lack its column: they ran with the
+    default, so they are the baseline; a run that sets the field is its variant."""
+    base = {"method": "granet", "dataset": "mnist1d", "arch": "resnet20", "sparsity": 0.98}
+    base.update(
+        {column: value for column, value in collapse._baseline("granet", "mnist1d", "resnet20", 0.98).items()}
+    )
+    older = pd.Series({**base, "sparsity.drop_rounding": np.nan})
+    assert collapse.variant_of(older) == "baseline"
+    newer = pd.Series({**base, "sparsity.drop_rounding": "nearest"})
+    assert collapse.variant_of(newer) == "drop_rounding=nearest"
