@@ -120,17 +120,18 @@ def plasticity_noise(runs: pd.DataFrame) -> pd.DataFrame:
     total = pd.to_numeric(epochs["optim.epochs"]).max() if "optim.epochs" in epochs.columns else np.nan
     rows = []
     for key, part in table.groupby(list(NOISE_KEYS), sort=True, dropna=False):
+        setting = dict(zip(NOISE_KEYS, key, strict=True))
         worst = part.loc[part["std_pp"].idxmax()] if part["std_pp"].notna().any() else None
         rows.append(
             {
-                **dict(zip(NOISE_KEYS, key, strict=True)),
+                **setting,
                 "max_std_pp": float(part["std_pp"].max()),
                 "median_std_pp": float(part["std_pp"].median()),
                 "worst_setting": ""
                 if worst is None
                 else f"rate {worst['pruning_rate']:g}, regeneration {'on' if worst['regeneration'] else 'off'}",
                 "min_n": int(part["n"].min()),
-                "after_first_tenth": bool(np.isfinite(total) and key[-1] > total / 10),
+                "after_first_tenth": bool(np.isfinite(total) and setting["probe_epoch"] > total / 10),
             }
         )
     return pd.DataFrame(rows, columns=columns)

@@ -169,5 +169,5 @@ def _exit_code(code: object) -> int:
         return 0
     if isinstance(code, int):
         return code & 0xFF
-    print(code, file=sys.stderr)
+    sys.stderr.write(f"{code}\n")  # what the interpreter writes for SystemExit("message")
     return 1
