@@ -32,6 +32,11 @@ PROBE_KEYS = (
     "recalibrate_bn",
 )
 PROBE_VALUES = ("plasticity", "acc_pre", "acc_post", "acc_continue", "acc_control")
+# Derived by probe_runs: the paper's plasticity with the probe's own control as the reference instead of
+# acc_pre. Probe and control continue the same checkpoint for the same epochs, so acc_pre (the base
+# network's accuracy at the probe epoch, which differs by seed early in training) cancels; what is left is
+# what the pruning cost after recovery. acc_continue - acc_pre = this + (acc_control - acc_pre).
+RELATIVE = "plasticity_vs_control"
 # What identifies a setting of the method comparison (besides the seed).
 COMPARISON_KEYS = ("arch", "dataset", "method", "init_sparsity", "sparsity", "epochs")
 COMPARISON_VALUES = (
@@ -84,7 +89,11 @@ def probe_runs(runs: pd.DataFrame) -> pd.DataFrame:
     # Probes from before the setting existed measured with the running BatchNorm statistics.
     recalibrated = probes["recalibrate_bn"] if "recalibrate_bn" in probes.columns else False
     recalibrated = pd.Series(recalibrated, index=probes.index, dtype=object).fillna(False).astype(bool)
-    return probes.assign(recalibrate_bn=recalibrated)
+    probes = probes.assign(recalibrate_bn=recalibrated)
+    if {"acc_continue", "acc_control"} <= set(probes.columns):  # otherwise the tables name what is missing
+        continued, control = (pd.to_numeric(probes[column]) for column in ("acc_continue", "acc_control"))
+        probes = probes.assign(**{RELATIVE: continued - control})
+    return probes
 
 
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -98,42 +107,66 @@ def plasticity_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Plasticity (= acc_continue - acc_pre) and the accuracies behind it, per probe setting over seeds."""
     probes = probe_runs(runs)
     require_columns(probes, [*PROBE_KEYS, *PROBE_VALUES], "plasticity_table")
-    return seed_stats(probes, PROBE_KEYS, PROBE_VALUES)
+    return seed_stats(probes, PROBE_KEYS, [*PROBE_VALUES, RELATIVE])
 
 
 # The seed-to-seed spread the CPU plasticity protocol aims at (pp), at every probe epoch after the first
 # tenth of training.
 NOISE_TARGET_PP = 2.0
 NOISE_KEYS = ("arch", "dataset", "criterion", "pretrained_sparsity", "recalibrate_bn", "probe_epoch")
+NOISE_MEASURES = ("plasticity", RELATIVE)
 
 
 def plasticity_noise(runs: pd.DataFrame) -> pd.DataFrame:
-    """The seed-to-seed std of plasticity (pp) per probe epoch: over the settings at that epoch (pruning
-    rates, regeneration off/on) its largest and median value, the setting with the largest, the fewest
-    seeds any setting has, and whether the epoch lies after the first tenth of training."""
+    """The seed-to-seed std (pp) of each plasticity measure per probe epoch, over the settings at that epoch
+    (pruning rates, regeneration off/on): pooled, largest and median, the setting with the largest, the
+    fewest seeds any setting has, and whether the epoch lies after the first tenth of training.
+
+    The pooled std, sqrt(mean of the settings' variances), estimates the common spread from every
+    setting's seeds together (with n = 3, each setting's own std rests on 2 degrees of freedom, and the
+    largest of several such estimates overstates the spread that all of them share)."""
     table = plasticity_table(runs)
-    columns = [*NOISE_KEYS, "max_std_pp", "median_std_pp", "worst_setting", "min_n", "after_first_tenth"]
+    columns = [
+        *NOISE_KEYS,
+        "measure",
+        "pooled_std_pp",
+        "max_std_pp",
+        "median_std_pp",
+        "worst_setting",
+        "min_n",
+        "after_first_tenth",
+    ]
     if table.empty:
         return pd.DataFrame(columns=columns)
-    table = table.assign(std_pp=table["plasticity_std"] * 100.0)
-    epochs = probe_runs(runs)
-    total = pd.to_numeric(epochs["optim.epochs"]).max() if "optim.epochs" in epochs.columns else np.nan
+    probes = probe_runs(runs)
+    total = pd.to_numeric(probes["optim.epochs"]).max() if "optim.epochs" in probes.columns else np.nan
+    # seed_stats' n counts the headline value; a probe without a control has plasticity but no RELATIVE.
+    for measure in NOISE_MEASURES:
+        counts = seed_stats(probes, PROBE_KEYS, [measure])[[*PROBE_KEYS, "n"]]
+        table = table.merge(counts.rename(columns={"n": f"{measure}_n"}), on=list(PROBE_KEYS), how="left")
     rows = []
     for key, part in table.groupby(list(NOISE_KEYS), sort=True, dropna=False):
         setting = dict(zip(NOISE_KEYS, key, strict=True))
-        worst = part.loc[part["std_pp"].idxmax()] if part["std_pp"].notna().any() else None
-        rows.append(
-            {
-                **setting,
-                "max_std_pp": float(part["std_pp"].max()),
-                "median_std_pp": float(part["std_pp"].median()),
-                "worst_setting": ""
-                if worst is None
-                else f"rate {worst['pruning_rate']:g}, regeneration {'on' if worst['regeneration'] else 'off'}",
-                "min_n": int(part["n"].min()),
-                "after_first_tenth": bool(np.isfinite(total) and setting["probe_epoch"] > total / 10),
-            }
-        )
+        for measure in NOISE_MEASURES:
+            std = part[f"{measure}_std"] * 100.0
+            measured = std.notna()
+            worst = part.loc[std.idxmax()] if measured.any() else None
+            rows.append(
+                {
+                    **setting,
+                    "measure": measure,
+                    "pooled_std_pp": float(np.sqrt((std[measured] ** 2).mean()))
+                    if measured.any()
+                    else np.nan,
+                    "max_std_pp": float(std.max()),
+                    "median_std_pp": float(std.median()),
+                    "worst_setting": ""
+                    if worst is None
+                    else f"rate {worst['pruning_rate']:g}, regeneration {'on' if worst['regeneration'] else 'off'}",
+                    "min_n": int(part[f"{measure}_n"].min()),
+                    "after_first_tenth": bool(np.isfinite(total) and setting["probe_epoch"] > total / 10),
+                }
+            )
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -130,6 +130,9 @@ def save(figure: Figure, out_dir: Path, name: str) -> list[Path]:
     with mpl.rc_context(RC):
         for extension in FORMATS:
             path = out_dir / f"{name}.{extension}"
-            figure.savefig(path, dpi=PNG_DPI if extension == "png" else None)
+            # No creation date in the PDF: the same runs give byte-identical figures, so a regenerated
+            # report shows as changed only where a number did.
+            metadata = {"CreationDate": None} if extension == "pdf" else None
+            figure.savefig(path, dpi=PNG_DPI if extension == "png" else None, metadata=metadata)
             paths.append(path)
     return paths

@@ -372,6 +372,23 @@ def test_write_figures_writes_every_figure_png_pdf_tables_and_index(runs, tmp_pa
     assert "comparison_table.md" in index
 
 
+def test_a_figure_saved_at_another_time_has_the_same_bytes(tmp_path, monkeypatch):
+    """Regenerated reports change only where a number does: no creation date in the PDF."""
+    import matplotlib.pyplot as plt
+
+    from analysis import style
+
+    figure, axes = plt.subplots()
+    axes.plot([0, 1, 2], [3, 1, 2])
+    written = []
+    for moment in ("1000000000", "1700000000"):  # matplotlib dates its files from SOURCE_DATE_EPOCH
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", moment)
+        written.append(style.save(figure, tmp_path / moment, "curve"))
+    plt.close(figure)
+    for first, second in zip(*written, strict=True):
+        assert first.read_bytes() == second.read_bytes(), first.name
+
+
 def test_write_figures_skips_with_reasons(store, tmp_path):
     compare_only = load_runs(store.root / "compare")
     report = figures.write_figures(compare_only, tmp_path / "compare")

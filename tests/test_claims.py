@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import runstore_factory as factory
@@ -422,30 +423,77 @@ def test_the_report_states_the_seed_to_seed_std_of_plasticity_per_probe_epoch(pr
     runs = load_runs(pristine)
     noise = plasticity_noise(runs)
     unstructured = noise[(noise["criterion"] == "global") & (noise["pretrained_sparsity"] == 0)]
-    assert list(unstructured["probe_epoch"]) == list(SPEC.probe_epochs)
+    assert list(unstructured["probe_epoch"]) == [e for e in SPEC.probe_epochs for _ in range(2)]
+    assert list(unstructured["measure"][:2]) == ["plasticity", "plasticity_vs_control"]
     epoch = 8
-    (row,) = unstructured[unstructured["probe_epoch"] == epoch].itertuples(index=False)
-    stds = {
-        (rate, regen): float(
-            pd.Series(
-                [
-                    100
-                    * factory.probe_values(
-                        factory.Probe("resnet20", epoch, rate, regen, "global", 0.0, seed),
-                        SPEC.plasticity_epochs,
-                        SPEC.continue_epochs,
-                    )["plasticity"]
-                    for seed in (0, 1, 2)
-                ]
-            ).std()
-        )
-        for rate in SPEC.rates
-        for regen in (False, True)
-    }
-    assert row.max_std_pp == pytest.approx(max(stds.values()))
-    assert row.min_n == 3 and row.after_first_tenth is (epoch > SPEC.plasticity_epochs / 10)
-    assert bool(unstructured.iloc[0]["after_first_tenth"]) is False  # epoch 0
+    at_epoch = unstructured[unstructured["probe_epoch"] == epoch]
+
+    def seed_std(measure: str, rate: float, regen: bool) -> float:
+        values = []
+        for seed in (0, 1, 2):
+            probe = factory.Probe("resnet20", epoch, rate, regen, "global", 0.0, seed)
+            value = factory.probe_values(probe, SPEC.plasticity_epochs, SPEC.continue_epochs)
+            values.append(
+                100
+                * (
+                    value["plasticity"]
+                    if measure == "plasticity"
+                    else value["acc_continue"] - value["acc_control"]
+                )
+            )
+        return float(pd.Series(values).std())
+
     text = to_markdown(evaluate_claims(runs), runs)
     section = text[text.index("## Measurement noise") :]
-    assert f"| resnet20 / mnist1d | global | 0% | {epoch} | {row.max_std_pp:.2f} |" in section
+    for measure in ("plasticity", "plasticity_vs_control"):
+        (row,) = at_epoch[at_epoch["measure"] == measure].itertuples(index=False)
+        stds = [seed_std(measure, rate, regen) for rate in SPEC.rates for regen in (False, True)]
+        assert row.max_std_pp == pytest.approx(max(stds))
+        assert row.pooled_std_pp == pytest.approx(float(np.sqrt(np.mean(np.square(stds)))))
+        assert row.median_std_pp == pytest.approx(float(np.median(stds)))
+        assert row.min_n == 3 and row.after_first_tenth is (epoch > SPEC.plasticity_epochs / 10)
+        within = "yes" if row.pooled_std_pp <= 2.0 else "no"
+        assert (
+            f"| resnet20 / mnist1d | global | 0% | {epoch} | {measure} | {row.pooled_std_pp:.2f} | "
+            f"{row.max_std_pp:.2f} |" in section
+        )
+        assert section.count(f"| {epoch} | {measure} | {row.pooled_std_pp:.2f} |") >= 1
+        assert any(
+            line.endswith(f"| {within} |") and f"| {epoch} | {measure} |" in line
+            for line in section.splitlines()
+        )
+    # The generated store's relative measure is less noisy than the paper's: its acc_pre jitter cancels.
+    pooled = at_epoch.set_index("measure")["pooled_std_pp"]
+    assert pooled["plasticity_vs_control"] < pooled["plasticity"]
+    assert bool(unstructured.iloc[0]["after_first_tenth"]) is False  # epoch 0
     assert "— (first tenth)" in section
+
+
+def test_noise_pools_the_settings_variances_and_counts_each_measures_own_seeds():
+    from analysis.aggregate import plasticity_noise
+
+    base = {
+        "job_type": "probe", "arch": "resnet20", "dataset": "mnist1d", "criterion": "global",
+        "pretrained_sparsity": 0.0, "continue_epochs": 6, "probe_epoch": 10, "recalibrate_bn": True,
+        "acc_post": 0.5, "optim.epochs": 30,
+    }  # fmt: skip
+    rows = []
+    # Setting A: plasticity 0.10/0.12/0.14 (std 2 pp), vs control -0.01/-0.01/-0.01 (std 0).
+    # Setting B: plasticity 0.10/0.14/0.18 (std 4 pp); seed 2 has no control (an older probe).
+    for seed, (pre_a, pre_b) in enumerate([(0.80, 0.80), (0.78, 0.76), (0.76, 0.72)]):
+        rows.append({**base, "seed": seed, "pruning_rate": 0.2, "regeneration": False, "acc_pre": pre_a,
+                     "acc_continue": 0.90, "acc_control": 0.91, "plasticity": 0.90 - pre_a})  # fmt: skip
+        control = 0.92 + 0.02 * seed if seed < 2 else None
+        rows.append({**base, "seed": seed, "pruning_rate": 0.5, "regeneration": False, "acc_pre": pre_b,
+                     "acc_continue": 0.90, "acc_control": control, "plasticity": 0.90 - pre_b})  # fmt: skip
+    noise = plasticity_noise(pd.DataFrame(rows)).set_index("measure")
+    paper, relative = noise.loc["plasticity"], noise.loc["plasticity_vs_control"]
+    assert paper["pooled_std_pp"] == pytest.approx(np.sqrt((2.0**2 + 4.0**2) / 2))
+    assert (
+        paper["max_std_pp"] == pytest.approx(4.0) and paper["worst_setting"] == "rate 0.5, regeneration off"
+    )
+    assert paper["min_n"] == 3
+    # B's relative values: -0.02, -0.04 (std 1.414 pp over its 2 seeds); A's: 0.
+    assert relative["pooled_std_pp"] == pytest.approx(np.sqrt((0.0 + 2.0) / 2))
+    assert relative["min_n"] == 2 and relative["worst_setting"] == "rate 0.5, regeneration off"
+    assert bool(relative["after_first_tenth"]) is True
