@@ -30,6 +30,7 @@ PROBE_KEYS = (
     "pruning_rate",
     "probe_epoch",
     "recalibrate_bn",
+    "average_last",
 )
 PROBE_VALUES = ("plasticity", "acc_pre", "acc_post", "acc_continue", "acc_control")
 # Derived by probe_runs: the paper's plasticity with the probe's own control as the reference instead of
@@ -89,7 +90,10 @@ def probe_runs(runs: pd.DataFrame) -> pd.DataFrame:
     # Probes from before the setting existed measured with the running BatchNorm statistics.
     recalibrated = probes["recalibrate_bn"] if "recalibrate_bn" in probes.columns else False
     recalibrated = pd.Series(recalibrated, index=probes.index, dtype=object).fillna(False).astype(bool)
-    probes = probes.assign(recalibrate_bn=recalibrated)
+    # ... and with the final epoch's accuracy as acc_continue.
+    averaged = probes["average_last"] if "average_last" in probes.columns else 1
+    averaged = pd.to_numeric(pd.Series(averaged, index=probes.index)).fillna(1).astype(int)
+    probes = probes.assign(recalibrate_bn=recalibrated, average_last=averaged)
     if {"acc_continue", "acc_control"} <= set(probes.columns):  # otherwise the tables name what is missing
         continued, control = (pd.to_numeric(probes[column]) for column in ("acc_continue", "acc_control"))
         probes = probes.assign(**{RELATIVE: continued - control})
@@ -113,7 +117,15 @@ def plasticity_table(runs: pd.DataFrame) -> pd.DataFrame:
 # The seed-to-seed spread the CPU plasticity protocol aims at (pp), at every probe epoch after the first
 # tenth of training.
 NOISE_TARGET_PP = 2.0
-NOISE_KEYS = ("arch", "dataset", "criterion", "pretrained_sparsity", "recalibrate_bn", "probe_epoch")
+NOISE_KEYS = (
+    "arch",
+    "dataset",
+    "criterion",
+    "pretrained_sparsity",
+    "recalibrate_bn",
+    "average_last",
+    "probe_epoch",
+)
 NOISE_MEASURES = ("plasticity", RELATIVE)
 
 

@@ -292,16 +292,25 @@ def _unstructured(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 def _panels(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """One panel per architecture and dataset and, for probes, per way of measuring accuracy: probes
-    measured with recomputed BatchNorm statistics are never pooled with probes measured without."""
+    measured with recomputed BatchNorm statistics, or averaged over several final epochs, are never pooled
+    with probes measured otherwise."""
     if "recalibrate_bn" not in frame.columns:
         groups = frame.groupby(["arch", "dataset"], sort=True)
         return [(arch, dataset, part) for (arch, dataset), part in groups]
     panels = []
-    for (arch, dataset, recalibrated), part in frame.groupby(
-        ["arch", "dataset", "recalibrate_bn"], sort=True
+    for (arch, dataset, recalibrated, averaged), part in frame.groupby(
+        ["arch", "dataset", "recalibrate_bn", "average_last"], sort=True
     ):
-        panels.append((arch, f"{dataset} (BN recomputed)" if recalibrated else dataset, part))
+        panels.append((arch, measured_as(dataset, recalibrated, averaged), part))
     return panels
+
+
+def measured_as(dataset: str, recalibrated: bool, average_last: int) -> str:
+    """The dataset's label with the way its probes measured accuracy."""
+    ways = ["BN recomputed"] if recalibrated else []
+    if average_last > 1:
+        ways.append(f"mean of the last {average_last} epochs")
+    return f"{dataset} ({', '.join(ways)})" if ways else dataset
 
 
 def _decays(probes: pd.DataFrame) -> list[float]:
@@ -736,7 +745,7 @@ def noise_section(runs: pd.DataFrame) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in noise.itertuples(index=False):
-        dataset = f"{row.dataset} (BN recomputed)" if row.recalibrate_bn else row.dataset
+        dataset = measured_as(row.dataset, row.recalibrate_bn, row.average_last)
         if not row.after_first_tenth:
             within = "— (first tenth)"
         elif not np.isfinite(row.pooled_std_pp) or row.min_n < 2:

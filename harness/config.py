@@ -261,6 +261,10 @@ class PlasticityConfig(Section):
     # recomputed over the training set (harness/batchnorm.py, recomputed_statistics). Off: the paper's
     # measurement, with the running averages.
     recalibrate_bn: bool = False
+    # acc_continue (the probe's and its control's) is the mean test accuracy over the last `average_last`
+    # epochs of the continuation, each measured as the others are; 1 = the final epoch's, as the paper.
+    # Averaging reads a network's accuracy instead of one point of the swing it has at a high LR.
+    average_last: int = Field(1, ge=1)
 
 
 class Config(Section):
@@ -298,7 +302,7 @@ _IDENTITY_WHEN_SET = {
         "acdc_final",
         "drop_rounding",
     },
-    "plasticity": {"recalibrate_bn"},
+    "plasticity": {"recalibrate_bn", "average_last"},
 }
 
 

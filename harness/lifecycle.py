@@ -135,6 +135,7 @@ class RunHooks(Hooks):
         run_dir: Path,
         console: Console | None,
         started: float | None = None,
+        epoch_end: Callable[[Session], None] | None = None,
     ):
         self.session = session
         self.tracker = tracker
@@ -143,6 +144,7 @@ class RunHooks(Hooks):
         # time.perf_counter() when this process began the run: checkpoints count its wall time from here.
         self.started = time.perf_counter() if started is None else started
         self.stop: Callable[[], bool] = lambda: False
+        self.on_epoch_end = epoch_end
         # Every checkpoint says whose it is, so a resume can refuse another run's (see check_identity).
         self.identity = {
             "run_id": run_dir.name,
@@ -162,6 +164,8 @@ class RunHooks(Hooks):
         log_mask_update(self.tracker, session.masks, update, epoch=update.step / session.steps_per_epoch)
 
     def epoch_end(self, session: Session) -> None:
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(session)
         self.checkpoint()
 
     def mask_check(self, session: Session) -> None:
@@ -240,12 +244,14 @@ def run_training(
     dist: DistInfo,
     *,
     prepare: Callable[[Session, Tracker], None] | None = None,
+    epoch_end: Callable[[Session], None] | None = None,
     finish: Callable[[Session, dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Run (or resume, or skip if completed) the run directory that `config` addresses.
 
-    `prepare` runs once on a fresh start, after the session is built and before training, and `finish`
-    may add to the summary; the plasticity study uses them to load a base checkpoint, prune, and report.
+    `prepare` runs once on a fresh start, after the session is built and before training; `epoch_end` after
+    every epoch, before its checkpoint (what it records in the session survives a resume); `finish` may add
+    to the summary. The plasticity study uses them to load a base checkpoint, prune, measure, and report.
     """
     run_id, run_dir = run_id_and_dir(config, dist.world_size)
     done = completed_summary(run_dir, warn=False)
@@ -284,7 +290,7 @@ def run_training(
             if dist.is_main
             else None
         )
-        hooks = RunHooks(session, tracker, run_dir, console, started)
+        hooks = RunHooks(session, tracker, run_dir, console, started, epoch_end)
         try:
             with StopFlag(dist, config.tracking.log_every) as stop:
                 hooks.stop = stop

@@ -87,6 +87,7 @@ def plasticity_configs(params: dict[str, Any]) -> list[configuration.Config]:
         pretrained_sparsity=params["pretrained_sparsity"],
         probe_every=params["probe_every"],
         recalibrate_bn=params["recalibrate_bn"],
+        average_last=params["average_last"],
     )
     if params["stage"] not in STAGES:
         raise UserError(f"--stage: {params['stage']!r} is not one of {', '.join(STAGES)}")

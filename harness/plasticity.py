@@ -14,6 +14,7 @@ checkpoint unpruned for the same k epochs (acc_control), so recovery can be told
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from harness.batchnorm import recomputed_statistics
 from harness.config import Config, PlasticityConfig, deep_merge, validate
 from harness.distributed import DistInfo, all_reduce_sum
 from harness.errors import UserError
-from harness.lifecycle import RunResult, log_mask_update, run_id_and_dir, run_training
+from harness.lifecycle import RunResult, last_epoch, log_mask_update, run_id_and_dir, run_training
 from harness.session import Best, ProbeRecord, Session
 from harness.sparse import prune_fraction, regrow
 from harness.tracking import Tracker
@@ -51,6 +52,7 @@ class Study:
     pretrained_sparsity: float = 0.0
     probe_every: int | None = None  # None = the recipe's epochs / 16 (every 10 epochs of 160)
     recalibrate_bn: bool = False  # measure with BatchNorm statistics recomputed (PlasticityConfig)
+    average_last: int = 1  # acc_continue = the mean over the continuation's last epochs (PlasticityConfig)
 
 
 def default_probe_every(epochs: int) -> int:
@@ -92,6 +94,11 @@ def probe_config(base: Config, study: Study, world_size: int = 1) -> Config:
     until = (
         epochs if study.continue_epochs is None else min(study.probe_epoch + study.continue_epochs, epochs)
     )
+    if study.average_last > until - study.probe_epoch:
+        raise UserError(
+            f"average_last: {study.average_last} epochs is more than the continuation from epoch "
+            f"{study.probe_epoch} has ({until - study.probe_epoch})"
+        )
     base_id, _ = run_id_and_dir(base, world_size)
     plasticity = {
         "base_run": f"{base.tracking.group}/{base_id}",
@@ -101,6 +108,7 @@ def probe_config(base: Config, study: Study, world_size: int = 1) -> Config:
         "regeneration": study.regeneration,
         "continue_epochs": until - study.probe_epoch,
         "recalibrate_bn": study.recalibrate_bn,
+        "average_last": study.average_last,
     }
     overrides = {
         "tracking": {"job_type": "probe"},
@@ -142,7 +150,7 @@ def run_probe(config: Config, dist: DistInfo) -> RunResult:
     def prepare(session: Session, tracker: Tracker) -> None:
         prune_and_measure(session, tracker, checkpoint, probe, control)
 
-    return run_training(config, dist, prepare=prepare, finish=add_outcome)
+    return run_training(config, dist, prepare=prepare, epoch_end=measure_continuation, finish=add_outcome)
 
 
 @dataclass(frozen=True)
@@ -153,12 +161,36 @@ class Control:
     run: str  # group/run-id
 
 
+def measure_continuation(session: Session) -> None:
+    """At the end of each of the continuation's last `average_last` epochs (before that epoch's checkpoint,
+    so a resumed probe has them), its test accuracy, measured as acc_pre was. Nothing for average_last 1:
+    the final accuracy is read by add_outcome, as it always was."""
+    probe = session.probe
+    assert probe is not None, "a probe's session holds its record from prune_and_measure on"
+    if probe.average_last == 1 or session.epoch <= last_epoch(session.config) - probe.average_last:
+        return
+    if probe.recalibrate_bn:
+        accuracy = measure(session, True)[0]
+    else:  # the epoch's own test accuracy, just measured by the loop with the running statistics
+        assert session.last_epoch is not None
+        accuracy = session.last_epoch["test/acc"]
+    session.probe = dataclasses.replace(probe, acc_continue_epochs=(*probe.acc_continue_epochs, accuracy))
+
+
 def add_outcome(session: Session, summary: dict[str, Any]) -> None:
-    """acc_continue is the probe's final test accuracy; plasticity = acc_continue - acc_pre."""
-    assert session.probe is not None, "a probe's session holds its record from prune_and_measure on"
-    summary.update(session.probe.as_dict())
-    recalibrate = session.probe.recalibrate_bn
-    summary["acc_continue"] = measure(session, recalibrate)[0] if recalibrate else summary["test_acc"]
+    """acc_continue is the probe's final test accuracy, or the mean over its last `average_last` epochs;
+    plasticity = acc_continue - acc_pre."""
+    probe = session.probe
+    assert probe is not None, "a probe's session holds its record from prune_and_measure on"
+    summary.update(probe.as_dict())
+    if probe.average_last > 1:
+        measured = probe.acc_continue_epochs
+        assert len(measured) == probe.average_last, f"{len(measured)} of {probe.average_last} epochs measured"
+        summary["acc_continue"] = sum(measured) / len(measured)
+    elif probe.recalibrate_bn:
+        summary["acc_continue"] = measure(session, True)[0]
+    else:
+        summary["acc_continue"] = summary["test_acc"]
     # What the probe trained at, not the base method's target (0 for a dense base).
     summary["sparsity"] = 1.0 - summary["density"]
     summary["plasticity"] = summary["acc_continue"] - summary["acc_pre"]
@@ -219,6 +251,7 @@ def prune_and_measure(
         acc_control=None if control is None else control.acc_continue,
         control_run=None if control is None else control.run,
         recalibrate_bn=probe.recalibrate_bn,
+        average_last=probe.average_last,
     )
     tracker.log({"kind": "probe", "step": session.step, "epoch": session.epoch, **record.as_dict()})
     session.probe = record

@@ -52,10 +52,23 @@ class ProbeRecord:
     control_run: str | None = None
     # Accuracies read with BatchNorm statistics recomputed (PlasticityConfig.recalibrate_bn).
     recalibrate_bn: bool = False
+    # acc_continue averages the continuation's last `average_last` epochs (PlasticityConfig.average_last),
+    # whose accuracies collect here as they are measured; both only where average_last > 1.
+    average_last: int = 1
+    acc_continue_epochs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A checkpoint's record comes back from torch.load with a list.
+        object.__setattr__(self, "acc_continue_epochs", tuple(self.acc_continue_epochs))
 
     def as_dict(self) -> dict[str, Any]:
-        """The record's keys in the run store's order; the control's only where there is one."""
+        """The record's keys in the run store's order; the control's only where there is one, the averaged
+        epochs only where there are several."""
         record = dataclasses.asdict(self)
+        if self.average_last == 1:
+            del record["average_last"], record["acc_continue_epochs"]
+        else:
+            record["acc_continue_epochs"] = list(self.acc_continue_epochs)
         return {
             key: value for key, value in record.items() if key not in OPTIONAL_PROBE_KEYS or value is not None
         }

@@ -179,6 +179,13 @@ def plasticity(
             help="measure accuracies with BatchNorm statistics recomputed over the training set",
         ),
     ] = False,
+    average_last: Annotated[
+        int,
+        option(
+            "--average-last",
+            help="acc_continue = mean test accuracy over the continuation's last N epochs (default 1: the final)",
+        ),
+    ] = 1,
     stage: Annotated[str, option("--stage", help="stop after: base | control | probe")] = "probe",
     arch: Arch = "resnet20",
     dataset: Dataset = "cifar10",

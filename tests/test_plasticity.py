@@ -450,3 +450,104 @@ def test_the_setting_leaves_earlier_probe_ids_alone() -> None:
     base, control, probe_config = plasticity.plan(resolve("dense", dataset="mnist1d"), recalibrated)
     assert run_id(base) == run_id(configs[0])  # the base run does not measure: it is shared
     assert run_id(control) != run_id(configs[1]) and run_id(probe_config) != run_id(configs[2])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# acc_continue averaged over the continuation's last epochs (--average-last)
+
+AVERAGED = ("--pruning-rate", "0.5", "--continue-epochs", "2")
+
+
+def test_average_last_is_the_mean_of_the_last_epochs_and_trains_as_without(
+    harness_cli: HarnessCli, runs_dir: Path
+) -> None:
+    plain = probe(harness_cli, runs_dir, 0.0, *AVERAGED)
+    averaged = probe(harness_cli, runs_dir, 0.0, *AVERAGED, "--average-last", "2")
+    assert averaged.path.name != plain.path.name
+    assert "average_last" not in plain.summary and "acc_continue_epochs" not in plain.summary
+    summary = averaged.summary
+    epochs = [line["test/acc"] for line in averaged.lines("epoch")]
+    assert len(epochs) == 2 and summary["average_last"] == 2
+    # Without recomputed statistics each averaged accuracy is that epoch's own test accuracy.
+    assert summary["acc_continue_epochs"] == epochs
+    assert summary["acc_continue"] == sum(epochs) / 2
+    assert summary["plasticity"] == summary["acc_continue"] - summary["acc_pre"]
+    control = RunFiles(runs_dir / summary["control_run"])
+    assert control.summary["average_last"] == 2
+    assert control.summary["acc_continue"] == sum(line["test/acc"] for line in control.lines("epoch")) / 2
+    assert summary["acc_control"] == control.summary["acc_continue"]
+    # The same training: final weights, and the final epoch's accuracy, are the plain probe's.
+    assert summary["test_acc"] == plain.summary["test_acc"] == epochs[-1]
+    first, second = plain.checkpoint()["model"], averaged.checkpoint()["model"]
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_averaged_recomputed_accuracies_are_what_a_probe_ending_there_reads(
+    harness_cli: HarnessCli, runs_dir: Path
+) -> None:
+    """With --recalibrate-bn every averaged epoch is measured as acc_continue is: the last one equals the
+    unaveraged probe's acc_continue, the first the acc_continue of a probe that stopped an epoch earlier."""
+    averaged = probe(harness_cli, runs_dir, 0.0, *AVERAGED, "--average-last", "2", "--recalibrate-bn")
+    final = probe(harness_cli, runs_dir, 0.0, *AVERAGED, "--recalibrate-bn")
+    shorter = probe(harness_cli, runs_dir, 0.0, "--pruning-rate", "0.5", "--recalibrate-bn")  # 1 epoch
+    measured = averaged.summary["acc_continue_epochs"]
+    assert measured == [shorter.summary["acc_continue"], final.summary["acc_continue"]]
+    assert averaged.summary["acc_continue"] == sum(measured) / 2
+
+
+def test_a_probe_interrupted_between_averaged_epochs_resumes_to_the_same_summary(
+    harness_cli: HarnessCli, runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The averaged accuracies travel in the checkpoint: SIGTERM right after the first one is measured
+    stops the run in the next epoch, and the resumed run ends where an uninterrupted one does."""
+    import os
+    import signal
+
+    options = (*AVERAGED, "--average-last", "2")
+    reference = probe(harness_cli, runs_dir, 0.0, *options)
+    shutil.rmtree(reference.path)
+    measure_continuation = plasticity.measure_continuation
+
+    def stop_after_the_first(session) -> None:
+        measure_continuation(session)
+        if session.probe.acc_continue_epochs and session.config.plasticity.pruning_rate > 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plasticity, "measure_continuation", stop_after_the_first)
+        stopped = harness_cli.invoke(*study_argv(harness_cli, runs_dir, 0.0, *options))
+    assert stopped.exit_code == 3, stopped.stderr
+    state = torch.load(reference.path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert PROBE_STEP < state["step"] < PROBE_STEP + 2 * STEPS_PER_EPOCH
+    assert len(state["extra"]["probe"]["acc_continue_epochs"]) == 1
+    resumed = probe(harness_cli, runs_dir, 0.0, *options)
+    assert resumed.path == reference.path
+    expected, got = dict(reference.summary), dict(resumed.summary)
+    expected.pop("wall_time_s"), got.pop("wall_time_s")
+    assert got == expected
+
+
+def test_average_last_longer_than_the_continuation_is_a_user_error(
+    harness_cli: HarnessCli, runs_dir: Path
+) -> None:
+    result = harness_cli.invoke(
+        *study_argv(harness_cli, runs_dir, 0.0, "--pruning-rate", "0.5", "--average-last", "2")
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: average_last: 2 epochs is more than the continuation from epoch 1 has (1)"
+    )
+
+
+def test_average_last_leaves_earlier_probe_ids_alone() -> None:
+    from harness.config import resolve, run_id
+
+    study = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8)
+    once = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8, average_last=1)
+    thrice = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8, average_last=3)
+    recipe = resolve("dense", dataset="mnist1d")
+    default, explicit, averaged = (plasticity.plan(recipe, s) for s in (study, once, thrice))
+    assert [run_id(c) for c in default] == [run_id(c) for c in explicit]
+    assert run_id(default[2]) == "probe-resnet20-mnist1d-s0-e2-p0.5-global-7efe191a6f"  # as before the field
+    assert run_id(averaged[0]) == run_id(default[0])
+    assert run_id(averaged[1]) != run_id(default[1]) and run_id(averaged[2]) != run_id(default[2])
