@@ -102,3 +102,22 @@ def test_every_make_target_is_in_the_readme():
     (phony,) = re.findall(r"^\.PHONY: (.+)$", makefile, flags=re.MULTILINE)
     for target in set(phony.split()) - {"clean", "format"}:
         assert f"`make {target}" in README, f"make {target} is not in the README"
+
+
+def test_the_readme_noise_table_is_the_committed_reports():
+    """README's measured std of plasticity is copied from reports/cpu/claims.md, cell for cell."""
+    report = (REPO / "reports" / "cpu" / "claims.md").read_text()
+    noise = report[report.index("## Measurement noise") :]
+    expected: dict[tuple[str, str, str], dict[str, str]] = {}
+    for line in noise.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != 11 or not cells[3].isdigit() or cells[10].startswith("—"):
+            continue
+        expected.setdefault((cells[1], cells[2], cells[4]), {})[cells[3]] = f"{cells[5]} / {cells[6]}"
+    readme = README[README.index("Measured seed-to-seed std (pp, n = 3") :]
+    rows = [line for line in readme.splitlines()[:12] if re.match(r"\| (global|filter) \|", line)]
+    assert len(rows) == len(expected) == 6
+    for row in rows:
+        criterion, sparsity, measure, *epochs = [cell.strip() for cell in row.strip("|").split("|")]
+        wanted = expected[(criterion, sparsity, measure)]
+        assert [cell for cell in epochs if cell] == [wanted[epoch] for epoch in sorted(wanted, key=int)], row
