@@ -25,7 +25,6 @@ import argparse
 import collections
 import concurrent.futures
 import json
-import random
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from harness import checkpoint as checkpoints
 from harness import rundir
 from harness.config import deep_merge, validate
-from harness.data import EvalLoader, InMemoryDataset
+from harness.data import EvalLoader, InMemoryDataset, generate_mnist1d
 from harness.distributed import dist_info_from_env
 from harness.plasticity import measure, prune_and_measure
 from harness.train import Hooks, build_session, fit
@@ -56,18 +55,9 @@ class NoTracker:
 
 
 def fresh_test_set(samples: int) -> InMemoryDataset:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples, args.seed = samples, FRESH_TEST_SEED
-    state = random.getstate(), np.random.get_state()
-    try:
-        data = make_dataset(args)  # reseeds the global generators
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-    inputs = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
-    targets = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
+    data = generate_mnist1d(samples, seed=FRESH_TEST_SEED)
+    inputs = np.concatenate([data["x"], data["x_test"]])
+    targets = np.concatenate([data["y"], data["y_test"]])
     return InMemoryDataset(torch.from_numpy(inputs).unsqueeze(1), torch.from_numpy(targets))
 
 

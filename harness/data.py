@@ -309,12 +309,15 @@ def load_mnist1d(path: Path, num_samples: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def generate_mnist1d(num_samples: int) -> dict[str, np.ndarray]:
-    """MNIST-1D from the package's generator and default dataset seed, leaving the global RNGs untouched."""
+def generate_mnist1d(num_samples: int, seed: int | None = None) -> dict[str, np.ndarray]:
+    """MNIST-1D from the package's generator, with its default dataset seed unless `seed` is given (other
+    draws from the same distribution), leaving the global RNGs untouched."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.num_samples = num_samples
+    if seed is not None:
+        args.seed = seed
     # make_dataset reseeds the global `random` and numpy generators; the run's own seeding must survive.
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
