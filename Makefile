@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per CPU core; 1 for a plain run in one
+# process). Each test keeps its own temporary directories and ports, so the split changes no outcome.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check harness analysis tests benchmarks
