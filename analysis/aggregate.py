@@ -100,6 +100,15 @@ def probe_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return probes
 
 
+def measured_as(dataset: str, recalibrated: bool, average_last: int) -> str:
+    """The dataset's label with the way its probes measured accuracy (figures and claims draw and judge
+    probes measured differently apart, each labelled so)."""
+    ways = ["BN recomputed"] if recalibrated else []
+    if average_last > 1:
+        ways.append(f"mean of the last {average_last} epochs")
+    return f"{dataset} ({', '.join(ways)})" if ways else dataset
+
+
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Ordinary training runs (job_type `train`): the method comparison, without the study's base runs."""
     if "job_type" not in runs.columns:

@@ -29,6 +29,7 @@ from analysis.aggregate import (
     NOISE_TARGET_PP,
     PROBE_KEYS,
     PROBE_VALUES,
+    measured_as,
     method_label,
     plasticity_noise,
     probe_runs,
@@ -303,14 +304,6 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     ):
         panels.append((arch, measured_as(dataset, recalibrated, averaged), part))
     return panels
-
-
-def measured_as(dataset: str, recalibrated: bool, average_last: int) -> str:
-    """The dataset's label with the way its probes measured accuracy."""
-    ways = ["BN recomputed"] if recalibrated else []
-    if average_last > 1:
-        ways.append(f"mean of the last {average_last} epochs")
-    return f"{dataset} ({', '.join(ways)})" if ways else dataset
 
 
 def _decays(probes: pd.DataFrame) -> list[float]:

@@ -31,6 +31,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from analysis import collapse, style
 from analysis.aggregate import (
     comparison_table,
+    measured_as,
     plasticity_table,
     probe_runs,
     regeneration_gain,
@@ -68,6 +69,15 @@ def _probes(runs: pd.DataFrame) -> pd.DataFrame:
     probes = probes.copy()
     probes["regeneration"] = probes["regeneration"].astype(bool)
     probes["pretrained_sparsity"] = probes["pretrained_sparsity"].fillna(0.0)
+    # Every figure draws one panel per (arch, dataset): naming the way accuracy was measured in the
+    # dataset's label keeps probes measured differently (BN recomputed or not, averaged over the last
+    # epochs or not) in panels of their own, as the claims report does, instead of one curve mixing them.
+    probes["dataset"] = [
+        measured_as(dataset, recalibrated, averaged)
+        for dataset, recalibrated, averaged in zip(
+            probes["dataset"], probes["recalibrate_bn"], probes["average_last"], strict=True
+        )
+    ]
     return probes
 
 

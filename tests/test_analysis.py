@@ -372,6 +372,46 @@ def test_write_figures_writes_every_figure_png_pdf_tables_and_index(runs, tmp_pa
     assert "comparison_table.md" in index
 
 
+def test_probes_measured_differently_are_drawn_in_panels_of_their_own(runs):
+    """A store holding probes of two measurement protocols (here: acc_continue of the final epoch, and the
+    mean of the last 3) draws each in its own labelled panel, never one curve through both."""
+    probes = runs[runs["job_type"] == "probe"]
+    averaged = probes.assign(
+        average_last=3, acc_continue=probes["acc_continue"] - 0.1, plasticity=probes["plasticity"] - 0.1
+    )
+    figure = figures.plasticity_vs_epoch(pd.concat([runs, averaged], ignore_index=True))
+    single = figures.plasticity_vs_epoch(runs)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert len(titles) == 2 * len(single.axes)
+    assert sorted(titles) == sorted(
+        [
+            title
+            for axis in single.axes
+            for title in (
+                axis.get_title(),
+                axis.get_title().replace(" / mnist1d", " / mnist1d (mean of the last 3 epochs)"),
+            )
+        ]
+    )
+    # Each panel's curves are its own protocol's means: the averaged ones sit exactly 10 points lower.
+    by_title = {axis.get_title(): axis for axis in figure.axes}
+
+    def curves(axis):  # the mean lines (with markers), not the zero line or the LR-decay marks
+        return [line for line in axis.get_lines() if line.get_marker() == "o"]
+
+    drawn = 0
+    for axis in single.axes:
+        plain = by_title[axis.get_title()]
+        shifted = by_title[axis.get_title().replace(" / mnist1d", " / mnist1d (mean of the last 3 epochs)")]
+        expected = [line.get_ydata() for line in curves(axis)]
+        drawn += len(expected)
+        for line, want in zip(curves(plain), expected, strict=True):
+            np.testing.assert_allclose(line.get_ydata(), want)
+        for line, want in zip(curves(shifted), expected, strict=True):
+            np.testing.assert_allclose(line.get_ydata(), np.asarray(want) - 10.0)
+    assert drawn == 8  # rates: 3 global of each architecture, 2 layer-wise of ResNet-20
+
+
 def test_a_figure_saved_at_another_time_has_the_same_bytes(tmp_path, monkeypatch):
     """Regenerated reports change only where a number does: no creation date in the PDF."""
     import matplotlib.pyplot as plt
