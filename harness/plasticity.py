@@ -309,12 +309,5 @@ def average_gradients(session: Session) -> None:
 
 def record_masks(session: Session, tracker: Tracker, pruned: list[int], grown: list[int]) -> None:
     """The probe's pruning (and regrowth) as a mask-update event, built as the method builds its own."""
-    method = session.method
-    layers, counts = method._layers(pruned=pruned, grown=grown)
-    density = sum(counts) / session.masks.total
-    log_mask_update(
-        tracker,
-        session.masks,
-        method._event(session.step, density, None, layers, counts),
-        epoch=session.epoch,
-    )
+    event = session.method.external_event(session.step, pruned=pruned, grown=grown)
+    log_mask_update(tracker, session.masks, event, epoch=session.epoch)

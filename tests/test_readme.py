@@ -121,3 +121,23 @@ def test_the_readme_noise_table_is_the_committed_reports():
         criterion, sparsity, measure, *epochs = [cell.strip() for cell in row.strip("|").split("|")]
         wanted = expected[(criterion, sparsity, measure)]
         assert [cell for cell in epochs if cell] == [wanted[epoch] for epoch in sorted(wanted, key=int)], row
+
+
+def test_the_readme_claims_summary_is_the_committed_reports():
+    """README's table of verdicts is reports/cpu/claims.md's summary, row for row."""
+
+    def summary(text: str, heading: str) -> list[tuple[str, str, str]]:
+        block = text[text.index(heading) :]
+        rows = []
+        for line in block.splitlines()[1:]:
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) == 3 and cells[0].isdigit():
+                rows.append(tuple(cells))
+            elif rows and not line.startswith("|"):
+                break
+        return rows
+
+    report = (REPO / "reports" / "cpu" / "claims.md").read_text()
+    expected = summary(report, "## Summary")
+    assert len(expected) == 7
+    assert summary(README, "### Reproducing the paper's claims on a CPU") == expected

@@ -332,6 +332,12 @@ class SparsityMethod:
             dense_gradient=regen_rate is not None and self.reads_dense_gradient(),
         )
 
+    def external_event(self, t: int, *, pruned: list[int], grown: list[int]) -> MaskUpdate:
+        """The record of a mask change made from outside the schedule (a plasticity probe's pruning and
+        regrowth), built as the method builds its own: its target is the density it left."""
+        layers, counts = self._layers(pruned=pruned, grown=grown)
+        return self._event(t, sum(counts) / self.masks.total, None, layers, counts)
+
     def _layers(
         self,
         pruned: list[int] | None = None,
