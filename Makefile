@@ -21,11 +21,12 @@ $(STAMP): pyproject.toml
 # Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per CPU core; 1 for a plain run in one
 # process). Each test keeps its own temporary directories and ports, so the split changes no outcome.
 TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check harness analysis tests benchmarks

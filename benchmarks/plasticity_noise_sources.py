@@ -38,20 +38,11 @@ from harness.config import deep_merge, validate
 from harness.data import EvalLoader, InMemoryDataset, generate_mnist1d
 from harness.distributed import dist_info_from_env
 from harness.plasticity import measure, prune_and_measure
+from harness.tracking import Tracker
 from harness.train import Hooks, build_session, fit
 
 FRESH_TEST_SEED = 1234  # the mnist1d generator's default dataset seed is 42
 LAST = 3  # epochs averaged in the "last 3" variants
-
-
-class NoTracker:
-    """prune_and_measure logs its probe line and mask event; nothing here is a run directory."""
-
-    def log(self, record: dict) -> None:
-        pass
-
-    def log_masks(self, step: int, masks: dict) -> None:
-        pass
 
 
 def fresh_test_set(samples: int) -> InMemoryDataset:
@@ -70,7 +61,9 @@ def trajectory(run_dir: Path, runs_dir: Path, data_dir: str, test_samples: int) 
     session = build_session(config, dist_info_from_env("cpu"))
     base = runs_dir / probe.base_run
     checkpoint = checkpoints.checkpoint_dir(base) / checkpoints.epoch_checkpoint_name(probe.probe_epoch)
-    prune_and_measure(session, NoTracker(), checkpoint, probe, None)
+    prune_and_measure(
+        session, Tracker(), checkpoint, probe, None
+    )  # the do-nothing base: no run directory here
     recipe_test = session.loaders.test
     fresh = EvalLoader(fresh_test_set(test_samples), batch_size=recipe_test.batch_size, rank=0, world_size=1)
     epochs = []
