@@ -4,9 +4,10 @@
 them as the report `claims.md` (`write_claims`), which `harness figures` writes next to the figures.
 
 Every claim is a set of tests "A > B" (A is the side the paper says is larger), one per condition
-(a sparsity, a pruning rate, an architecture...). A test takes one value per seed on each side, the
-difference of the means and its Welch interval, and decides by `RULE`; a claim decides from its tests
-by `OVERALL_RULE`. Missing data make a test (or the whole claim) say what is missing, never a guess:
+(a sparsity, a pruning rate, an architecture...). A test takes one value per seed on each side and the
+difference of the means with its interval: paired by seed where both sides are probes of the same base
+runs (the plasticity claims), Welch's between independent training runs (the method comparisons). It
+decides by `RULE`; a claim decides from its tests by `OVERALL_RULE`. Missing data make a test (or the whole claim) say what is missing, never a guess:
 non-finite values count as missing, and n counts only the seeds with finite values.
 
 Over 450 lines on purpose: one small table of tests per claim, all decided by the shared rules above.
@@ -50,10 +51,15 @@ UNSTRUCTURED = ("global", "layerwise")
 RULE = (
     "Each test compares two sides, A and B, where the paper says A is larger. Each side has one value per "
     "seed (finite values only; n counts them). The test's statistic is mean(A) − mean(B) with its 95% "
-    "Welch interval (Student t quantile at the Welch–Satterthwaite degrees of freedom; the interval is "
-    "the point itself when both sides have zero spread). **holds**: the interval lies entirely above 0. "
-    "**does not hold**: it lies entirely below 0. **inconclusive**: it contains 0, or a side has n < 2, "
-    "or data are missing."
+    "interval. Tests of plasticity (claims 1, 2, 3 and 7) are **paired**: a seed's values on both sides "
+    "are probes of that seed's base run, which share its checkpoints (and, at one probe epoch, acc_pre), "
+    "so the interval is the Student t interval of the per-seed differences A − B (n − 1 degrees of "
+    "freedom, n = the seeds both sides have), and the statistic is their mean. Tests between independent "
+    "training runs (the method comparisons) use the Welch interval (Student t quantile at the "
+    "Welch–Satterthwaite degrees of freedom). An interval is the point itself when there is no spread. "
+    "**holds**: the interval lies entirely above 0. **does not hold**: it lies entirely below 0. "
+    "**inconclusive**: it contains 0, or fewer than 2 seeds (paired) or a side with n < 2 (Welch), or "
+    "data are missing."
 )
 OVERALL_RULE = (
     "A claim tested under several conditions **holds** when every condition holds, **does not hold** "
@@ -76,6 +82,16 @@ class Side:
 
     label: str
     values: tuple[float, ...]
+    seeds: tuple[int, ...] = ()  # the seed of each value, in order; a paired test needs them
+
+    def __post_init__(self) -> None:
+        if self.seeds and len(self.seeds) != len(self.values):
+            raise ValueError(f"{self.label}: {len(self.seeds)} seeds for {len(self.values)} values")
+
+    def by_seed(self) -> dict[int, float]:
+        if not self.seeds and self.values:
+            raise ValueError(f"{self.label}: a paired test needs the seed of each value")
+        return dict(zip(self.seeds, self.values, strict=True))
 
     @property
     def n(self) -> int:
@@ -114,6 +130,21 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
     return Interval(difference, difference - half, difference + half)
 
 
+def paired_interval(a: Side, b: Side, level: float = LEVEL) -> Interval | None:
+    """The mean of the per-seed differences A − B over the seeds both sides have, with its Student t
+    interval (n − 1 degrees of freedom); None for fewer than two common seeds."""
+    first, second = a.by_seed(), b.by_seed()
+    differences = [first[seed] - second[seed] for seed in sorted(set(first) & set(second))]
+    if len(differences) < 2:
+        return None
+    difference = float(np.mean(differences))
+    squared_error = float(np.var(differences, ddof=1)) / len(differences)
+    if squared_error <= 1e-20 * max(1.0, difference * difference):  # no spread (see welch_interval)
+        return Interval(difference, difference, difference)
+    half = float(stats.t.ppf(0.5 + level / 2, len(differences) - 1)) * math.sqrt(squared_error)
+    return Interval(difference, difference - half, difference + half)
+
+
 @dataclass(frozen=True)
 class Condition:
     """One condition of a claim: is A > B? `missing` says what data the test lacks, if any."""
@@ -123,10 +154,16 @@ class Condition:
     b: Side | None = None
     missing: str | None = None
     paper: str = ""  # the published numbers of A and B, formatted; empty when there are none
+    # Both sides' values of a seed come from the same base run: test the per-seed differences.
+    paired: bool = False
 
     @property
     def interval(self) -> Interval | None:
-        if self.missing or self.a is None or self.b is None or min(self.a.n, self.b.n) < 2:
+        if self.missing or self.a is None or self.b is None:
+            return None
+        if self.paired:
+            return paired_interval(self.a, self.b)
+        if min(self.a.n, self.b.n) < 2:
             return None
         return welch_interval(self.a.values, self.b.values)
 
@@ -227,15 +264,20 @@ def versus(
     cells: Sequence[str],
     scale: float,
     paper: str = "",
+    paired: bool = False,
 ) -> Condition:
-    """A test of A > B on `value`, each seed's value averaged over the cells both sides have."""
+    """A test of A > B on `value`, each seed's value averaged over the cells both sides have; `paired`
+    when a seed's values on both sides come from the same base run."""
     try:
         first, second = seed_means([a, b], value, cells, scale)
     except MissingData as missing:
-        return Condition(condition, missing=str(missing), paper=paper)
-    return Condition(
-        condition, Side(a[0], tuple(first.values())), Side(b[0], tuple(second.values())), paper=paper
-    )
+        return Condition(condition, missing=str(missing), paper=paper, paired=paired)
+    return Condition(condition, side(a[0], first), side(b[0], second), paper=paper, paired=paired)
+
+
+def side(label: str, per_seed: dict[int, float]) -> Side:
+    seeds = sorted(per_seed)
+    return Side(label, tuple(per_seed[seed] for seed in seeds), tuple(seeds))
 
 
 def gain_side(
@@ -249,7 +291,7 @@ def gain_side(
         100.0,
     )
     seeds = sorted(set(with_means) & set(without_means))
-    return Side(label, tuple(with_means[seed] - without_means[seed] for seed in seeds))
+    return side(label, {seed: with_means[seed] - without_means[seed] for seed in seeds})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -341,6 +383,7 @@ def regeneration_claim(runs: pd.DataFrame) -> Claim:
                 "plasticity",
                 ("pruning_rate", "probe_epoch"),
                 100.0,
+                paired=True,
             )
         )
         rates = sorted(set(part["pruning_rate"]))
@@ -363,7 +406,7 @@ def regeneration_claim(runs: pd.DataFrame) -> Claim:
         except MissingData as missing:
             tests.append(Condition(condition, missing=str(missing)))
             continue
-        tests.append(Condition(condition, *sides))
+        tests.append(Condition(condition, *sides, paired=True))
     return Claim(1, text, metric, tuple(tests))
 
 
@@ -411,6 +454,7 @@ def training_time_claim(runs: pd.DataFrame) -> Claim:
                         "plasticity",
                         (),
                         100.0,
+                        paired=True,
                     )
                 )
     return Claim(2, text, metric, tuple(tests), notes=tuple(notes))
@@ -443,6 +487,7 @@ def pruning_rate_claim(runs: pd.DataFrame) -> Claim:
                     "plasticity",
                     ("probe_epoch",),
                     100.0,
+                    paired=True,
                 )
             )
     return Claim(3, text, metric, tuple(tests))
@@ -552,6 +597,7 @@ def filter_claim(runs: pd.DataFrame) -> Claim:
                     "plasticity",
                     ("pruning_rate", "probe_epoch"),
                     100.0,
+                    paired=True,
                 )
             )
     return Claim(7, text, metric, tuple(tests))
@@ -626,7 +672,8 @@ def format_difference(test: Condition) -> str:
         difference = test.a.mean - test.b.mean
         shown = "—" if math.isnan(difference) else _signed(difference)
         return f"{shown} (no interval: n < 2)"
-    return f"{_signed(interval.difference)} [{_signed(interval.low)}, {_signed(interval.high)}]"
+    shown = f"{_signed(interval.difference)} [{_signed(interval.low)}, {_signed(interval.high)}]"
+    return f"{shown} paired" if test.paired else shown
 
 
 def _escape(text: str) -> str:

@@ -27,6 +27,7 @@ from analysis.claims import (
     Side,
     claim_rows,
     evaluate_claims,
+    paired_interval,
     to_markdown,
     welch_interval,
     write_claims,
@@ -123,6 +124,38 @@ def test_verdicts_of_single_tests_and_the_overall_rule():
     assert Claim(9, "x", "m", missing="no training runs").verdict == INCONCLUSIVE
 
 
+def test_paired_interval_exact_values_over_the_seeds_both_sides_have():
+    # Differences 2, 2, 3 (seeds 0, 1, 2): mean 7/3, std 1/sqrt(3), t(0.975, 2) = 4.3027.
+    interval = paired_interval(Side("A", (3.0, 4.0, 6.0), (0, 1, 2)), Side("B", (1.0, 2.0, 3.0), (0, 1, 2)))
+    half = 4.302652729911275 * (1 / math.sqrt(3)) / math.sqrt(3)
+    assert interval is not None
+    assert interval.difference == pytest.approx(7 / 3)
+    assert (interval.low, interval.high) == pytest.approx((7 / 3 - half, 7 / 3 + half))
+    # Only the seeds both sides have are paired: seeds 1 and 2 here, differences 2 and 3.
+    shifted = paired_interval(Side("A", (3.0, 4.0, 6.0), (0, 1, 2)), Side("B", (2.0, 3.0, 9.0), (1, 2, 3)))
+    half = 12.706204736174698 * (1 / math.sqrt(2)) / math.sqrt(2)
+    assert shifted is not None
+    assert (shifted.difference, shifted.low, shifted.high) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
+    # One common seed: no interval, and the test is inconclusive.
+    lone = Condition("x", Side("A", (1.0, 2.0), (0, 1)), Side("B", (0.0, 5.0), (1, 2)), paired=True)
+    assert paired_interval(lone.a, lone.b) is None and lone.verdict == INCONCLUSIVE
+    # The same differences on every seed: the interval is the point.
+    point = paired_interval(Side("A", (1.1, 2.1, 3.1), (0, 1, 2)), Side("B", (1.0, 2.0, 3.0), (0, 1, 2)))
+    assert point is not None and point.low == point.high == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="needs the seed of each value"):
+        paired_interval(Side("A", (1.0, 2.0)), Side("B", (0.0, 1.0)))
+    with pytest.raises(ValueError, match="2 seeds for 3 values"):
+        Side("A", (1.0, 2.0, 3.0), (0, 1))
+
+
+def test_pairing_by_seed_separates_a_shared_seed_offset_from_the_effect():
+    # Seeds differ by 10 points on both sides; within each seed A is 0.9-1.1 above B.
+    a, b = Side("A", (11.0, 20.9, 31.1), (0, 1, 2)), Side("B", (10.0, 20.0, 30.0), (0, 1, 2))
+    assert Condition("welch", a, b).verdict == INCONCLUSIVE
+    assert Condition("paired", a, b, paired=True).verdict == HOLDS
+    assert Condition("paired", b, a, paired=True).verdict == FAILS
+
+
 # ---------------------------------------------------------------------------------------------------------
 # On a generated run store
 
@@ -175,6 +208,43 @@ def test_plasticity_sides_are_per_seed_means_of_the_closed_form(pristine):
 
     assert with_regen.values == pytest.approx([mean_plasticity(seed, True) for seed in SPEC.seeds])
     assert without_regen.values == pytest.approx([mean_plasticity(seed, False) for seed in SPEC.seeds])
+
+
+def test_plasticity_tests_are_paired_by_seed_and_the_comparisons_are_not(store):
+    # Filter probes of the dense base runs: a 5-point spread between seeds shared by both sides, and
+    # regeneration 0.9 / 1.1 / 1.0 pp above no regeneration within each seed.
+    without = {0: 0.100, 1: 0.150, 2: 0.200}
+    with_regen = {0: 0.109, 1: 0.161, 2: 0.210}
+    where = {"criterion": "filter", "pretrained_sparsity": 0.0}
+    assert edit_summaries(store, without, "plasticity", regeneration=False, **where) == 3 * len(
+        SPEC.probe_epochs
+    )
+    assert edit_summaries(store, with_regen, "plasticity", regeneration=True, **where) == 3 * len(
+        SPEC.probe_epochs
+    )
+    claims = claims_of(store)
+    test = claims[7].tests[0]
+    assert test.paired and test.verdict == HOLDS
+    assert (
+        welch_interval(test.a.values, test.b.values).low
+        < 0
+        < welch_interval(test.a.values, test.b.values).high
+    )
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert test.interval is not None
+    assert (test.interval.low, test.interval.high) == pytest.approx((1.0 - half, 1.0 + half))
+    assert row(claims[7], 1).endswith(
+        "| with: 16.00 ± 5.05 (3) | without: 15.00 ± 5.00 (3) | +1.00 [+0.75, +1.25] paired | — | holds |"
+    )
+    # Regeneration 1 pp below instead, within each seed: does not hold.
+    assert edit_summaries(
+        store, {0: 0.091, 1: 0.139, 2: 0.190}, "plasticity", regeneration=True, **where
+    ) == 3 * len(SPEC.probe_epochs)
+    assert claims_of(store)[7].tests[0].verdict == FAILS
+    # Every plasticity test is paired; no comparison of training runs is.
+    assert all(test.paired for number in (1, 2, 3, 7) for test in claims[number].tests)
+    assert not any(test.paired for number in (4, 5, 6) for test in claims[number].tests)
+    assert not row(claims[5], 4).endswith("paired | — | holds |")
 
 
 def test_a_claim_that_does_not_hold(store):

@@ -141,3 +141,20 @@ def test_the_readme_claims_summary_is_the_committed_reports():
     expected = summary(report, "## Summary")
     assert len(expected) == 7
     assert summary(README, "### Reproducing the paper's claims on a CPU") == expected
+
+
+def test_the_intervals_the_readme_quotes_from_the_claims_are_the_committed_reports():
+    """Every 95% interval the README's claims section quotes is one of reports/cpu/claims.md's (as printed
+    there, or rounded to one decimal): the prose cannot keep a number the report no longer has."""
+    report = (REPO / "reports" / "cpu" / "claims.md").read_text()
+    number = r"[+-]\d+\.\d+"
+    printed = set(re.findall(rf"\[({number}), ({number})\]", report))
+    rounded = {(f"{float(low):+.1f}", f"{float(high):+.1f}") for low, high in printed}
+    section = README[README.index("### Reproducing the paper's claims on a CPU") :]
+    section = section[: section.index("\n### ", 1)]
+    quoted = re.findall(rf"\[({number}), ({number})\]", section)
+    assert len(quoted) >= 8
+    for interval in quoted:
+        assert interval in printed or interval in rounded, (
+            f"[{interval[0]}, {interval[1]}] is not in claims.md"
+        )
