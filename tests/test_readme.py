@@ -158,3 +158,15 @@ def test_the_intervals_the_readme_quotes_from_the_claims_are_the_committed_repor
         assert interval in printed or interval in rounded, (
             f"[{interval[0]}, {interval[1]}] is not in claims.md"
         )
+
+
+def test_the_filter_regrowth_numbers_the_readme_quotes_are_the_committed_report():
+    """The README's explanation of claim 7 quotes reports/cpu/filter_regrowth.md, number for number."""
+    report = (REPO / "reports" / "cpu" / "filter_regrowth.md").read_text()
+    paragraph = README[README.index("**Why, measured:**") :]
+    paragraph = paragraph[: paragraph.index("\n\n")]
+    quoted = re.findall(r"[+-]?\d+\.\d+(?: ± \d+\.\d+)?", paragraph.replace("sqrt(eps) ≈ 0.003", ""))
+    assert len(quoted) >= 8
+    for number in quoted:
+        assert number in report, f"{number} is not in filter_regrowth.md"
+    assert "24 of the 24" in report
