@@ -113,21 +113,31 @@ class Interval:
     high: float
 
 
+def _t_interval(
+    difference: float, squared_error: float, freedom: Callable[[], float], level: float
+) -> Interval:
+    """difference ± the Student t quantile at `freedom()` degrees of freedom x the standard error."""
+    # Seeds with identical values leave rounding-level variances (mean of [x, x, x] need not be x): that
+    # is no spread, and the Welch degrees of freedom would be 0/0 (so `freedom` is only called past here).
+    if squared_error <= 1e-20 * max(1.0, difference * difference):
+        return Interval(difference, difference, difference)
+    half = float(stats.t.ppf(0.5 + level / 2, freedom())) * math.sqrt(squared_error)
+    return Interval(difference, difference - half, difference + half)
+
+
 def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
     """mean(a) − mean(b) with its Welch interval; both sides need at least two values."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("welch_interval needs at least two values per side")
-    difference = float(np.mean(a) - np.mean(b))
     var_a = float(np.var(a, ddof=1)) / len(a)
     var_b = float(np.var(b, ddof=1)) / len(b)
     squared_error = var_a + var_b
-    # Seeds with identical values leave rounding-level variances (mean of [x, x, x] need not be x): that
-    # is no spread, and the Welch degrees of freedom would be 0/0.
-    if squared_error <= 1e-20 * max(1.0, difference * difference):
-        return Interval(difference, difference, difference)
-    freedom = squared_error**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, freedom)) * math.sqrt(squared_error)
-    return Interval(difference, difference - half, difference + half)
+    return _t_interval(
+        float(np.mean(a) - np.mean(b)),
+        squared_error,
+        lambda: squared_error**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1)),
+        level,
+    )
 
 
 def paired_interval(a: Side, b: Side, level: float = LEVEL) -> Interval | None:
@@ -137,12 +147,8 @@ def paired_interval(a: Side, b: Side, level: float = LEVEL) -> Interval | None:
     differences = [first[seed] - second[seed] for seed in sorted(set(first) & set(second))]
     if len(differences) < 2:
         return None
-    difference = float(np.mean(differences))
     squared_error = float(np.var(differences, ddof=1)) / len(differences)
-    if squared_error <= 1e-20 * max(1.0, difference * difference):  # no spread (see welch_interval)
-        return Interval(difference, difference, difference)
-    half = float(stats.t.ppf(0.5 + level / 2, len(differences) - 1)) * math.sqrt(squared_error)
-    return Interval(difference, difference - half, difference + half)
+    return _t_interval(float(np.mean(differences)), squared_error, lambda: len(differences) - 1, level)
 
 
 @dataclass(frozen=True)
