@@ -21,25 +21,21 @@ first step. Plasticity without regeneration comes from the store. Seed-to-seed n
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+from probe_rerun import nothing_to_do, probe_session, publish, store_arguments
 
-from harness import checkpoint as checkpoints
 from harness import rundir
-from harness.config import deep_merge, validate
-from harness.distributed import dist_info_from_env
 from harness.plasticity import measure, prune_and_measure
 from harness.session import Session
 from harness.tracking import Tracker
-from harness.train import Hooks, Interrupted, build_session, fit
+from harness.train import Hooks, Interrupted, fit
 
 ZERO, SCALED = "zero (as the paper)", "scaled N(0, s²) (diagnostic)"
 
@@ -95,17 +91,12 @@ def scale_revived(session: Session, revived: list[torch.Tensor | None], seed: in
 
 def retrain(run_dir: Path, runs_dir: Path, data_dir: str, init: str) -> dict:
     """The probe's continuation again; acc_continue measured as the probe measured it."""
-    torch.set_num_threads(1)
-    config = validate(deep_merge(rundir.read_config(run_dir), {"data": {"data_dir": data_dir}}))
-    probe = config.plasticity
-    assert probe is not None and probe.regeneration, run_dir
-    session = build_session(config, dist_info_from_env("cpu"))
-    base = runs_dir / probe.base_run
-    checkpoint = checkpoints.checkpoint_dir(base) / checkpoints.epoch_checkpoint_name(probe.probe_epoch)
+    session, probe, checkpoint = probe_session(run_dir, runs_dir, data_dir)
+    assert probe.regeneration, run_dir
     prune_and_measure(session, Tracker(), checkpoint, probe, None)  # the do-nothing Tracker: no run dir
     revived = revived_filters(session)
     if init == SCALED:
-        scale_revived(session, revived, config.run.seed)
+        scale_revived(session, revived, session.config.run.seed)
     magnitudes = {"after regrowth": mean_magnitudes(session, revived)}
     try:
         fit(session, StopAfterOneStep(session), until_epoch=session.epoch + 1)
@@ -217,19 +208,10 @@ def report(results: list[dict], stored: dict[tuple, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", type=Path)
-    parser.add_argument("--probe-epoch", type=int, action="append", help="default: 4 and 10")
-    parser.add_argument("--data-dir", default="data", help="where the MNIST-1D cache is (default: data)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--markdown", type=Path, help="write the report here (it is always printed)")
-    args = parser.parse_args(argv)
+    args = store_arguments(__doc__.splitlines()[0]).parse_args(argv)
     runs, stored = filter_probes(args.runs_dir, args.probe_epoch or (4, 10))
     if not runs:
-        print(
-            f"{args.runs_dir}: no completed filter probes with regeneration at those epochs", file=sys.stderr
-        )
-        return 2
+        return nothing_to_do(args.runs_dir, "filter probes with regeneration")
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
         jobs = [
             pool.submit(retrain, run, args.runs_dir, args.data_dir, init)
@@ -237,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in runs
         ]
         results = [job.result() for job in jobs]
-    text = report(results, stored)
-    if args.markdown is not None:
-        rundir.atomic_write(args.markdown, lambda handle: handle.write(text.encode()))
-    print(text, end="")
+    publish(report(results, stored), args.markdown)
     return 0
 
 

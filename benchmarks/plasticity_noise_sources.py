@@ -23,25 +23,22 @@ networks' own seed-to-seed difference. Training is not changed: these are the pr
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+from probe_rerun import nothing_to_do, probe_session, publish, store_arguments
 
 from harness import checkpoint as checkpoints
 from harness import rundir
-from harness.config import deep_merge, validate
 from harness.data import EvalLoader, InMemoryDataset, generate_mnist1d
-from harness.distributed import dist_info_from_env
 from harness.plasticity import measure, prune_and_measure
 from harness.tracking import Tracker
-from harness.train import Hooks, build_session, fit
+from harness.train import Hooks, fit
 
 FRESH_TEST_SEED = 1234  # the mnist1d generator's default dataset seed is 42
 LAST = 3  # epochs averaged in the "last 3" variants
@@ -56,13 +53,7 @@ def fresh_test_set(samples: int) -> InMemoryDataset:
 
 def trajectory(run_dir: Path, runs_dir: Path, data_dir: str, test_samples: int) -> dict:
     """acc_pre and, per continuation epoch, the accuracy on the recipe's and on the fresh test set."""
-    torch.set_num_threads(1)
-    config = validate(deep_merge(rundir.read_config(run_dir), {"data": {"data_dir": data_dir}}))
-    probe = config.plasticity
-    assert probe is not None, run_dir
-    session = build_session(config, dist_info_from_env("cpu"))
-    base = runs_dir / probe.base_run
-    checkpoint = checkpoints.checkpoint_dir(base) / checkpoints.epoch_checkpoint_name(probe.probe_epoch)
+    session, probe, checkpoint = probe_session(run_dir, runs_dir, data_dir)
     recipe_test = session.loaders.test
     fresh = EvalLoader(fresh_test_set(test_samples), batch_size=recipe_test.batch_size, rank=0, world_size=1)
     # acc_pre on the fresh test set: the checkpoint read before prune_and_measure loads it again (measure
@@ -176,26 +167,16 @@ def report(results: list[dict], test_samples: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", type=Path)
-    parser.add_argument("--probe-epoch", type=int, action="append", help="default: 4 and 10")
-    parser.add_argument("--data-dir", default="data", help="where the MNIST-1D cache is (default: data)")
+    parser = store_arguments(__doc__.splitlines()[0])
     parser.add_argument("--test-samples", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--markdown", type=Path, help="write the report here (it is always printed)")
     args = parser.parse_args(argv)
     runs = selected_runs(args.runs_dir, args.probe_epoch or (4, 10))
     if not runs:
-        print(f"{args.runs_dir}: no completed probes with recomputed BatchNorm statistics at those epochs",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        return nothing_to_do(args.runs_dir, "probes with recomputed BatchNorm statistics")
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
         jobs = [pool.submit(trajectory, run, args.runs_dir, args.data_dir, args.test_samples) for run in runs]
         results = [job.result() for job in jobs]
-    text = report(results, args.test_samples)
-    if args.markdown is not None:
-        rundir.atomic_write(args.markdown, lambda handle: handle.write(text.encode()))
-    print(text, end="")
+    publish(report(results, args.test_samples), args.markdown)
     return 0
 
 
