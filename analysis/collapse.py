@@ -25,7 +25,7 @@ from analysis.aggregate import seed_stats
 from analysis.dynamics import snapshot_paths
 from analysis.runs import flatten
 from harness.config import deep_merge, resolve
-from harness.snapshots import load_masks
+from harness.store.snapshots import load_masks
 
 JOB_TYPE = "ablation"
 # Config column -> the variant's label, in the sweep file's order.

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import rundir
-from harness.snapshots import load_masks, step_of
+from harness.store import rundir
+from harness.store.snapshots import load_masks, step_of
 
 DYNAMICS_COLUMNS = (
     "step",
@@ -35,7 +35,7 @@ def snapshot_paths(run_dir: Path | str) -> list[Path]:
 def mask_dynamics(run_dir: Path | str) -> pd.DataFrame:
     """One row per (snapshot, masked tensor): size, active count, density, and the weights added and
     removed since the previous snapshot with the resulting turnover (NaN at the first snapshot).
-    A damaged snapshot raises `harness.rundir.DamagedFile` naming it."""
+    A damaged snapshot raises `harness.store.rundir.DamagedFile` naming it."""
     records: list[dict[str, object]] = []
     previous: dict[str, np.ndarray] = {}
     for path in snapshot_paths(run_dir):

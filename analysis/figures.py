@@ -42,7 +42,7 @@ from analysis.dynamics import global_dynamics, mask_dynamics, snapshot_paths
 from analysis.runs import CurvesLoader, load_curves, warn_damaged
 from analysis.tables import comparison_with_paper, paper_results, to_latex, to_markdown
 from harness.errors import UserError
-from harness.rundir import DamagedFile
+from harness.store.rundir import DamagedFile
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ Columns of `load_runs`:
 Local configs are read as raw YAML rather than validated with `harness.config.load_config_file`: analysis
 must still read run stores written by older or newer harness versions, and the W&B config is raw too.
 
-A local run with a file that cannot be read (`harness.rundir.DamagedFile`: invalid YAML, a summary that is
+A local run with a file that cannot be read (`harness.store.rundir.DamagedFile`: invalid YAML, a summary that is
 not a JSON object, a binary status, a damaged metrics line or mask snapshot) is reported by one warning
 naming the run and the file; `load_runs` lists it with status `damaged` (no config or summary columns),
 so status filters leave it out, and `load_curves` leaves its lines out. Non-finite summary values are
@@ -34,8 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness import rundir
 from harness.errors import UserError
+from harness.store import rundir
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _local_row(run_dir: Path) -> dict[str, Any]:
 def read_metrics(run_dir: Path | str) -> Iterator[dict[str, Any]]:
     """The metrics.jsonl lines of a run directory, in order (none if the file is absent).
 
-    A torn last line is ignored; other damage is a `harness.rundir.DamagedFile` naming the file and line.
+    A torn last line is ignored; other damage is a `harness.store.rundir.DamagedFile` naming the file and line.
     """
     yield from rundir.read_metrics(rundir.metrics_path(Path(run_dir)))
 

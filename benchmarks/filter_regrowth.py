@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from probe_rerun import nothing_to_do, probe_session, publish, store_arguments
 
-from harness import rundir
-from harness.plasticity import measure, prune_and_measure
-from harness.session import Session
-from harness.tracking import Tracker
-from harness.train import Hooks, Interrupted, fit
+from harness.engine.loop import Hooks, Interrupted, fit
+from harness.engine.session import Session
+from harness.store import rundir
+from harness.store.tracking import Tracker
+from harness.studies.plasticity import measure, prune_and_measure
 
 ZERO, SCALED = "zero (as the paper)", "scaled N(0, s²) (diagnostic)"
 

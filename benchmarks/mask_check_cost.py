@@ -4,7 +4,7 @@
 
 Both are timed in the same 2-process job, interleaved, on a GraNet-masked ResNet-20 for MNIST-1D shapes
 (batch 64 per rank, sequences of 40): one DDP training step (forward, backward, optimizer step, masks
-applied) and one `harness.lifecycle.check_masks` as `run.mask_check_every` triggers it. Medians over the
+applied) and one `harness.engine.lifecycle.check_masks` as `run.mask_check_every` triggers it. Medians over the
 repetitions; rank 0 prints them and their ratio.
 """
 
@@ -30,8 +30,8 @@ def free_port() -> int:
 def worker(rank: int, port: int, arch: str, width: float, repetitions: int) -> None:
     from types import SimpleNamespace
 
-    from harness.distributed import barrier, dist_info_from_env, init_distributed, teardown
-    from harness.lifecycle import check_masks
+    from harness.engine.distributed import barrier, dist_info_from_env, init_distributed, teardown
+    from harness.engine.lifecycle import check_masks
     from harness.models import build_model
     from harness.sparse import MaskSet
 

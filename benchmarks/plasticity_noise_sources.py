@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from probe_rerun import nothing_to_do, probe_session, publish, store_arguments
 
-from harness import checkpoint as checkpoints
-from harness import rundir
 from harness.data import EvalLoader, InMemoryDataset, generate_mnist1d
-from harness.plasticity import measure, prune_and_measure
-from harness.tracking import Tracker
-from harness.train import Hooks, fit
+from harness.engine.loop import Hooks, fit
+from harness.store import checkpoint as checkpoints
+from harness.store import rundir
+from harness.store.tracking import Tracker
+from harness.studies.plasticity import measure, prune_and_measure
 
 FRESH_TEST_SEED = 1234  # the mnist1d generator's default dataset seed is 42
 LAST = 3  # epochs averaged in the "last 3" variants

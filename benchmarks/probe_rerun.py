@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint as checkpoints
-from harness import rundir
 from harness.config import PlasticityConfig, deep_merge, validate
-from harness.distributed import dist_info_from_env
-from harness.session import Session
-from harness.train import build_session
+from harness.engine.distributed import dist_info_from_env
+from harness.engine.loop import build_session
+from harness.engine.session import Session
+from harness.store import checkpoint as checkpoints
+from harness.store import rundir
 
 
 def probe_session(run_dir: Path, runs_dir: Path, data_dir: str) -> tuple[Session, PlasticityConfig, Path]:

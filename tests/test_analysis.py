@@ -17,7 +17,7 @@ from analysis.dynamics import global_dynamics, mask_dynamics, snapshot_paths
 from analysis.runs import LOCATION_COLUMNS, layer_events, load_curves, load_mask_events, load_runs, run_row
 from analysis.tables import comparison_with_paper, paper_results, to_latex, to_markdown
 from harness.errors import UserError
-from harness.snapshots import load_masks
+from harness.store.snapshots import load_masks
 
 SPEC = factory.StoreSpec(
     sparsities=(0.9, 0.98),

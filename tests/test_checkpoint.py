@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import checkpoint
-from harness.checkpoint import (
+from harness.errors import UserError
+from harness.store import checkpoint
+from harness.store.checkpoint import (
     capture_rng_state,
     keep_copy,
     latest_checkpoint,
@@ -19,7 +20,6 @@ from harness.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from harness.errors import UserError
 
 
 def _state(step: int) -> dict:

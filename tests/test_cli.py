@@ -12,9 +12,10 @@ import yaml
 from conftest import HarnessCli
 
 from harness import config as configuration
-from harness import train, wandb_offline
-from harness.snapshots import snapshot_name
-from harness.tracking import read_metrics
+from harness.engine import loop as train
+from harness.store import wandb_offline
+from harness.store.snapshots import snapshot_name
+from harness.store.tracking import read_metrics
 
 try:
     import wandb

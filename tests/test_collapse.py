@@ -14,7 +14,7 @@ import yaml
 from analysis import collapse, load_runs
 from analysis.figures import write_figures
 from harness.config import resolve, run_id
-from harness.snapshots import save_masks, snapshot_name
+from harness.store.snapshots import save_masks, snapshot_name
 
 SHAPE = (4, 2, 3)  # a conv layer of 4 filters
 

@@ -9,7 +9,7 @@ import yaml
 
 from harness import config as configuration
 from harness.config import Config, UserError, load_recipe, parse_assignments, resolve, run_id, validate
-from harness.train import epoch_step, lr_factor, sparsity_hyperparameters
+from harness.engine.loop import epoch_step, lr_factor, sparsity_hyperparameters
 
 
 def test_every_table_1_row_has_a_recipe_with_the_papers_numbers():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console as RichConsole
 
-from harness.console import Console, fit_line, summary_line
+from harness.engine.console import Console, fit_line, summary_line
 
 NAME = "granet-resnet20-mnist1d-s0-3f0c9a1b2e"
 EPOCH = {
@@ -76,7 +76,7 @@ def test_summary_line_of_a_probe_says_what_it_pruned_and_regrew():
 
 
 def test_every_run_and_probe_ends_with_its_summary_line(harness_cli, caplog):
-    caplog.set_level(logging.INFO, logger="harness.train")
+    caplog.set_level(logging.INFO, logger="harness.engine.loop")
     common = ("--dataset", "synthetic", "--runs-dir", str(harness_cli.runs_dir), "--wandb", "disabled")
     result = harness_cli.invoke(
         "plasticity",
@@ -90,7 +90,7 @@ def test_every_run_and_probe_ends_with_its_summary_line(harness_cli, caplog):
         *common,
     )
     assert result.exit_code == 0, result.stderr
-    lines = [record.getMessage() for record in caplog.records if record.name == "harness.train"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "harness.engine.loop"]
     endings = [line for line in lines if " | wall " in line]
     summaries = [
         json.loads((Path(path) / "summary.json").read_text()) for path in _run_dirs(harness_cli.runs_dir)

@@ -28,10 +28,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness import cli, launch
+from harness import cli
 from harness.errors import UserError
-from harness.snapshots import load_masks, step_of
+from harness.launch import torchrun as launch
 from harness.sparse.masks import MaskSet
+from harness.store.snapshots import load_masks, step_of
 
 TORCHRUN_VARIABLES = (
     "RANK",

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as multiprocessing
 
-from harness.distributed import (
+from harness.engine.distributed import (
     DistInfo,
     MaskMismatchError,
     all_reduce_sum,
@@ -23,7 +23,7 @@ from harness.distributed import (
     teardown,
 )
 from harness.errors import UserError
-from harness.launch import torchrun_command
+from harness.launch.torchrun import torchrun_command
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -175,7 +175,7 @@ from pathlib import Path
 
 import torch
 
-from harness.distributed import all_reduce_sum, dist_info_from_env, init_distributed, teardown
+from harness.engine.distributed import all_reduce_sum, dist_info_from_env, init_distributed, teardown
 
 info = dist_info_from_env("cpu")
 init_distributed(info, timeout_s=60)
@@ -201,7 +201,7 @@ def _run_job(tmp_path: Path, *, failing_attempts: int, max_restarts: int) -> sub
         "FAILING_ATTEMPTS": str(failing_attempts),
         "OUT_DIR": str(tmp_path),
     }
-    # The timeout is a hang guard only: these jobs end in seconds (see harness.distributed's docstring).
+    # The timeout is a hang guard only: these jobs end in seconds (see harness.engine.distributed's docstring).
     return subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=300)
 
 

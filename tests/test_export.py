@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import export as exporter
 from harness.errors import UserError
-from harness.inference import COLUMN_TILE, im2col
+from harness.inference import export as exporter
+from harness.inference.runtime import COLUMN_TILE, im2col
 
 # The relative tolerance of the issue: max |exported - masked| <= 1e-4 * max |masked logit|.
 RELATIVE_TOLERANCE = 1e-4

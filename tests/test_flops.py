@@ -16,7 +16,7 @@ import torch
 from sparse_helpers import make_batches, one_thread, setup_method, tiny_model, train_step
 from torch import nn
 
-from harness.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
+from harness.engine.flops import InferenceFlops, TrainingFlops, inference_flops, output_positions
 from harness.sparse import MaskSet
 
 

@@ -28,8 +28,8 @@ LOCK_HELD_S = 3 * COLLECTIVE_TIMEOUT_S  # well past it
 
 
 def _lock_worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
-    from harness.distributed import all_reduce_sum, dist_info_from_env, init_distributed, teardown
-    from harness.lifecycle import run_lock
+    from harness.engine.distributed import all_reduce_sum, dist_info_from_env, init_distributed, teardown
+    from harness.engine.lifecycle import run_lock
 
     os.environ.update(
         RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from harness import train_cli
+from harness.cli import training as train_cli
 from harness.config import _NOT_IDENTITY, SparsityConfig, resolve, run_id
+from harness.engine.loop import epoch_step, sparsity_hyperparameters
 from harness.errors import UserError
 from harness.sparse import METHODS, Hyperparameters
-from harness.train import epoch_step, sparsity_hyperparameters
 
 NEW_FIELDS = (
     "scoring_batches",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.sweep_file import load_sweep
-from harness.sweep_plan import plan_jobs
-from harness.train_cli import plan_invocation
+from harness.cli.training import plan_invocation
+from harness.launch.sweep_file import load_sweep
+from harness.launch.sweep_plan import plan_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = json.loads((ROOT / "tests" / "data" / "pinned_run_ids.json").read_text())

@@ -19,8 +19,9 @@ import torch
 import yaml
 from conftest import HarnessCli, RunFiles
 
-from harness import data, plasticity
+from harness import data
 from harness.config import load_config_file
+from harness.studies import plasticity
 
 STEPS_PER_EPOCH = 9
 PROBE_EPOCH = 1

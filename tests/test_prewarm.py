@@ -1,4 +1,4 @@
-"""Sweep jobs forked from a runner that has imported the harness (harness/prewarm.py) behave as fresh
+"""Sweep jobs forked from a runner that has imported the harness (harness/launch/prewarm.py) behave as fresh
 processes: the same numbers, exit codes, output, environment and signals."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from harness import cli, prewarm, supervisor, sweep
+from harness import cli
+from harness.launch import prewarm, supervisor, sweep
 
 pytestmark = pytest.mark.skipif(not prewarm.available(), reason="fork launcher is Linux-only")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import sweep_file, sweep_plan
 from harness.config import resolve
+from harness.launch import sweep_file, sweep_plan
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

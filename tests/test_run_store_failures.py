@@ -30,8 +30,8 @@ import pytest
 import torch
 from conftest import HarnessCli
 
-from harness import rundir
-from harness.tracking import read_metrics
+from harness.store import rundir
+from harness.store.tracking import read_metrics
 
 TIMING_KEYS = {"time/epoch_s"}
 

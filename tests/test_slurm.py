@@ -24,9 +24,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness import cli, rundir, slurm, supervisor, sweep_file, sweep_plan
+from harness import cli
 from harness.errors import UserError
-from harness.sweep_plan import Job
+from harness.launch import slurm, supervisor, sweep_file, sweep_plan
+from harness.launch.sweep_plan import Job
+from harness.store import rundir
 
 PLASTICITY_COMMAND = ["${env}", "${program}", "plasticity", "${args_no_boolean_flags}"]
 
@@ -488,7 +490,7 @@ def test_a_damaged_submission_record_is_a_warning_naming_it(tmp_path, caplog):
     write_submission(folder, jobs[:1], ["5"], cluster="local")
     damaged = folder / "submissions" / "20260202T000000.000000Z.json"
     damaged.write_text('{"arrays": [')
-    with caplog.at_level(logging.WARNING, logger="harness.slurm"):
+    with caplog.at_level(logging.WARNING, logger="harness.launch.slurm"):
         report = slurm.sweep_status(path, runs_dir=runs)
     assert f"{damaged}: unreadable sweep record, ignored" in caplog.text
     assert report.submissions == 1

@@ -21,10 +21,13 @@ import yaml
 from typer.testing import CliRunner
 
 from analysis import collapse
-from harness import cli, rundir, supervisor, sweep, sweep_agent, sweep_file, sweep_plan, train_cli
+from harness import cli
+from harness.cli import training as train_cli
 from harness.errors import UserError
-from harness.supervisor import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Outcome
-from harness.sweep_plan import Job
+from harness.launch import supervisor, sweep, sweep_agent, sweep_file, sweep_plan
+from harness.launch.supervisor import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Outcome
+from harness.launch.sweep_plan import Job
+from harness.store import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "sweeps"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import sweep, sweep_file, sweep_plan
 from harness.cli import app
 from harness.errors import UserError
+from harness.launch import sweep, sweep_file, sweep_plan
 
 REPO = Path(__file__).resolve().parents[1]
 GRANET_MNIST1D = REPO / "sweeps" / "granet-mnist1d.yaml"

@@ -17,8 +17,8 @@ import torch
 import yaml
 from conftest import THREAD_VARIABLES, HarnessCli
 
-from harness import sweep
 from harness.config import resolve, run_id
+from harness.launch import sweep
 
 
 def test_the_thread_count_is_part_of_the_run_id():

@@ -20,10 +20,10 @@ try:
 except ImportError:  # the mirror tests skip; everything else runs without W&B
     wandb = None
 
-from harness import snapshots, tracking
 from harness.config import Config, TrackingConfig, dump_yaml, load_config_file
 from harness.errors import UserError
-from harness.tracking import RunStore, Tracker, open_tracker, read_metrics
+from harness.store import snapshots, tracking
+from harness.store.tracking import RunStore, Tracker, open_tracker, read_metrics
 
 RUN_ID = "granet-resnet20-mnist1d-s0-0123456789"
 TAGS = ["granet", "resnet20", "mnist1d"]
@@ -401,7 +401,7 @@ def test_wandb_init_failure_warns_once_and_the_run_goes_on(
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_loopback_port()}")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setattr(tracking, "WANDB_INIT_TIMEOUT_S", 3.0)
-    caplog.set_level(logging.WARNING, logger="harness.tracking")
+    caplog.set_level(logging.WARNING, logger="harness.store.tracking")
 
     tracker = _open(tmp_path / "run", _config(wandb="online"))
     _play(tracker, range(0, 61))
@@ -434,7 +434,7 @@ def test_wandb_init_failure_warns_once_and_the_run_goes_on(
 def test_wandb_failure_mid_run_warns_once_and_the_local_store_keeps_everything(
     tmp_path: Path, wandb_env: Path, caplog
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="harness.tracking")
+    caplog.set_level(logging.WARNING, logger="harness.store.tracking")
     tracker = _open(tmp_path / "run", _config(wandb="offline"))
     assert isinstance(tracker, tracking.RunTracker) and tracker.mirror is not None and tracker.mirror.active
 

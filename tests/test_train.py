@@ -17,7 +17,7 @@ import torch
 from conftest import HarnessCli
 
 from harness import config as configuration
-from harness import train
+from harness.engine import loop as train
 from harness.sparse import METHODS
 
 STEPS_PER_EPOCH = 9

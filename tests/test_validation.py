@@ -19,10 +19,11 @@ from conftest import HarnessCli
 from test_cli import assert_user_error
 
 from harness import config as configuration
-from harness import launch, signals
 from harness.config import MAX_SEED, NARROWEST_LAYER
+from harness.engine import signals
+from harness.launch import torchrun as launch
 from harness.models import build_model
-from harness.tracking import finish_mirror_within
+from harness.store.tracking import finish_mirror_within
 
 
 def without_option(argv: list[str], name: str) -> list[str]:
@@ -381,7 +382,7 @@ class SlowMirror:
 
 def test_a_hung_wandb_finish_gives_up_after_its_timeout(caplog: pytest.LogCaptureFixture) -> None:
     mirror = SlowMirror()
-    with caplog.at_level(logging.WARNING, logger="harness.tracking"):
+    with caplog.at_level(logging.WARNING, logger="harness.store.tracking"):
         finish_mirror_within(mirror, "completed", {"test_acc": 0.5}, timeout_s=0.05)
     assert mirror.finished == []
     assert [record.getMessage() for record in caplog.records] == [
@@ -394,7 +395,7 @@ def test_a_hung_wandb_finish_gives_up_after_its_timeout(caplog: pytest.LogCaptur
 def test_a_prompt_wandb_finish_is_waited_for(caplog: pytest.LogCaptureFixture) -> None:
     mirror = SlowMirror()
     mirror.release.set()
-    with caplog.at_level(logging.WARNING, logger="harness.tracking"):
+    with caplog.at_level(logging.WARNING, logger="harness.store.tracking"):
         finish_mirror_within(mirror, "failed", None, timeout_s=60)
     assert mirror.finished == ["failed"]
     assert caplog.records == []

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import wandb_offline
 from harness.cli import app
 from harness.config import Config, TrackingConfig
-from harness.tracking import open_tracker
+from harness.store import wandb_offline
+from harness.store.tracking import open_tracker
 
 wandb = pytest.importorskip("wandb")
 

@@ -2,7 +2,7 @@
 
 Building: BatchNorm is folded into the convolution before it (w' = w * gamma / sqrt(var + eps),
 b' = beta - mean * gamma / sqrt(var + eps), in float64), the mask is applied, and each network is written
-as a short program of layers over numbered registers (`harness.inference` runs it). Folding scales whole
+as a short program of layers over numbered registers (`harness.inference.runtime` runs it). Folding scales whole
 filters, so the folded weight has exactly the mask's zeros.
 
 Choosing: every convolution and linear layer is timed both ways on random input of its real shape, at
@@ -24,7 +24,7 @@ loader rebuilds dense layers from them. Keys: `format`, `version`, `arch`, `data
 `end_to_end`, `threads`, `batch_sizes`, `source`, `torch`.
 
 Over 450 lines on purpose: the writer, the per-layer timed choice and the loader of one versioned file
-format stay together (the runtime kernels are in `harness.inference`).
+format stay together (the runtime kernels are in `harness.inference.runtime`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness import rundir
 from harness.errors import UserError
-from harness.inference import (
+from harness.inference.runtime import (
     BATCH_FIRST,
     CHANNELS_FIRST,
     DENSE_FORMATS,
@@ -57,6 +56,7 @@ from harness.inference import (
     build_layer,
     csr_from_parts,
 )
+from harness.store import rundir
 
 log = logging.getLogger(__name__)
 
@@ -634,7 +634,7 @@ def serialize(payload: dict[str, Any]) -> bytes:
 
 def save_export(path: Path, payload: dict[str, Any]) -> int:
     """Write the export atomically; returns its size in bytes."""
-    from harness.rundir import atomic_write
+    from harness.store.rundir import atomic_write
 
     data = serialize(payload)
     atomic_write(Path(path), lambda handle: handle.write(data))
@@ -646,7 +646,7 @@ REQUIRED_KEYS = ("format", "version", "layers", "num_registers", "output", "kind
 
 def read_export(path: Path) -> dict[str, Any]:
     """The payload of an export file. UserError (one line, naming the file) if missing, damaged or foreign."""
-    from harness.checkpoint import is_complete
+    from harness.store.checkpoint import is_complete
 
     path = Path(path)
     if not path.is_file():
@@ -752,8 +752,8 @@ def random_masked_model(
 def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, Any]]:
     """(eval-mode model with the final weights, masks, facts about the run) of a completed run."""
     from harness import config as configuration
-    from harness.checkpoint import latest_checkpoint, load_checkpoint
     from harness.models import build_model
+    from harness.store.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     config_path = rundir.config_path(run_dir)
@@ -814,7 +814,7 @@ def masked_reference(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
 def fold_batchnorm(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     """A copy of an eval-mode model with each BatchNorm folded into the layer before it (for a fair dense
     baseline: the export folds them too)."""
-    from harness.batchnorm import batchnorm_after
+    from harness.models.batchnorm import batchnorm_after
 
     folded = copy.deepcopy(model).eval()
     followers = batchnorm_after(folded, input_shape)

@@ -1,5 +1,5 @@
-"""Training: `build_session` builds a `Session` (harness.session) from the config, `fit` is the loop
-(`harness.lifecycle` runs a whole run directory around it).
+"""Training: `build_session` builds a `Session` (harness.engine.session) from the config, `fit` is the loop
+(`harness.engine.lifecycle` runs a whole run directory around it).
 
 The loop is deliberately one function: forward, backward, a finiteness guard, optimizer.step(), the LR
 schedule, the sparsity method right after the step, logging, and the end-of-epoch evaluation and
@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.batchnorm import RevivalGuard, batchnorm_after
 from harness.config import Config, OptimConfig, SparsityConfig
 from harness.data import build_datasets, build_loaders
-from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors
+from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors
+from harness.engine.flops import TrainingFlops, inference_flops, output_positions
+from harness.engine.session import Session
 from harness.errors import UserError
-from harness.flops import TrainingFlops, inference_flops, output_positions
 from harness.models import build_model
-from harness.session import Session
+from harness.models.batchnorm import RevivalGuard, batchnorm_after
 from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, build_method
 
 log = logging.getLogger(__name__)

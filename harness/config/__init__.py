@@ -258,7 +258,7 @@ class PlasticityConfig(Section):
     regeneration: bool = False
     continue_epochs: int | None = Field(None, ge=0)  # None = to the end of the base schedule
     # Measure every accuracy of the probe (acc_pre, acc_post, acc_continue) with BatchNorm statistics
-    # recomputed over the training set (harness/batchnorm.py, recomputed_statistics). Off: the paper's
+    # recomputed over the training set (harness/models/batchnorm.py, recomputed_statistics). Off: the paper's
     # measurement, with the running averages.
     recalibrate_bn: bool = False
     # acc_continue (the probe's and its control's) is the mean test accuracy over the last `average_last`

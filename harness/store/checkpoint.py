@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import rundir
 from harness.errors import UserError
+from harness.store import rundir
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import rundir
+from harness.store import rundir
 
 SHAPE_SUFFIX = ".shape"
 
@@ -23,7 +23,7 @@ step_of = rundir.snapshot_step
 
 
 def save_masks(path: Path, masks: Mapping[str, torch.Tensor]) -> Path:
-    """Write `masks` (name -> 0/1 tensor) to `path` atomically (see `harness.rundir.atomic_write`)."""
+    """Write `masks` (name -> 0/1 tensor) to `path` atomically (see `harness.store.rundir.atomic_write`)."""
     arrays: dict[str, np.ndarray] = {}
     for name, mask in masks.items():
         flat = mask.detach().reshape(-1).to("cpu", torch.bool).numpy()

@@ -47,9 +47,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from harness import rundir
 from harness.config import DataConfig
 from harness.errors import UserError
+from harness.store import rundir
 
 # torchvision is imported inside the CIFAR and ImageNet functions: `import torchvision` takes ~2.5 s (it
 # loads every model family and torch._dynamo), which every MNIST-1D run and probe of a sweep would pay.

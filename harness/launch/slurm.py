@@ -1,6 +1,6 @@
 """`harness sweep FILE --slurm`: a sweep's planned runs as SLURM job arrays, submitted with submitit.
 
-The grid is planned exactly as for the local runner (`harness.sweep.plan_jobs`: same run ids, dependencies
+The grid is planned exactly as for the local runner (`harness.launch.sweep.plan_jobs`: same run ids, dependencies
 first, shared base runs and controls once). The runs that are not complete are cut into dependency levels:
 level 0 holds the runs whose needs are all complete, level L the runs that need one of level L-1. Each
 level is one job array (several above SLURM's MaxArraySize), one task per run, and the arrays of level L
@@ -51,14 +51,14 @@ from typing import Any, Literal, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness import rundir
 from harness.errors import UserError
-from harness.launch import die_with_parent
-from harness.rundir import is_completed
-from harness.rundir import read_status_or_damaged as read_status
-from harness.supervisor import child_environment, judge
-from harness.sweep_file import Sweep, grid_points, load_sweep
-from harness.sweep_plan import Job, plan_jobs
+from harness.launch.supervisor import child_environment, judge
+from harness.launch.sweep_file import Sweep, grid_points, load_sweep
+from harness.launch.sweep_plan import Job, plan_jobs
+from harness.launch.torchrun import die_with_parent
+from harness.store import rundir
+from harness.store.rundir import is_completed
+from harness.store.rundir import read_status_or_damaged as read_status
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def wait_for_run(process: subprocess.Popen) -> int:
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a record atomically (`harness.rundir.atomic_write_text`): a reader sees the old one or the new one."""
+    """Write a record atomically (`harness.store.rundir.atomic_write_text`): a reader sees the old one or the new one."""
     rundir.atomic_write_text(path, json.dumps(dict(record), sort_keys=True) + "\n")
 
 

@@ -2,7 +2,7 @@
 
 The run-store layout is a public contract, described in the notes on the run store: `config.yaml`,
 `status`, `metrics.jsonl`, `summary.json`, `masks/step_NNNNNNNNN.npz` (and `checkpoints/`, written by
-`harness.checkpoint`). Only the main process writes; every other rank holds a `Tracker` that does nothing.
+`harness.store.checkpoint`). Only the main process writes; every other rank holds a `Tracker` that does nothing.
 
 The trainer's view:
 
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import yaml
 
-from harness import rundir, snapshots
 from harness.errors import UserError
+from harness.store import rundir, snapshots
 
 if TYPE_CHECKING:
     from harness.config import TrackingConfig
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 Status = Literal["running", "completed", "failed"]
 STATUSES: tuple[str, ...] = rundir.STATUSES
 
-# The names live in harness.rundir; these stay for callers that used them from here.
+# The names live in harness.store.rundir; these stay for callers that used them from here.
 CONFIG_FILE = rundir.CONFIG_FILE
 STATUS_FILE = rundir.STATUS_FILE
 METRICS_FILE = rundir.METRICS_FILE
@@ -114,7 +114,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class RunStore:
-    """The files of one run directory (layout and I/O in `harness.rundir`). Every whole-file write is atomic;
+    """The files of one run directory (layout and I/O in `harness.store.rundir`). Every whole-file write is atomic;
     metrics lines are appended whole."""
 
     def __init__(self, run_dir: Path) -> None:
@@ -285,7 +285,7 @@ class RunTracker(Tracker):
             finish_mirror_within(self.mirror, status, written, MIRROR_FINISH_TIMEOUT_S)
 
 
-# Below the process-group timeout (harness.distributed.DEFAULT_TIMEOUT_S, 120 s): under DDP the other ranks
+# Below the process-group timeout (harness.engine.distributed.DEFAULT_TIMEOUT_S, 120 s): under DDP the other ranks
 # wait at the final barrier while rank 0 finishes W&B, and a slow online upload must not time them out.
 MIRROR_FINISH_TIMEOUT_S = 60.0
 
@@ -452,7 +452,7 @@ class WandbMirror:
         try:
             import wandb
 
-            from harness.wandb_offline import RUN_FILE_KEY
+            from harness.store.wandb_offline import RUN_FILE_KEY
 
             # By reference to the run store's file ("immutable": W&B copies nothing into its global staging
             # folder), so an offline run's payloads travel with the run directory; the metadata names the

@@ -1,7 +1,7 @@
 """From a training command's parameters to the run configs it stands for.
 
 `harness run` and `harness plasticity` resolve their configs here; the sweep runner uses the same functions
-(through `harness.train_cli.plan_invocation`) to know which run directories a command line will produce,
+(through `harness.cli.training.plan_invocation`) to know which run directories a command line will produce,
 without running it.
 """
 
@@ -68,7 +68,7 @@ STAGES = ("base", "control", "probe")
 
 def plasticity_configs(params: dict[str, Any]) -> list[configuration.Config]:
     """[base, control, probe] (without the probe when the rate is 0), cut at `--stage`."""
-    from harness import plasticity  # imports torch: only for the command that needs it
+    from harness.studies import plasticity  # imports torch: only for the command that needs it
 
     flags = {name: params.get(name) for name in FLAG_FIELDS if name in params}
     flags["group"] = flags.get("group") or plasticity.GROUP

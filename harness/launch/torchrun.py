@@ -20,8 +20,8 @@ from typing import Any
 
 import typer
 
+from harness.engine.signals import stop_requested
 from harness.errors import UserError
-from harness.signals import stop_requested
 
 log = logging.getLogger("harness")
 

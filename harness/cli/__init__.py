@@ -1,7 +1,7 @@
 """The `harness` command: a thin table of sub-commands over the library (no logic lives here).
 
-The training commands (`run`, `plasticity`) live in `harness.train_cli`, process launching in
-`harness.launch`, options shared by every command in `harness.cli_common`. Every option has a dashed and an
+The training commands (`run`, `plasticity`) live in `harness.cli.training`, process launching in
+`harness.launch.torchrun`, options shared by every command in `harness.cli.common`. Every option has a dashed and an
 underscored spelling (`--init-sparsity` and `--init_sparsity`) because W&B sweep agents pass parameter
 names exactly as the sweep file writes them.
 
@@ -21,9 +21,9 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.cli_common import Verbose, option, setup_logging, user_errors
+from harness.cli.common import Verbose, option, setup_logging, user_errors
+from harness.cli.training import NprocPerNode, RunsDir, plasticity, run
 from harness.errors import UserError
-from harness.train_cli import NprocPerNode, RunsDir, plasticity, run
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):
@@ -136,7 +136,7 @@ def sweep(
 ) -> None:
     """Run every grid point of a sweep file locally or, with --slurm, as SLURM job arrays: dependencies first,
     completed runs skipped."""
-    from harness.sweep import run_sweep
+    from harness.launch.sweep import run_sweep
 
     setup_logging(verbose)
     # Every run of the sweep on N processes (a grid parameter `nproc-per-node` does the same per point).
@@ -153,7 +153,7 @@ def sweep(
     }
     with user_errors():
         if slurm or status or slurm_args or any(value is not None for value in slurm_flags.values()):
-            from harness.slurm import slurm_command
+            from harness.launch.slurm import slurm_command
 
             if only:
                 raise UserError(
@@ -184,10 +184,10 @@ def sweep(
 
 
 def forked_jobs(workers: int) -> Any:
-    """Jobs forked from this process once it has imported the training code (harness/prewarm.py: ~6 s
+    """Jobs forked from this process once it has imported the training code (harness/launch/prewarm.py: ~6 s
     less per run), or None where fork is not available (a fresh interpreter per job)."""
-    from harness import prewarm
-    from harness.supervisor import child_environment
+    from harness.launch import prewarm
+    from harness.launch.supervisor import child_environment
 
     if not prewarm.available():
         return None
@@ -296,7 +296,7 @@ def wandb_offline(
     ] = False,
 ) -> None:
     """Show what a run's W&B offline mirror holds and what `wandb sync` would upload (no server needed)."""
-    from harness import wandb_offline as offline
+    from harness.store import wandb_offline as offline
 
     setup_logging(False)
     with user_errors():
@@ -340,7 +340,7 @@ def bench(
 ) -> None:
     """Time a masked vs a dense training step and one mask update vs one step, side by side; with
     --inference, exported sparse models vs dense PyTorch (speed-up, file sizes, logit difference)."""
-    from harness.bench import format_rows, run_benchmarks
+    from harness.inference.bench import format_rows, run_benchmarks
 
     setup_logging(False)
     if inference:
@@ -387,9 +387,9 @@ def bench_inference(
 ) -> None:
     import json
 
-    from harness.bench import format_inference_markdown, inference_report, run_inference_benchmarks
+    from harness.inference.bench import format_inference_markdown, inference_report, run_inference_benchmarks
     from harness.names import ARCHS
-    from harness.rundir import atomic_write_text
+    from harness.store.rundir import atomic_write_text
 
     for arch in archs:
         if arch not in ARCHS:
@@ -447,7 +447,7 @@ def export_command(
 ) -> None:
     """Export a run (or a random ERK model) to a compressed CPU inference file; prints the per-layer choice
     and the file's path last."""
-    from harness import export as exporter
+    from harness.inference import export as exporter
 
     setup_logging(verbose)
     if show is not None:
@@ -505,8 +505,8 @@ TRAINING_COMMANDS = ("run", "plasticity")
 def main() -> None:
     if sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
         # First thing, before torch is imported: a stop during start-up must end in exit code 3 (resumable).
-        from harness.launch import die_with_torchrun
-        from harness.signals import defer_stop_signals
+        from harness.engine.signals import defer_stop_signals
+        from harness.launch.torchrun import die_with_torchrun
 
         defer_stop_signals()
         die_with_torchrun()

@@ -23,17 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import checkpoint as checkpoints
-from harness import rundir
-from harness.batchnorm import recomputed_statistics
 from harness.config import Config, PlasticityConfig, deep_merge, validate
-from harness.distributed import DistInfo, all_reduce_sum
+from harness.engine.distributed import DistInfo, all_reduce_sum
+from harness.engine.lifecycle import RunResult, last_epoch, log_mask_update, run_id_and_dir, run_training
+from harness.engine.loop import evaluate
+from harness.engine.session import Best, ProbeRecord, Session
 from harness.errors import UserError
-from harness.lifecycle import RunResult, last_epoch, log_mask_update, run_id_and_dir, run_training
-from harness.session import Best, ProbeRecord, Session
+from harness.models.batchnorm import recomputed_statistics
 from harness.sparse import prune_fraction, regrow
-from harness.tracking import Tracker
-from harness.train import evaluate
+from harness.store import checkpoint as checkpoints
+from harness.store import rundir
+from harness.store.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

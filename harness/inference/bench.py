@@ -349,7 +349,7 @@ def run_inference_benchmarks(
     """
     import tempfile
 
-    from harness.export import intra_op_threads
+    from harness.inference.export import intra_op_threads
 
     for field, value, minimum in (
         ("repetitions", repetitions, 1),
@@ -390,7 +390,7 @@ def _benchmark_network(
     seed: int,
     scratch: Path,
 ) -> list[InferenceRow]:
-    from harness.export import (
+    from harness.inference.export import (
         export_model,
         fold_batchnorm,
         interleaved_medians,

@@ -23,12 +23,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.launch import die_with_parent
-from harness.rundir import is_completed
-from harness.rundir import read_status_or_damaged as read_status
-from harness.sweep_plan import Job
+from harness.launch.sweep_plan import Job
+from harness.launch.torchrun import die_with_parent
+from harness.store.rundir import is_completed
+from harness.store.rundir import read_status_or_damaged as read_status
 
-log = logging.getLogger("harness.sweep")
+log = logging.getLogger("harness.launch.sweep")
 
 POLL_SECONDS = 0.2
 

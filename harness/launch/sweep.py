@@ -3,7 +3,7 @@
 A sweep file is the one a W&B server takes (`wandb sweep FILE`, then `wandb agent` on any machine):
 `program`, `command`, `method: grid` and `parameters` with `values`/`value`. Locally, every grid point's
 command line is built exactly as the W&B agent would build it, the part after the `harness` program is
-handed to `harness.train_cli.plan_invocation` to learn which run directories it stands for, and those runs
+handed to `harness.cli.training.plan_invocation` to learn which run directories it stands for, and those runs
 are executed as separate `python -m harness.cli ...` processes:
 
 - run directories shared by many grid points (one plasticity base run serves every probe) run once;
@@ -17,8 +17,8 @@ Each job's output goes to `<runs_dir>/.sweeps/<sweep>/<run_id>.log` (appended ac
 attempt opening with a `=== start` line). Children die with the runner (SIGTERM on Linux, so they
 checkpoint first), which keeps a re-run after `kill -9` from racing with leftovers.
 
-One job per module: `harness.sweep_file` (the file's schema and grid), `harness.sweep_agent` (the agent's
-command line), `harness.sweep_plan` (jobs in dependency order), `harness.supervisor` (child processes);
+One job per module: `harness.launch.sweep_file` (the file's schema and grid), `harness.launch.sweep_agent` (the agent's
+command line), `harness.launch.sweep_plan` (jobs in dependency order), `harness.launch.supervisor` (child processes);
 this module holds the entry point and its reports.
 """
 
@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.errors import UserError
-from harness.rundir import is_completed
-from harness.supervisor import (
+from harness.launch.supervisor import (
     ALREADY,
     BLOCKED,
     COMPLETED,
@@ -50,8 +49,9 @@ from harness.supervisor import (
     execute,
     subprocess_launcher,
 )
-from harness.sweep_file import Sweep, grid_points, load_sweep, restrict
-from harness.sweep_plan import Job, plan_jobs, warn_damaged
+from harness.launch.sweep_file import Sweep, grid_points, load_sweep, restrict
+from harness.launch.sweep_plan import Job, plan_jobs, warn_damaged
+from harness.store.rundir import is_completed
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
         status                 STATUS_FILE       running | completed | failed (written last)
         metrics.jsonl          METRICS_FILE      one JSON object per line
         summary.json           SUMMARY_FILE      the final numbers
-        masks/step_N.npz       MASKS_DIR         bit-packed mask snapshots (harness.snapshots)
-        checkpoints/last.pt    CHECKPOINT_DIR    and prev.pt, epoch_NNNN.pt (harness.checkpoint)
+        masks/step_N.npz       MASKS_DIR         bit-packed mask snapshots (harness.store.snapshots)
+        checkpoints/last.pt    CHECKPOINT_DIR    and prev.pt, epoch_NNNN.pt (harness.store.checkpoint)
     <runs_dir>/<group>/.<run_id>.lock            the run lock (beside the directory, never deleted)
 
 Writes: every whole file is written to a temporary file beside it (`.<name>.<pid>.tmp`), fsynced, renamed

@@ -1,6 +1,6 @@
 """Multi-process training: the torchrun environment as a DistInfo, process-group life cycle, and collectives.
 
-`harness run ... --nproc-per-node N` re-executes itself under torchrun (`harness.launch`); each child
+`harness run ... --nproc-per-node N` re-executes itself under torchrun (`harness.launch.torchrun`); each child
 reads its place once with `dist_info_from_env`, calls `init_distributed`, trains, and ends with
 `teardown`. Backend: nccl on GPUs, gloo on CPU. Every helper is a no-op for a single process, so the
 trainer calls them unconditionally.

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-log = logging.getLogger("harness.train")
+log = logging.getLogger("harness.engine.loop")
 
 
 class Console:

@@ -1,9 +1,9 @@
 """One run directory, start to finish: lock, resume, signals, tracking, checkpoints, mask checks, summary.
 
 `run_training` runs (or resumes, or skips when completed) the run directory a config addresses, around the
-loop of `harness.train`: it takes the run's lock, resumes from the latest checkpoint, opens the tracker, turns
+loop of `harness.engine.loop`: it takes the run's lock, resumes from the latest checkpoint, opens the tracker, turns
 SIGTERM into a checkpoint and exit, checks the masks agree across ranks, and writes the summary. `RunHooks`
-connects the loop's hook points to all of that. The run directory's layout itself is `harness.rundir`'s.
+connects the loop's hook points to all of that. The run directory's layout itself is `harness.store.rundir`'s.
 """
 
 from __future__ import annotations
@@ -23,21 +23,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness import checkpoint as checkpoints
 from harness import config as configuration
-from harness import rundir, train
 from harness.config import Config
-from harness.console import Console, summary_line
-from harness.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
+from harness.engine import loop as train
+from harness.engine.console import Console, summary_line
+from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
+from harness.engine.loop import Hooks, Interrupted, fit, score_before_training
+from harness.engine.session import Session
+from harness.engine.signals import stop_requested
 from harness.errors import UserError
-from harness.session import Session
-from harness.signals import stop_requested
 from harness.sparse import MaskSet, MaskUpdate
-from harness.tracking import Tracker, open_tracker
-from harness.train import Hooks, Interrupted, fit, score_before_training
+from harness.store import checkpoint as checkpoints
+from harness.store import rundir
+from harness.store.tracking import Tracker, open_tracker
 
 # The trainer's logger: its lines ("... done | test acc ...") are part of every run's output.
-log = logging.getLogger("harness.train")
+log = logging.getLogger("harness.engine.loop")
 
 
 @dataclass
@@ -53,7 +54,7 @@ class StopFlag:
     def __init__(self, dist: DistInfo, every: int) -> None:
         self.dist = dist
         self.every = every
-        self.requested = stop_requested()  # a stop that arrived during start-up (harness.signals)
+        self.requested = stop_requested()  # a stop that arrived during start-up (harness.engine.signals)
         self.calls = 0
         self._previous: dict[int, Any] = {}
 

@@ -1,6 +1,6 @@
 """The session: everything live during a run (model, optimizer, schedule, masks, method, counters), and its
-checkpoint state. `harness.train.build_session` builds it from the config's sections; `harness.train.fit`
-trains it; `harness.lifecycle` saves and restores it with the run directory.
+checkpoint state. `harness.engine.loop.build_session` builds it from the config's sections; `harness.engine.loop.fit`
+trains it; `harness.engine.lifecycle` saves and restores it with the run directory.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness import checkpoint as checkpoints
-from harness.batchnorm import RevivalGuard
 from harness.config import Config
 from harness.data import Loaders
-from harness.distributed import DistInfo
-from harness.flops import InferenceFlops, TrainingFlops, inference_flops
+from harness.engine.distributed import DistInfo
+from harness.engine.flops import InferenceFlops, TrainingFlops, inference_flops
+from harness.models.batchnorm import RevivalGuard
 from harness.sparse import MaskSet, SparsityMethod
+from harness.store import checkpoint as checkpoints
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Best:
 
 @dataclass(frozen=True)
 class ProbeRecord:
-    """What a plasticity probe measured around its pruning (`harness.plasticity`): it goes into the probe's
+    """What a plasticity probe measured around its pruning (`harness.studies.plasticity`): it goes into the probe's
     `probe` line and summary, and travels in the session's checkpoints so that a resumed probe still has it."""
 
     probe_epoch: int
@@ -102,7 +102,7 @@ class Session:
     totals: Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     # The last epoch's `epoch` line without its kind (the summary's final numbers); None before the first.
     last_epoch: dict[str, Any] | None = None
-    probe: ProbeRecord | None = None  # a plasticity probe's measurements (harness.plasticity)
+    probe: ProbeRecord | None = None  # a plasticity probe's measurements (harness.studies.plasticity)
     input_shape: tuple[int, ...] = ()  # one sample's, for a method's data-free scoring pass
 
     @property

@@ -94,8 +94,8 @@ def forking_launcher(
     # Constructing the first torch.optim optimizer imports torch._dynamo (~2.4 s): import it here, once.
     import torch._dynamo  # noqa: F401
 
-    import harness.plasticity  # noqa: F401  (the training code, data, models and sparse core)
-    import harness.train_cli  # noqa: F401  (the run and plasticity commands)
+    import harness.cli.training  # noqa: F401  (the run and plasticity commands)
+    import harness.studies.plasticity  # noqa: F401  (the training code, data, models and sparse core)
 
     libc = ctypes.CDLL(None, use_errno=True)
 

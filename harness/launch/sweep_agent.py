@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.sweep_file import Sweep, render
+from harness.launch.sweep_file import Sweep, render
 
 # ---------------------------------------------------------------------------------------------------------
 # The command line `wandb agent` builds for one grid point

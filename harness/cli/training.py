@@ -18,11 +18,11 @@ from typing import Annotated, Any
 import typer
 
 from harness import config as configuration
-from harness.cli_common import Verbose, option, setup_logging, user_errors
+from harness.cli.common import Verbose, option, setup_logging, user_errors
 from harness.errors import UserError
-from harness.launch import launch_if_needed
+from harness.launch.planning import STAGES, plasticity_configs, run_config, world_size_of
+from harness.launch.torchrun import launch_if_needed
 from harness.names import ARCHS, DATASETS, METHODS, choices
-from harness.planning import STAGES, plasticity_configs, run_config, world_size_of
 
 log = logging.getLogger("harness")
 
@@ -233,9 +233,9 @@ def warn_if_data_missing(config: configuration.Config) -> None:
 
 
 def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
-    from harness.lifecycle import run_training
-    from harness.plasticity import run_probe
-    from harness.tracking import outside_sweep
+    from harness.engine.lifecycle import run_training
+    from harness.store.tracking import outside_sweep
+    from harness.studies.plasticity import run_probe
 
     path = None
     for index, config in enumerate(configs):
@@ -251,7 +251,7 @@ def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
 
 
 def train_or_skip(config: configuration.Config, dist: Any) -> Path:
-    from harness.lifecycle import run_training
+    from harness.engine.lifecycle import run_training
 
     result = run_training(config, dist)
     if result.skipped:
@@ -264,9 +264,9 @@ def execute(device: str, work: Any) -> None:
 
     Exit codes: 0 done, 2 user error, 3 stopped by a signal (resumable), 1 a failed run.
     """
-    from harness.distributed import MaskMismatchError, dist_info_from_env, init_distributed, teardown
-    from harness.rundir import StorageFullError
-    from harness.train import Interrupted, NonFiniteError
+    from harness.engine.distributed import MaskMismatchError, dist_info_from_env, init_distributed, teardown
+    from harness.engine.loop import Interrupted, NonFiniteError
+    from harness.store.rundir import StorageFullError
 
     dist = dist_info_from_env(device)
     init_distributed(dist)
@@ -275,7 +275,7 @@ def execute(device: str, work: Any) -> None:
     except Interrupted as stopped:
         log.warning("%s", stopped)
         # The traceback's frames still hold the model and its DDP wrapper, which must be gone before
-        # teardown (see harness.distributed.teardown).
+        # teardown (see harness.engine.distributed.teardown).
         traceback.clear_frames(stopped.__traceback__)
         teardown(dist)
         raise typer.Exit(3) from None

@@ -1,0 +1,1 @@
+"""Studies built on the engine: the pruning-plasticity study (planning and the probe)."""
