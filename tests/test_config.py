@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from harness import config as configuration
-from harness.config import Config, UserError, load_recipe, parse_assignments, resolve, run_id, validate
+from harness.config import Config, load_recipe, parse_assignments, resolve, run_id, validate
 from harness.engine.loop import epoch_step, lr_factor, sparsity_hyperparameters
+from harness.errors import UserError
 
 
 def test_every_table_1_row_has_a_recipe_with_the_papers_numbers():

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from harness.cli import training as train_cli
-from harness.config import _NOT_IDENTITY, SparsityConfig, resolve, run_id
+from harness.config import SparsityConfig, resolve, run_id
+from harness.config.identity import _NOT_IDENTITY
 from harness.engine.loop import epoch_step, sparsity_hyperparameters
 from harness.errors import UserError
 from harness.sparse import METHODS, Hyperparameters

@@ -1,0 +1,130 @@
+"""Resolving a config: defaults < the recipe for (dataset, arch) < overrides, validated once.
+
+Recipes are YAML files in `harness/recipes/` (`<dataset>-<arch>.yaml`, else `<dataset>.yaml`, with `extends`);
+overrides come from `--set section.key=value` and the CLI's named flags. Errors are one line naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from harness.config.sections import Config
+from harness.errors import UserError
+from harness.names import DATASETS
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("harness") / "recipes"))
+
+
+def available_recipes() -> list[str]:
+    return sorted(path.stem for path in recipe_dir().glob("*.yaml"))
+
+
+def load_recipe(dataset: str, arch: str) -> dict[str, Any]:
+    """The recipe for (dataset, arch): `<dataset>-<arch>.yaml` if it exists, else `<dataset>.yaml`."""
+    if dataset not in DATASETS:
+        raise UserError(f"data.dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    for stem in (f"{dataset}-{arch}", dataset):
+        path = recipe_dir() / f"{stem}.yaml"
+        if path.exists():
+            return _read_recipe(path)
+    raise UserError(f"no recipe for dataset {dataset!r}; available: {', '.join(available_recipes())}")
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise UserError(f"recipe {path.name}: circular 'extends'")
+    data = copy.deepcopy(_parse_yaml(path))
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return deep_merge(_read_recipe(path.with_name(f"{parent}.yaml"), (*seen, path)), data)
+
+
+@functools.cache
+def _parse_yaml(path: Path) -> dict[str, Any]:
+    """Recipes are package files that do not change while a process runs; planning a sweep reads them
+    once per grid point, so parse each only once (callers get deep copies)."""
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["optim.lr=0.05", "run.keep_checkpoints=[10, 20]"]` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.05")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise UserError(f"--set {item!r}: value is not valid YAML ({error.problem})") from None
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def resolve(
+    method: str,
+    *,
+    dataset: str = "cifar10",
+    arch: str = "resnet20",
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < recipe(dataset, arch) < overrides; validated once. Raises UserError naming the field."""
+    layered = deep_merge(load_recipe(dataset, arch), {"data": {"dataset": dataset}, "model": {"arch": arch}})
+    layered = deep_merge(layered, {"sparsity": {"method": method}})
+    layered = deep_merge(layered, overrides or {})
+    return validate(layered)
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """The first problem as one line: `sparsity.sparsity: Input should be less than 1 (got 1.5)`."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    if first["type"] == "extra_forbidden":
+        return f"{location}: unknown field"
+    if isinstance(given, dict) or first["type"].startswith("value_error"):
+        return f"{location}: {message}"
+    return f"{location}: {message} (got {given!r})"
+
+
+def load_config_file(path: Path | str) -> Config:
+    """A resolved config written by a run (`config.yaml`)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UserError(f"{path}: cannot read config ({error.strerror})") from None
+    return validate(data)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
