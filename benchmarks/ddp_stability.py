@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work in this directory (default: a temporary one)")
     args = parser.parse_args()
 
-    from harness.data import load_mnist1d
+    from harness.data.datasets import load_mnist1d
 
     with tempfile.TemporaryDirectory(prefix="ddp-stability-") as temporary:
         root = (args.keep or Path(temporary)).resolve()

@@ -32,7 +32,7 @@ def worker(rank: int, port: int, arch: str, width: float, repetitions: int) -> N
 
     from harness.engine.distributed import barrier, dist_info_from_env, init_distributed, teardown
     from harness.engine.lifecycle import check_masks
-    from harness.models import build_model
+    from harness.models.build import build_model
     from harness.sparse import MaskSet
 
     os.environ.update(
@@ -42,7 +42,7 @@ def worker(rank: int, port: int, arch: str, width: float, repetitions: int) -> N
     info = dist_info_from_env("cpu")
     init_distributed(info)
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=10, in_channels=1, spatial_dims=1, width=width)
+    model = build_model(arch, num_classes=10, input_shape=(1, 40), width=width)
     masks = MaskSet.for_model(model)
     for mask in masks.masks:
         mask.copy_(torch.rand(mask.shape) < 0.2)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from probe_rerun import nothing_to_do, probe_session, publish, store_arguments
 
-from harness.data import EvalLoader, InMemoryDataset, generate_mnist1d
+from harness.data.datasets import InMemoryDataset, generate_mnist1d
+from harness.data.loaders import EvalLoader
 from harness.engine.loop import Hooks, fit
 from harness.store import checkpoint as checkpoints
 from harness.store import rundir

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "mnist1d", "synthetic")  # harness.data's builders
-ARCHS = ("resnet20", "resnet32", "resnet56", "vgg19", "resnet50")  # harness.models.ARCHS
 METHODS = (  # harness.sparse.METHODS
     "dense",
     "static",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -47,7 +48,9 @@ def load_attribute(path: str, field: str) -> Any:
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise UserError(f"{field}: module {module_name!r} has no attribute {attribute!r} (plug-in {path!r})")
+            raise UserError(
+                f"{field}: module {module_name!r} has no attribute {attribute!r} (plug-in {path!r})"
+            )
         target = getattr(target, part)
     return target
 
@@ -100,3 +103,39 @@ class Registry:
 
     def is_builtin(self, name: str) -> bool:
         return name in self.builtins
+
+    def check_callable(self, name: str, keywords: tuple[str, ...]) -> str:
+        """`name`, if it stands for a callable that accepts these keyword arguments; else a ValueError whose
+        message (without the field, which config validation adds) names what is missing.
+
+        Built-ins are trusted without importing them (validation stays torch-free); a plug-in is imported
+        here, so a broken one is refused before anything is created.
+        """
+        try:
+            if name in self.builtins:
+                return name
+            target = self.load(name)
+        except UserError as error:
+            raise ValueError(str(error).removeprefix(f"{self.field}: ")) from None
+        if not callable(target):
+            raise ValueError(
+                f"plug-in {name!r} is {type(target).__name__}, not a callable {self.noun} builder"
+            )
+        try:
+            parameters = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature: let the call tell
+            return name
+        if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+            return name
+        accepted = {
+            parameter.name
+            for parameter in parameters
+            if parameter.kind is not inspect.Parameter.POSITIONAL_ONLY
+        }
+        missing = [keyword for keyword in keywords if keyword not in accepted]
+        if missing:
+            raise ValueError(
+                f"plug-in {name!r} does not accept {', '.join(missing)}; a {self.noun} builder is called as "
+                f"builder({', '.join(f'{keyword}=...' for keyword in keywords)})"
+            )
+        return name

@@ -90,7 +90,7 @@ class RunFiles:
 @pytest.fixture(scope="session")
 def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory with MNIST-1D generated once per session for every size in MNIST1D_SIZES."""
-    from harness.data import load_mnist1d
+    from harness.data.datasets import load_mnist1d
 
     data_dir = tmp_path_factory.mktemp("data")
     for size in MNIST1D_SIZES:

@@ -64,10 +64,10 @@ ARCH_SHAPES: dict[str, list[tuple[int, ...]]] = {"resnet20": _resnet20_shapes(),
 
 def build_cifar_model(arch: str, seed: int = 0) -> nn.Module:
     """The real CIFAR-10 network from `harness.models` (imported lazily: it is another engineer's module)."""
-    from harness.models import build_model
+    from harness.models.build import build_model
 
     torch.manual_seed(seed)
-    return build_model(arch, num_classes=10, in_channels=3, spatial_dims=2)
+    return build_model(arch, num_classes=10, input_shape=(3, 32, 32))
 
 
 class TinyNet(nn.Module):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.models import build_model
 from harness.models.batchnorm import RevivalGuard, alive_filters, batchnorm_after
+from harness.models.build import build_model
 from harness.sparse import MaskSet
 
 
 def test_every_convolution_of_the_papers_models_is_paired_with_the_batchnorm_that_follows_it():
-    model = build_model("resnet20", num_classes=10, in_channels=1, spatial_dims=1, width=0.25)
+    model = build_model("resnet20", num_classes=10, input_shape=(1, 40), width=0.25)
     followers = batchnorm_after(model, (1, 40))
     modules = {module: name for name, module in model.named_modules()}
     pairs = {weight: modules[batchnorm] for weight, batchnorm in followers.items()}

@@ -51,12 +51,13 @@ def closed_port() -> int:
         ),
         (
             ["--arch", "resnet99"],
-            "model.arch: Input should be 'resnet20', 'resnet32', 'resnet56', 'vgg19' or "
-            "'resnet50' (got 'resnet99')",
+            "model.arch: unknown architecture 'resnet99' (did you mean 'resnet56'?); valid: resnet20, "
+            "resnet32, resnet56, vgg19, resnet50, or a plug-in as MODULE:NAME",
         ),  # fmt: skip
         (
             ["--dataset", "mnist2d"],
-            "data.dataset: unknown dataset 'mnist2d'; valid: cifar10, cifar100, imagenet, mnist1d, synthetic",
+            "data.dataset: unknown dataset 'mnist2d' (did you mean 'mnist1d'?); valid: cifar10, cifar100, imagenet, "
+            "mnist1d, synthetic, or a plug-in as MODULE:NAME",
         ),  # fmt: skip
         (["--set", "optim.lr"], "--set 'optim.lr': expected section.key=value, e.g. optim.lr=0.05"),
         (["--set", "lr=0.1"], "--set 'lr=0.1': expected section.key=value, e.g. optim.lr=0.05"),

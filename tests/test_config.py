@@ -103,9 +103,15 @@ def test_unknown_method_arch_and_dataset_list_the_valid_names():
         UserError, match=r"sparsity\.method: unknown method 'snap'; valid: dense, static, gmp"
     ):
         resolve("snap", dataset="mnist1d")
-    with pytest.raises(UserError, match=r"model\.arch: Input should be 'resnet20', 'resnet32'"):
+    with pytest.raises(
+        UserError,
+        match=r"model\.arch: unknown architecture 'resnet18' \(did you mean '\w+'\?\); valid: resnet20, resnet32",
+    ):
         resolve("dense", dataset="mnist1d", arch="resnet18")
-    with pytest.raises(UserError, match=r"data\.dataset: unknown dataset 'mnist'; valid: cifar10, cifar100"):
+    with pytest.raises(
+        UserError,
+        match=r"data\.dataset: unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); valid: cifar10, cifar100",
+    ):
         resolve("dense", dataset="mnist")
 
 

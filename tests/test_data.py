@@ -13,18 +13,18 @@ import torch
 import torchvision
 from fixtures_data import allow_unofficial_cifar, write_cifar, write_imagenet
 
-import harness.data as data_module
+import harness.data.datasets as data_module
 from harness.config import DataConfig
-from harness.data import (
+from harness.data.datasets import (
     CIFAR_STATS,
     DOWNLOAD_TIMEOUT_SECONDS,
     Datasets,
     InMemoryDataset,
     build_datasets,
-    build_loaders,
     generate_mnist1d,
     synthetic_labels,
 )
+from harness.data.loaders import build_loaders
 from harness.errors import UserError
 
 TRAIN_PER_BATCH = 20  # 5 batches: 100 CIFAR training images, 20 test images

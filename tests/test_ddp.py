@@ -174,7 +174,7 @@ class TwoProcessRun:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with the MNIST-1D cache every job reads (generated once)."""
-    from harness.data import load_mnist1d
+    from harness.data.datasets import load_mnist1d
 
     root = tmp_path_factory.mktemp("ddp")
     load_mnist1d(root / "data" / "mnist1d" / f"mnist1d-{SAMPLES}.npz", SAMPLES)

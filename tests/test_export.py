@@ -279,7 +279,7 @@ def test_bad_export_arguments_are_one_line_and_create_nothing(argv, message, har
 
 def test_export_of_a_trained_run_keeps_every_test_prediction(harness_cli):
     from harness import config as configuration
-    from harness.data import build_datasets
+    from harness.data.datasets import build_datasets
 
     trained = harness_cli.invoke("run", "gmp", *harness_cli.mnist1d(epochs=2), "--sparsity", "0.9")
     assert trained.exit_code == 0, trained.stderr

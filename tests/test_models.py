@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
-from harness.models import ARCHS, build_model
+from harness.models.build import build_model
+from harness.models.registry import MODELS, NARROWEST_CHANNELS
 
 ALL_ARCHS = ["resnet20", "resnet32", "resnet56", "vgg19", "resnet50"]
 # Large networks are checked at a small width: the layout is the same, the test stays fast.
@@ -52,7 +53,7 @@ def test_resnet20_2d_parameter_count_matches_hand_derivation() -> None:
     # Classifier 64*10 + 10 = 650. Total 272,474 (~0.27 M, as the paper says).
     expected = 464 + 14_016 + 14_528 + 37_120 + 57_728 + 147_968 + 650
     assert expected == 272_474
-    model = build_model("resnet20", num_classes=10, in_channels=3, spatial_dims=2)
+    model = build_model("resnet20", num_classes=10, input_shape=(3, 32, 32))
     assert parameter_count(model) == expected
     assert parameter_count(model) == cifar_resnet_count(3, kernel_area=9)
 
@@ -61,7 +62,8 @@ def test_resnet20_2d_parameter_count_matches_hand_derivation() -> None:
 @pytest.mark.parametrize("spatial_dims", [1, 2])
 def test_cifar_resnet_depths_and_dimensions(arch: str, blocks: int, spatial_dims: int) -> None:
     in_channels = 1 if spatial_dims == 1 else 3
-    model = build_model(arch, num_classes=10, in_channels=in_channels, spatial_dims=spatial_dims)
+    input_shape = (1, 40) if spatial_dims == 1 else (3, 32, 32)
+    model = build_model(arch, num_classes=10, input_shape=input_shape)
     kernel_area = 3**spatial_dims
     assert parameter_count(model) == cifar_resnet_count(blocks, kernel_area, in_channels)
     # 6n + 2 layers: stem, 6n convolutions in the blocks, classifier; plus two projection shortcuts.
@@ -77,12 +79,12 @@ def test_vgg19_and_resnet50_have_their_published_sizes() -> None:
         expected += channels * width * 9 + 2 * width
         channels = width
     expected += 512 * 10 + 10
-    vgg = build_model("vgg19", num_classes=10, in_channels=3, spatial_dims=2)
+    vgg = build_model("vgg19", num_classes=10, input_shape=(3, 32, 32))
     assert parameter_count(vgg) == expected == 20_035_018
     assert len(convs(vgg)) == 16
     # CIFAR ResNet-50 = torchvision's ResNet-50 (23,528,522 with 1000 classes, 25,557,032 with its 7x7
     # stem) with a 3x3 stem (3*64*9 instead of 3*64*49) and a 10-way classifier.
-    resnet = build_model("resnet50", num_classes=10, in_channels=3, spatial_dims=2)
+    resnet = build_model("resnet50", num_classes=10, input_shape=(3, 32, 32))
     torchvision_resnet50 = 25_557_032
     expected = torchvision_resnet50 - 3 * 64 * 49 + 3 * 64 * 9 - (2048 * 1000 + 1000) + (2048 * 10 + 10)
     assert parameter_count(resnet) == expected
@@ -92,9 +94,7 @@ def test_vgg19_and_resnet50_have_their_published_sizes() -> None:
 @pytest.mark.parametrize(("spatial_dims", "input_shape"), [(1, (1, 40)), (2, (3, 32, 32))])
 def test_forward_shapes(arch: str, spatial_dims: int, input_shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    model = build_model(
-        arch, num_classes=7, in_channels=input_shape[0], spatial_dims=spatial_dims, width=TEST_WIDTH[arch]
-    )
+    model = build_model(arch, num_classes=7, input_shape=input_shape, width=TEST_WIDTH[arch])
     model.train()
     output = model(torch.randn(3, *input_shape))
     assert output.shape == (3, 7)
@@ -107,7 +107,7 @@ def test_forward_shapes(arch: str, spatial_dims: int, input_shape: tuple[int, ..
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_first_conv_and_classifier_are_identifiable(arch: str) -> None:
-    model = build_model(arch, num_classes=10, in_channels=3, spatial_dims=2, width=TEST_WIDTH[arch])
+    model = build_model(arch, num_classes=10, input_shape=(3, 32, 32), width=TEST_WIDTH[arch])
     first = convs(model)[0]
     assert first.in_channels == 3 and first.kernel_size == (3, 3) and first.stride == (1, 1)
     classifier = getattr(model, "fc", None) or model.classifier
@@ -118,7 +118,7 @@ def test_first_conv_and_classifier_are_identifiable(arch: str) -> None:
 
 def test_initialisation() -> None:
     torch.manual_seed(0)
-    model = build_model("resnet56", num_classes=10, in_channels=3, spatial_dims=2)
+    model = build_model("resnet56", num_classes=10, input_shape=(3, 32, 32))
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             assert torch.equal(module.weight, torch.ones_like(module.weight))
@@ -134,7 +134,7 @@ def test_same_seed_builds_identical_weights() -> None:
     states = []
     for _ in range(2):
         torch.manual_seed(3)
-        states.append(build_model("resnet20", num_classes=10, in_channels=1, spatial_dims=1).state_dict())
+        states.append(build_model("resnet20", num_classes=10, input_shape=(1, 40)).state_dict())
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
@@ -142,7 +142,7 @@ def test_same_seed_builds_identical_weights() -> None:
     ("width", "stage_widths"), [(0.5, (8, 16, 32)), (2.0, (32, 64, 128)), (0.01, (1, 1, 1))]
 )
 def test_width_scales_every_channel_count(width: float, stage_widths: tuple[int, int, int]) -> None:
-    model = build_model("resnet20", num_classes=10, in_channels=1, spatial_dims=1, width=width)
+    model = build_model("resnet20", num_classes=10, input_shape=(1, 40), width=width)
     assert convs(model)[0].out_channels == stage_widths[0]
     assert [stage[-1].conv2.out_channels for stage in model.stages] == list(stage_widths)
     assert model.fc.in_features == stage_widths[-1]
@@ -150,16 +150,16 @@ def test_width_scales_every_channel_count(width: float, stage_widths: tuple[int,
 
 
 def test_width_scales_vgg_and_resnet50_classifier_inputs() -> None:
-    vgg = build_model("vgg19", num_classes=10, in_channels=1, spatial_dims=1, width=0.25)
+    vgg = build_model("vgg19", num_classes=10, input_shape=(1, 40), width=0.25)
     assert [conv.out_channels for conv in convs(vgg)][:3] == [16, 16, 32]
     assert vgg.classifier.in_features == 128
-    resnet = build_model("resnet50", num_classes=10, in_channels=1, spatial_dims=1, width=0.25)
+    resnet = build_model("resnet50", num_classes=10, input_shape=(1, 40), width=0.25)
     assert resnet.fc.in_features == 512  # 2048 * 0.25
     assert convs(resnet)[0].out_channels == 16
 
 
 def test_imagenet_resnet50_is_torchvision_reference() -> None:
-    model = build_model("resnet50", num_classes=1000, in_channels=3, spatial_dims=2, imagenet=True)
+    model = build_model("resnet50", num_classes=1000, input_shape=(3, 32, 32), imagenet=True)
     assert parameter_count(model) == 25_557_032
     first = convs(model)[0]
     assert first.kernel_size == (7, 7) and first.stride == (2, 2)
@@ -167,14 +167,25 @@ def test_imagenet_resnet50_is_torchvision_reference() -> None:
 
 
 def test_registry_and_errors() -> None:
-    assert list(ARCHS) == ALL_ARCHS
-    with pytest.raises(UserError, match=r"model\.arch: unknown architecture 'resnet18'; valid: resnet20, "):
-        build_model("resnet18", num_classes=10, in_channels=3, spatial_dims=2)
+    assert MODELS.names() == tuple(ALL_ARCHS)
+    with pytest.raises(
+        UserError,
+        match=r"model\.arch: unknown architecture 'resnet18' \(did you mean 'resnet56'\?\); valid: resnet20, ",
+    ):
+        build_model("resnet18", num_classes=10, input_shape=(3, 32, 32))
     with pytest.raises(UserError, match="spatial_dims"):
-        build_model("resnet20", num_classes=10, in_channels=3, spatial_dims=3)
+        build_model("resnet20", num_classes=10, input_shape=(3, 8, 8, 8))
     with pytest.raises(UserError, match="no ImageNet variant"):
-        build_model("vgg19", num_classes=10, in_channels=3, spatial_dims=2, imagenet=True)
+        build_model("vgg19", num_classes=10, input_shape=(3, 32, 32), imagenet=True)
     with pytest.raises(UserError, match="2-D RGB input at width 1.0"):
-        build_model("resnet50", num_classes=10, in_channels=1, spatial_dims=1, imagenet=True)
+        build_model("resnet50", num_classes=10, input_shape=(1, 40), imagenet=True)
     with pytest.raises(UserError, match="model.width"):
-        build_model("resnet20", num_classes=10, in_channels=3, spatial_dims=2, width=0)
+        build_model("resnet20", num_classes=10, input_shape=(3, 32, 32), width=0)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_narrowest_channels_match_the_built_networks(arch: str) -> None:
+    """The registry's width check knows each network's narrowest layer without building it: hold it to the truth."""
+    model = build_model(arch, num_classes=10, input_shape=(1, 40))
+    narrowest = min(module.out_channels for module in convs(model))
+    assert NARROWEST_CHANNELS[arch] == narrowest

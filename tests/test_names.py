@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from harness import config, data, models, names
+from harness import names
 from harness.sparse import METHODS
 from harness.sparse.methods import GradualMagnitude
-
-
-def test_dataset_names_are_the_data_builders() -> None:
-    assert list(names.DATASETS) == list(data._BUILDERS)
-
-
-def test_architecture_names_are_the_model_registry() -> None:
-    assert list(names.ARCHS) == list(models.ARCHS)
-    assert set(config.NARROWEST_LAYER) == set(names.ARCHS)
 
 
 def test_method_names_are_the_method_registry() -> None:

@@ -10,7 +10,7 @@ import torch
 from sparse_helpers import make_batches, one_thread, setup_method, tiny_model, train_step
 from torch import Tensor, nn
 
-from harness.models import build_model
+from harness.models.build import build_model
 from harness.sparse import Hyperparameters, MaskSet, ScoringInputs, build_method, scores
 from harness.sparse.methods import ACDC
 
@@ -210,7 +210,7 @@ def test_synflow_keeps_every_layer_of_vgg19_alive_at_98_percent_where_snip_colla
     active = {}
     for name in ("snip", "synflow"):
         torch.manual_seed(0)
-        model = build_model("vgg19", num_classes=10, in_channels=1, spatial_dims=1, width=0.125)
+        model = build_model("vgg19", num_classes=10, input_shape=(1, 40), width=0.125)
         masks = MaskSet.for_model(model)
         method = build_method(name, masks, None, Hyperparameters(total_steps=5, sparsity=0.98))
         method.prepare(ScoringInputs(model, lambda count, batch=batch: [batch] * count, shape))

@@ -19,10 +19,11 @@ from conftest import HarnessCli
 from test_cli import assert_user_error
 
 from harness import config as configuration
-from harness.config import MAX_SEED, NARROWEST_LAYER
+from harness.config import MAX_SEED
 from harness.engine import signals
 from harness.launch import torchrun as launch
-from harness.models import build_model
+from harness.models.build import build_model
+from harness.models.registry import NARROWEST_CHANNELS
 from harness.store.tracking import finish_mirror_within
 
 
@@ -88,8 +89,8 @@ def test_the_largest_seed_is_accepted_and_seeds_torch(harness_cli: HarnessCli) -
 
 
 def test_the_narrowest_layer_table_matches_the_models() -> None:
-    for arch, channels in NARROWEST_LAYER.items():
-        model = build_model(arch, num_classes=10, in_channels=1, spatial_dims=1, width=1 / channels)
+    for arch, channels in NARROWEST_CHANNELS.items():
+        model = build_model(arch, num_classes=10, input_shape=(1, 40), width=1 / channels)
         widths = [module.out_channels for module in model.modules() if isinstance(module, torch.nn.Conv1d)]
         assert min(widths) == 1, arch  # exactly the smallest width the config accepts keeps one channel
 
@@ -165,10 +166,10 @@ def test_a_damaged_mnist1d_cache_is_regenerated_with_a_warning(
     cache.parent.mkdir(parents=True)
     cache.write_bytes(damage)
     argv = without_option(harness_cli.mnist1d(epochs=1), "--data-dir")
-    with caplog.at_level(logging.WARNING, logger="harness.data"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.datasets"):
         result = harness_cli.invoke("run", "dense", *argv, "--data-dir", str(data_dir))
     assert result.exit_code == 0, result.stderr
-    (warning,) = [record.getMessage() for record in caplog.records if record.name == "harness.data"]
+    (warning,) = [record.getMessage() for record in caplog.records if record.name == "harness.data.datasets"]
     assert warning.startswith(f"damaged MNIST-1D cache {cache} (")
     assert warning.endswith("); regenerating it")
     good = harness_cli.data_dir / "mnist1d" / "mnist1d-400.npz"
@@ -182,11 +183,11 @@ def test_a_damaged_mnist1d_cache_is_regenerated_with_a_warning(
 def test_a_mnist1d_cache_of_another_size_is_regenerated(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from harness.data import load_mnist1d
+    from harness.data.datasets import load_mnist1d
 
     cache = tmp_path / "mnist1d-400.npz"
     np.savez(cache, x=np.zeros((3, 40)), y=np.zeros(3), x_test=np.zeros((1, 40)), y_test=np.zeros(1))
-    with caplog.at_level(logging.WARNING, logger="harness.data"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.datasets"):
         arrays = load_mnist1d(cache, 400)
     assert (len(arrays["x"]), len(arrays["x_test"])) == (320, 80)
     assert [record.getMessage() for record in caplog.records] == [

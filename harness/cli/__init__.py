@@ -388,12 +388,12 @@ def bench_inference(
     import json
 
     from harness.inference.bench import format_inference_markdown, inference_report, run_inference_benchmarks
-    from harness.names import ARCHS
+    from harness.models.registry import MODELS
     from harness.store.rundir import atomic_write_text
 
     for arch in archs:
-        if arch not in ARCHS:
-            raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+        if arch not in MODELS.builtins:
+            raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(MODELS.builtins)}")
     for path in (json_out, markdown_out):
         if path is not None and path.parent.exists() and not path.parent.is_dir():
             raise UserError(f"{path}: its parent is not a directory")
@@ -472,10 +472,10 @@ def export_command(
             arch_name, dataset_name, input_shape = facts["arch"], facts["dataset"], facts["input_shape"]
             source = {key: value for key, value in facts.items() if key != "input_shape"}
         else:
-            from harness.names import ARCHS
+            from harness.models.registry import MODELS
 
-            if arch not in ARCHS:
-                raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+            if arch not in MODELS.builtins:
+                raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(MODELS.builtins)}")
             model, masks, input_shape = exporter.random_masked_model(
                 arch, dataset, sparsity, seed=seed, width=width
             )

@@ -19,16 +19,20 @@ import typer
 
 from harness import config as configuration
 from harness.cli.common import Verbose, option, setup_logging, user_errors
+from harness.data.registry import DATASETS
 from harness.errors import UserError
 from harness.launch.planning import STAGES, plasticity_configs, run_config, world_size_of
 from harness.launch.torchrun import launch_if_needed
-from harness.names import ARCHS, DATASETS, METHODS, choices
+from harness.models.registry import MODELS
+from harness.names import METHODS, choices
 
 log = logging.getLogger("harness")
 
 # Options shared by every command that trains ------------------------------------------------------------
-Arch = Annotated[str, option("--arch", help=choices(ARCHS))]
-Dataset = Annotated[str, option("--dataset", help=choices(DATASETS))]
+Arch = Annotated[str, option("--arch", help=f"{choices(MODELS.builtins)} | MODULE:FUNCTION (a plug-in)")]
+Dataset = Annotated[
+    str, option("--dataset", help=f"{choices(DATASETS.builtins)} | MODULE:FUNCTION (a plug-in)")
+]
 # Paths as strings: typer would turn "" into Path("") == "." and hide an empty value from the config's check.
 DataDir = Annotated[str | None, option("--data-dir", help="where datasets live (default: data)")]
 Epochs = Annotated[
@@ -225,7 +229,7 @@ def plasticity(
 
 def warn_if_data_missing(config: configuration.Config) -> None:
     """A dry run creates nothing, but says (one line on stderr) when the real run would not find its data."""
-    from harness.data import missing_data
+    from harness.data.datasets import missing_data
 
     reason = missing_data(config.data)
     if reason is not None:

@@ -23,7 +23,6 @@ from harness.config.recipes import (
 )
 from harness.config.sections import (
     MAX_SEED,
-    NARROWEST_LAYER,
     Config,
     DataConfig,
     ModelConfig,
@@ -36,7 +35,6 @@ from harness.config.sparsity import SparsityConfig
 
 __all__ = [
     "MAX_SEED",
-    "NARROWEST_LAYER",
     "Config",
     "DataConfig",
     "ModelConfig",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from harness.config.sections import Config
@@ -55,10 +56,16 @@ def config_hash(config: Config, world_size: int = 1) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+def readable(name: str) -> str:
+    """A name as it can stand in a directory name: a plug-in's `pkg.nets:tiny` becomes `pkg.nets-tiny`
+    (built-in names are unchanged). The hash, not the stem, tells runs apart: it covers the full import path."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", name)
+
+
 def run_id(config: Config, world_size: int = 1) -> str:
     """Content address of a run: a readable stem and the start of `config_hash`."""
     digest = config_hash(config, world_size)[:10]
-    stem = f"{config.model.arch}-{config.data.dataset}-s{config.run.seed}"
+    stem = f"{readable(config.model.arch)}-{readable(config.data.dataset)}-s{config.run.seed}"
     probe = config.plasticity
     if probe is None:
         return f"{config.sparsity.method}-{stem}-{digest}"

@@ -16,8 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from harness.config.sections import Config
+from harness.data.registry import DATASETS
 from harness.errors import UserError
-from harness.names import DATASETS
 
 
 def recipe_dir() -> Path:
@@ -30,8 +30,9 @@ def available_recipes() -> list[str]:
 
 def load_recipe(dataset: str, arch: str) -> dict[str, Any]:
     """The recipe for (dataset, arch): `<dataset>-<arch>.yaml` if it exists, else `<dataset>.yaml`."""
-    if dataset not in DATASETS:
-        raise UserError(f"data.dataset: unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    DATASETS.target(dataset)  # an unknown name is a one-line error naming data.dataset
+    if not DATASETS.is_builtin(dataset):
+        return {}  # a plug-in dataset has no recipe: the section defaults, then flags and --set
     for stem in (f"{dataset}-{arch}", dataset):
         path = recipe_dir() / f"{stem}.yaml"
         if path.exists():

@@ -19,20 +19,17 @@ from pydantic import (
 
 from harness.config.base import Fraction, NonEmptyPath, Section
 from harness.config.sparsity import SparsityConfig
-from harness.names import ARCHS, DATASETS
+from harness.data.registry import DATASETS
+from harness.models.registry import MODELS, check_width
 
-# The registries' names (harness.names): the config accepts exactly what the registries hold.
-Dataset = Literal[DATASETS]  # type: ignore[valid-type]
-Arch = Literal[ARCHS]  # type: ignore[valid-type]
-# Channels of each architecture's narrowest layer at width 1 (harness/models; a test checks the table).
-NARROWEST_LAYER = {"resnet20": 16, "resnet32": 16, "resnet56": 16, "vgg19": 64, "resnet50": 64}
 # The trainer seeds torch with `seed * 1_000_003 + 7919 * (rank + 1)`, which must stay below 2**64; 2**32 - 1
 # keeps that true for any world size and is the range every common RNG accepts.
 MAX_SEED = 2**32 - 1
 
 
 class DataConfig(Section):
-    dataset: Dataset = "cifar10"
+    # A built-in dataset, an installed one (entry point `harness.datasets`) or a plug-in `MODULE:FUNCTION`.
+    dataset: str = "cifar10"
     data_dir: NonEmptyPath = Path("data")
     # Held out from the training set for every selection (best epoch); the test set is never used to select.
     val_size: int = Field(5000, ge=0)
@@ -42,23 +39,30 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0)
     download: bool = True
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, dataset: str) -> str:
+        # A dataset builder takes the data section positionally: only that it is callable can be checked here.
+        return DATASETS.check_callable(dataset, ())
+
 
 class ModelConfig(Section):
-    arch: Arch = "resnet20"
+    # A built-in architecture, an installed one (entry point `harness.models`) or a plug-in `MODULE:FUNCTION`.
+    arch: str = "resnet20"
     # Multiplies every layer's channel count; the CPU recipes use it to size models for MNIST-1D.
     width: float = Field(1.0, gt=0)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        return MODELS.check_callable(arch, ("num_classes", "input_shape", "width"))
 
     @field_validator("width")
     @classmethod
     def _every_layer_keeps_a_channel(cls, width: float, info: ValidationInfo) -> float:
-        arch = info.data.get("arch")
-        narrowest = NARROWEST_LAYER.get(arch, 1)
         # Layers are clamped to one channel, so a tiny width would silently build a network of 1-channel layers.
-        if width * narrowest < 1:
-            raise ValueError(
-                f"{width:g} leaves {arch}'s narrowest layer ({narrowest} channels at width 1) with less "
-                f"than one channel; use a width >= {1 / narrowest:g}"
-            )
+        if "arch" in info.data:
+            check_width(info.data["arch"], width)
         return width
 
 

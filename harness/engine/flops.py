@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.models import sample_forward
+from harness.models.build import sample_forward
 from harness.sparse.masks import SPARSE_MODULE_TYPES, MaskSet
 
 

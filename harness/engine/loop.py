@@ -19,13 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import Config, OptimConfig, SparsityConfig
-from harness.data import build_datasets, build_loaders
+from harness.data.datasets import build_datasets
+from harness.data.loaders import build_loaders
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors
 from harness.engine.flops import TrainingFlops, inference_flops, output_positions
 from harness.engine.session import Session
 from harness.errors import UserError
-from harness.models import build_model
 from harness.models.batchnorm import RevivalGuard, batchnorm_after
+from harness.models.build import build_model
 from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, build_method
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,7 @@ def build_session(config: Config, dist: DistInfo) -> Session:
     model = build_model(
         config.model.arch,
         num_classes=spec.num_classes,
-        in_channels=spec.in_channels,
-        spatial_dims=spec.spatial_dims,
+        input_shape=spec.input_shape,
         width=config.model.width,
         imagenet=config.data.dataset == "imagenet",
     ).to(device)

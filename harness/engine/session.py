@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import Config
-from harness.data import Loaders
+from harness.data.loaders import Loaders
 from harness.engine.distributed import DistInfo
 from harness.engine.flops import InferenceFlops, TrainingFlops, inference_flops
 from harness.models.batchnorm import RevivalGuard

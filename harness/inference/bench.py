@@ -200,10 +200,10 @@ def _step_seconds(
 
 
 def _model_and_optimizer(arch: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    from harness.models import build_model  # the models are the heavy part; import only when timing
+    from harness.models.build import build_model  # the models are the heavy part; import only when timing
 
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes=10, in_channels=3, spatial_dims=2)
+    model = build_model(arch, num_classes=10, input_shape=(3, 32, 32))
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     return model, optimizer

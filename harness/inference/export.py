@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.config import DataConfig
 from harness.errors import UserError
 from harness.inference.runtime import (
     BATCH_FIRST,
@@ -65,14 +66,19 @@ VERSION = 1
 EXPORT_NAME = "export.pt"
 DENSE_ABOVE = 0.5  # layers denser than this stay dense without timing
 LAYER_CHOICES = ("auto", "dense", "sparse")
-# Input shapes (without the batch) of the datasets; MNIST-1D sequences have the generator's default length.
-INPUT_SHAPES: dict[str, tuple[int, ...]] = {
-    "cifar10": (3, 32, 32),
-    "cifar100": (3, 32, 32),
-    "mnist1d": (1, 40),
-    "synthetic": (3, 16, 16),
-}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist1d": 10, "synthetic": 10}
+# ImageNet runs train torchvision's ResNet-50, whose layers the program builder does not translate.
+UNSUPPORTED_DATASETS = ("imagenet",)
+
+
+def _input_spec(data: DataConfig, where: str) -> tuple[int, tuple[int, ...]]:
+    """(classes, one sample's shape) of the dataset a model is exported for."""
+    from harness.data.datasets import input_spec
+
+    if data.dataset in UNSUPPORTED_DATASETS:
+        raise UserError(
+            f"{where}: {data.dataset!r}: export handles the CIFAR-style networks, not torchvision's ResNet-50"
+        )
+    return input_spec(data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -726,22 +732,14 @@ def random_masked_model(
     arch: str, dataset: str, sparsity: float, *, seed: int = 0, width: float = 1.0
 ) -> tuple[nn.Module, dict[str, Tensor], tuple[int, ...]]:
     """A randomly initialised model with a random ERK mask at `sparsity` applied, BatchNorm calibrated."""
-    from harness.models import build_model
+    from harness.models.build import build_model
     from harness.sparse import Hyperparameters, MaskSet, build_method
 
-    if dataset not in INPUT_SHAPES:
-        raise UserError(f"--dataset: {dataset!r} is not one of {', '.join(INPUT_SHAPES)}")
     if not 0.0 <= sparsity < 1.0:
         raise UserError(f"--sparsity: must be in [0, 1), got {sparsity}")
-    input_shape = INPUT_SHAPES[dataset]
+    num_classes, input_shape = _input_spec(DataConfig(dataset=dataset), "--dataset")
     torch.manual_seed(seed)
-    model = build_model(
-        arch,
-        num_classes=NUM_CLASSES[dataset],
-        in_channels=input_shape[0],
-        spatial_dims=len(input_shape) - 1,
-        width=width,
-    )
+    model = build_model(arch, num_classes=num_classes, input_shape=input_shape, width=width)
     masks = MaskSet.for_model(model)
     build_method("static", masks, None, Hyperparameters(total_steps=1, sparsity=sparsity, seed=seed))
     masks.apply()  # static's initialisation applies too; explicit because export relies on it
@@ -752,7 +750,7 @@ def random_masked_model(
 def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, Any]]:
     """(eval-mode model with the final weights, masks, facts about the run) of a completed run."""
     from harness import config as configuration
-    from harness.models import build_model
+    from harness.models.build import build_model
     from harness.store.checkpoint import latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
@@ -766,20 +764,13 @@ def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, An
             f"{run_dir}: run status is {status!r}; export needs a completed run's final checkpoint"
         )
     config = configuration.load_config_file(config_path)
-    dataset = config.data.dataset
-    if dataset not in INPUT_SHAPES:
-        raise UserError(f"{run_dir}: export handles datasets {', '.join(INPUT_SHAPES)}, not {dataset!r}")
+    num_classes, input_shape = _input_spec(config.data, str(run_dir))
     checkpoint_path = latest_checkpoint(run_dir)
     if checkpoint_path is None:
         raise UserError(f"{run_dir}: no complete checkpoint under checkpoints/")
     state = load_checkpoint(checkpoint_path)
-    input_shape = INPUT_SHAPES[dataset]
     model = build_model(
-        config.model.arch,
-        num_classes=NUM_CLASSES[dataset],
-        in_channels=input_shape[0],
-        spatial_dims=len(input_shape) - 1,
-        width=config.model.width,
+        config.model.arch, num_classes=num_classes, input_shape=input_shape, width=config.model.width
     )
     try:
         model.load_state_dict(state["model"])
@@ -793,7 +784,7 @@ def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, An
         "checkpoint": str(checkpoint_path),
         "epoch": int(state.get("epoch", -1)),
         "method": config.sparsity.method,
-        "dataset": dataset,
+        "dataset": config.data.dataset,
         "arch": config.model.arch,
         "width": config.model.width,
         "input_shape": input_shape,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from harness.models import sample_forward
+from harness.models.build import sample_forward
 from harness.sparse.masks import MaskSet
 
 

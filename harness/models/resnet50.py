@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from harness.errors import UserError
 from harness.models.layers import LayerKit, conv_bn, initialise, layer_kit, scaled, shortcut
 
 EXPANSION = 4
@@ -66,14 +67,19 @@ class CifarResNet50(nn.Module):
         return self.fc(features.flatten(1))
 
 
-def resnet50(*, num_classes: int, in_channels: int, spatial_dims: int, width: float = 1.0) -> CifarResNet50:
+def resnet50(*, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> CifarResNet50:
     return CifarResNet50(
-        num_classes=num_classes, in_channels=in_channels, spatial_dims=spatial_dims, width=width
+        num_classes=num_classes, in_channels=input_shape[0], spatial_dims=len(input_shape) - 1, width=width
     )
 
 
-def imagenet_resnet50(*, num_classes: int) -> nn.Module:
+def imagenet_resnet50(*, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> nn.Module:
     """torchvision's ResNet-50 (7x7 stem + max-pool), randomly initialised: the paper's ImageNet model."""
+    if len(input_shape) != 3 or input_shape[0] != 3 or width != 1.0:
+        raise UserError(
+            "model: the ImageNet ResNet-50 is torchvision's reference network: 2-D RGB input at width 1.0 only "
+            f"(got input shape {tuple(input_shape)}, width={width})"
+        )
     # Imported here: `import torchvision` costs ~2.5 s (it loads every model family and torch._dynamo),
     # paid by every run and probe process of a CPU sweep that never builds this model.
     import torchvision

@@ -66,12 +66,24 @@ class CifarResNet(nn.Module):
 
 
 def resnet_cifar(
-    arch: str, *, num_classes: int, in_channels: int, spatial_dims: int, width: float = 1.0
+    arch: str, *, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0
 ) -> CifarResNet:
     return CifarResNet(
         blocks_per_stage=BLOCKS_PER_STAGE[arch],
         num_classes=num_classes,
-        in_channels=in_channels,
-        spatial_dims=spatial_dims,
+        in_channels=input_shape[0],
+        spatial_dims=len(input_shape) - 1,
         width=width,
     )
+
+
+def resnet20(*, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> CifarResNet:
+    return resnet_cifar("resnet20", num_classes=num_classes, input_shape=input_shape, width=width)
+
+
+def resnet32(*, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> CifarResNet:
+    return resnet_cifar("resnet32", num_classes=num_classes, input_shape=input_shape, width=width)
+
+
+def resnet56(*, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> CifarResNet:
+    return resnet_cifar("resnet56", num_classes=num_classes, input_shape=input_shape, width=width)

@@ -47,7 +47,11 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def vgg19(*, num_classes: int, in_channels: int, spatial_dims: int, width: float = 1.0) -> VGG:
+def vgg19(*, num_classes: int, input_shape: tuple[int, ...], width: float = 1.0) -> VGG:
     return VGG(
-        VGG19_LAYOUT, num_classes=num_classes, in_channels=in_channels, spatial_dims=spatial_dims, width=width
+        VGG19_LAYOUT,
+        num_classes=num_classes,
+        in_channels=input_shape[0],
+        spatial_dims=len(input_shape) - 1,
+        width=width,
     )
