@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.engine.console import summary_line
 from harness.engine.session import Session
 from harness.sparse import MaskSet, MaskUpdate
 from harness.store.tracking import Tracker
@@ -18,8 +19,8 @@ from harness.store.tracking import Tracker
 
 class RunExtension:
     """Hook points of one run, in the order a fresh run meets them: `start`, then per epoch
-    `after_evaluation` and `checkpoint_state`, then `add_to_summary`; a resumed run meets `resume` instead
-    of `start`."""
+    `after_evaluation` and `checkpoint_state`, then `add_to_summary` and `summary_line`; a resumed run meets
+    `resume` instead of `start`."""
 
     def start(self, session: Session, tracker: Tracker) -> None:
         """Before the first step of a fresh run (never on a resume): put the session in the state the run
@@ -41,6 +42,10 @@ class RunExtension:
 
     def add_to_summary(self, session: Session, summary: dict[str, Any]) -> None:
         """At the end of the run, before the summary is written: add to it or change it in place."""
+
+    def summary_line(self, summary: dict[str, Any]) -> str:
+        """The one line that ends the run's log, from its written summary."""
+        return summary_line(summary)
 
 
 def log_mask_update(tracker: Tracker, masks: MaskSet, update: MaskUpdate, *, epoch: float) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor
 from harness import config as configuration
 from harness.config import Config
 from harness.engine import loop as train
-from harness.engine.console import Console, summary_line
+from harness.engine.console import Console
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
 from harness.engine.extension import RunExtension, log_mask_update
 from harness.engine.loop import Hooks, Interrupted, fit, score_before_training
@@ -303,7 +303,7 @@ def run_training(config: Config, dist: DistInfo, *, extension: RunExtension | No
                 console.close()
         tracker.finish("completed", summary)
         if dist.is_main:
-            log.info("%s", summary_line(summary))
+            log.info("%s", extension.summary_line(summary))
     # Rank 0 has written the summary and status: no rank may read this run's files (e.g. a run that starts
     # from this one's results) before that.
     barrier(dist)

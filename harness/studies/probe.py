@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from harness.config import Config, PlasticityConfig, run_directory
+from harness.engine.console import summary_line, wall_clock
 from harness.engine.distributed import DistInfo, all_reduce_sum
 from harness.engine.extension import RunExtension, log_mask_update
 from harness.engine.lifecycle import RunResult, last_epoch, run_training
@@ -133,6 +134,9 @@ class ProbeExtension(RunExtension):
     def add_to_summary(self, session: Session, summary: dict[str, Any]) -> None:
         add_outcome(session, self.measured(), summary)
 
+    def summary_line(self, summary: dict[str, Any]) -> str:
+        return probe_summary_line(summary)
+
     def measured(self) -> ProbeRecord:
         assert self.record is not None, "a probe holds its record from its start or resume on"
         return self.record
@@ -171,6 +175,26 @@ def add_outcome(session: Session, record: ProbeRecord, summary: dict[str, Any]) 
     summary["plasticity"] = summary["acc_continue"] - summary["acc_pre"]
     if summary["pruning_rate"] == 0:
         summary["acc_control"] = summary["acc_continue"]
+
+
+def probe_summary_line(summary: dict[str, Any]) -> str:
+    """A probe's closing line: what it pruned (and regrew) and how it recovered. A control (nothing pruned)
+    ends as any run does."""
+    rate = summary["pruning_rate"]
+    if rate == 0:
+        return summary_line(summary)
+    what = f"pruned {rate:.0%} of the remaining weights ({summary['criterion']})"
+    if summary["regeneration"]:
+        what += ", regrew as many by gradient"
+    parts = [
+        what,
+        f"acc_pre {summary['acc_pre']:.4f}",
+        f"acc_post {summary['acc_post']:.4f}",
+        f"acc_continue {summary['acc_continue']:.4f}",
+        f"plasticity {summary['plasticity']:+.4f}",
+    ]
+    name = summary["run_id"]
+    return f"{name}: " + " | ".join(parts) + f" | density {summary['density']:.4f} | {wall_clock(summary)}"
 
 
 def prune_and_measure(
