@@ -51,7 +51,7 @@ class RunExtension:
 def log_mask_update(tracker: Tracker, masks: MaskSet, update: MaskUpdate, *, epoch: float) -> None:
     """A mask-update event in the run store: its `mask_update` line and the snapshot of the masks it left.
 
-    Every mask change goes through here: the step-0 masks, the method's updates, a client's own (a
-    plasticity probe's pruning)."""
+    Every mask change goes through here: the step-0 masks, the method's updates, and those a client makes
+    itself (a study that prunes)."""
     tracker.log({"kind": "mask_update", "step": update.step, "epoch": epoch, **update.record()})
     tracker.log_masks(update.step, masks.as_dict())
