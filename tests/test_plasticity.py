@@ -553,3 +553,21 @@ def test_average_last_leaves_earlier_probe_ids_alone() -> None:
     assert run_id(default[2]) == "probe-resnet20-mnist1d-s0-e2-p0.5-global-7efe191a6f"  # as before the field
     assert run_id(averaged[0]) == run_id(default[0])
     assert run_id(averaged[1]) != run_id(default[1]) and run_id(averaged[2]) != run_id(default[2])
+
+
+def test_a_probe_refuses_to_resume_from_a_checkpoint_without_its_record() -> None:
+    from harness.config import resolve
+
+    study = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8)
+    settings = plasticity.plan(resolve("dense", dataset="mnist1d"), study)[2].plasticity
+    assert settings is not None
+    extension = study_probe.ProbeExtension(Path("epoch_0002.pt"), settings, None)
+    with pytest.raises(ValueError, match=r"^the checkpoint has no 'probe' entry: it is not a probe's$"):
+        extension.resume({"last_epoch": {"test/acc": 0.5}})
+    record = {
+        "probe_epoch": 2, "pruning_rate": 0.5, "criterion": "global", "regeneration": False,
+        "continue_epochs": 8, "pretrained_sparsity": 0.0, "acc_pre": 0.5, "acc_post": 0.25, "base_run": "b/x",
+        "recalibrate_bn": False,
+    }  # fmt: skip
+    extension.resume({"last_epoch": {}, "probe": record})
+    assert extension.checkpoint_state() == {"probe": record}  # what it resumed from, unchanged

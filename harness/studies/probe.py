@@ -110,21 +110,21 @@ def run_probe(config: Config, dist: DistInfo) -> RunResult:
 class ProbeExtension(RunExtension):
     """The study's hooks into a probe's run; `record` is what it measured, from `start` (or `resume`) on."""
 
-    def __init__(self, checkpoint: Path, probe: PlasticityConfig, control: Control | None) -> None:
+    def __init__(self, checkpoint: Path, settings: PlasticityConfig, control: Control | None) -> None:
         self.checkpoint = checkpoint
-        self.probe = probe
+        self.settings = settings
         self.control = control
         self.record: ProbeRecord | None = None
 
     def start(self, session: Session, tracker: Tracker) -> None:
-        self.record = prune_and_measure(session, tracker, self.checkpoint, self.probe, self.control)
+        self.record = prune_and_measure(session, tracker, self.checkpoint, self.settings, self.control)
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {} if self.record is None else {CHECKPOINT_ENTRY: self.record.as_dict()}
 
     def resume(self, extra: dict[str, Any]) -> None:
         if CHECKPOINT_ENTRY not in extra:
-            # A probe checkpoints only after its start has measured: a record-less checkpoint is another run's.
+            # A probe's first checkpoint follows its start, which made the record: without one, not a probe's.
             raise ValueError(f"the checkpoint has no {CHECKPOINT_ENTRY!r} entry: it is not a probe's")
         self.record = ProbeRecord(**extra[CHECKPOINT_ENTRY])
 
