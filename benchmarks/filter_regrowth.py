@@ -35,7 +35,7 @@ from harness.engine.loop import Hooks, Interrupted, fit
 from harness.engine.session import Session
 from harness.store import rundir
 from harness.store.tracking import Tracker
-from harness.studies.plasticity import measure, prune_and_measure
+from harness.studies.probe import measure, prune_and_measure
 
 ZERO, SCALED = "zero (as the paper)", "scaled N(0, s²) (diagnostic)"
 
@@ -93,7 +93,8 @@ def retrain(run_dir: Path, runs_dir: Path, data_dir: str, init: str) -> dict:
     """The probe's continuation again; acc_continue measured as the probe measured it."""
     session, probe, checkpoint = probe_session(run_dir, runs_dir, data_dir)
     assert probe.regeneration, run_dir
-    prune_and_measure(session, Tracker(), checkpoint, probe, None)  # the do-nothing Tracker: no run dir
+    # The do-nothing Tracker: no run directory here.
+    record = prune_and_measure(session, Tracker(), checkpoint, probe, None)
     revived = revived_filters(session)
     if init == SCALED:
         scale_revived(session, revived, session.config.run.seed)
@@ -112,14 +113,13 @@ def retrain(run_dir: Path, runs_dir: Path, data_dir: str, init: str) -> dict:
         if session.epoch > end - probe.average_last:
             measured.append(measure(session, probe.recalibrate_bn)[0])
     magnitudes["at the end"] = mean_magnitudes(session, revived)
-    assert session.probe is not None
     return {
         "summary": rundir.read_summary(run_dir),
         "init": init,
         "revived": sum(int(chosen.sum()) for chosen in revived if chosen is not None),
         "magnitudes": magnitudes,
         "acc_continue": float(np.mean(measured)),
-        "plasticity": float(np.mean(measured)) - session.probe.acc_pre,
+        "plasticity": float(np.mean(measured)) - record.acc_pre,
     }
 
 

@@ -39,7 +39,7 @@ from harness.engine.loop import Hooks, fit
 from harness.store import checkpoint as checkpoints
 from harness.store import rundir
 from harness.store.tracking import Tracker
-from harness.studies.plasticity import measure, prune_and_measure
+from harness.studies.probe import measure, prune_and_measure
 
 FRESH_TEST_SEED = 1234  # the mnist1d generator's default dataset seed is 42
 LAST = 3  # epochs averaged in the "last 3" variants
@@ -63,7 +63,7 @@ def trajectory(run_dir: Path, runs_dir: Path, data_dir: str, test_samples: int) 
     session.loaders.test = fresh
     acc_pre_fresh = measure(session, True)[0]
     session.loaders.test = recipe_test
-    prune_and_measure(
+    record = prune_and_measure(
         session, Tracker(), checkpoint, probe, None
     )  # the do-nothing base: no run directory here
     epochs = []
@@ -77,7 +77,7 @@ def trajectory(run_dir: Path, runs_dir: Path, data_dir: str, test_samples: int) 
     summary = rundir.read_summary(run_dir)
     return {
         "summary": summary,
-        "acc_pre": (session.probe.acc_pre, acc_pre_fresh),
+        "acc_pre": (record.acc_pre, acc_pre_fresh),
         "epochs": epochs,
     }
 

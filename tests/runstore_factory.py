@@ -578,7 +578,7 @@ def _probes(spec: StoreSpec, arch: str, pretrained: float, seed: int, probe_epoc
 
 
 def _probe_config(base_config: dict[str, Any], job_type: str, plasticity: dict[str, Any]) -> dict[str, Any]:
-    """A probe's or control's config as harness.studies.plasticity builds it: the base's plus a plasticity section."""
+    """A probe's or control's config as harness.studies.plan builds it: the base's plus a plasticity section."""
     until = plasticity["probe_epoch"] + plasticity["continue_epochs"]
     overrides = {
         "tracking": {"job_type": job_type},
@@ -596,7 +596,7 @@ def _probe_run(
     k: int,
     control_id: str | None,
 ) -> tuple[str, Path]:
-    """A probe (or, with pruning rate 0, the control) with the summary and lines harness.studies.plasticity writes."""
+    """A probe (or, with pruning rate 0, the control) with the summary and lines harness.studies.probe writes."""
     epochs = base_config["optim"]["epochs"]
     until = min(probe.probe_epoch + k, epochs)
     section = {

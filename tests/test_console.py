@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console as RichConsole
 
 from harness.engine.console import Console, fit_line, summary_line
+from harness.studies.probe import probe_summary_line
 
 NAME = "granet-resnet20-mnist1d-s0-3f0c9a1b2e"
 EPOCH = {
@@ -67,12 +68,18 @@ def test_summary_line_of_a_probe_says_what_it_pruned_and_regrew():
         "acc_pre": 0.9, "acc_post": 0.31, "acc_continue": 0.88, "plasticity": -0.02, "density": 1.0,
         "wall_time_s": 4.2, "test_acc": 0.88,
     }  # fmt: skip
-    assert summary_line(summary) == (
+    assert probe_summary_line(summary) == (
         "probe-x: pruned 70% of the remaining weights (global), regrew as many by gradient | acc_pre 0.9000 | "
         "acc_post 0.3100 | acc_continue 0.8800 | plasticity -0.0200 | density 1.0000 | wall 4s"
     )
     without = summary | {"regeneration": False, "density": 0.3}
-    assert ", regrew" not in summary_line(without) and "density 0.3000" in summary_line(without)
+    assert ", regrew" not in probe_summary_line(without) and "density 0.3000" in probe_summary_line(without)
+    control = summary | {"pruning_rate": 0.0}
+    assert (
+        probe_summary_line(control)
+        == summary_line(control)
+        == "probe-x: done | test acc 0.8800 | density 1.0000 | wall 4s"
+    )
 
 
 def test_every_run_and_probe_ends_with_its_summary_line(harness_cli, caplog):
@@ -96,7 +103,10 @@ def test_every_run_and_probe_ends_with_its_summary_line(harness_cli, caplog):
         json.loads((Path(path) / "summary.json").read_text()) for path in _run_dirs(harness_cli.runs_dir)
     ]
     by_job = {summary["job_type"]: summary for summary in summaries}
-    assert endings == [summary_line(by_job[job]) for job in ("base", "control", "probe")]
+    assert endings == [
+        summary_line(by_job["base"]),
+        *(probe_summary_line(by_job[job]) for job in ("control", "probe")),
+    ]
     assert endings[0].startswith(f"{by_job['base']['run_id']}: done | test acc ")
     assert "pruned 50% of the remaining weights (global), regrew as many by gradient | acc_pre" in endings[2]
 

@@ -95,14 +95,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_sees_the_imports_it_should() -> None:
     graph = import_graph()
     assert "harness.cli.training" in graph["harness.cli"]
-    assert "harness.engine.lifecycle" in graph["harness.studies.plasticity"]
+    assert "harness.engine.lifecycle" in graph["harness.studies.probe"]
     assert (
         "harness.sparse.criteria" in graph["harness.sparse.methods"]
     )  # `from harness.sparse import criteria`
     assert "harness.sparse" not in graph["harness.sparse.methods"]
-    assert (
-        "harness.studies.plasticity" in graph["harness.launch.planning"]
-    )  # an import inside a function counts
+    assert "harness.studies.probe" in graph["harness.cli.training"]  # an import inside a function counts
 
 
 def test_the_cycle_finder_names_a_cycle() -> None:
@@ -159,3 +157,42 @@ def test_names_and_the_launcher_import_without_torch(module: str) -> None:
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment).returncode == 0
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    pending = [start]
+    while pending:
+        for neighbour in graph[pending.pop()] - seen:
+            seen.add(neighbour)
+            pending.append(neighbour)
+    return seen
+
+
+def test_the_engine_imports_no_study() -> None:
+    graph = import_graph()
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.startswith("harness.engine")
+        for target in targets
+        if target.startswith("harness.studies")
+    )
+    assert upward == []
+
+
+def test_study_planning_reaches_neither_the_engine_nor_torch() -> None:
+    """Planning a sweep or a dry run resolves the study's configs without the training code: the planner
+    reaches the study's plan, and the plan imports nothing of the engine or the probe, nor torch itself."""
+    graph = import_graph()
+    assert graph["harness.studies.plan"] == {"harness.config", "harness.errors"}
+    reached = reachable(graph, "harness.launch.planning")
+    assert "harness.studies.plan" in reached
+    assert sorted(m for m in reached if m.startswith(("harness.engine", "harness.studies.probe"))) == []
+    source = ast.parse(MODULES["harness.studies.plan"].read_text())
+    imported = {
+        alias.name for node in ast.walk(source) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {node.module for node in ast.walk(source) if isinstance(node, ast.ImportFrom) and node.module}
+    assert sorted(name for name in imported if name.split(".")[0] == "torch") == []

@@ -21,7 +21,8 @@ from conftest import HarnessCli, RunFiles
 
 from harness import data
 from harness.config import load_config_file
-from harness.studies import plasticity
+from harness.studies import plan as plasticity
+from harness.studies import probe as study_probe
 
 STEPS_PER_EPOCH = 9
 PROBE_EPOCH = 1
@@ -267,7 +268,7 @@ def recorded_batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, to
     """Every training batch drawn, tagged "regrowth" (the one-batch gradient for regrowth) or "train"."""
     batches: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []
     in_regrowth = [False]
-    iterate, regrowth_gradient = data.TrainLoader.iterate, plasticity.regrowth_gradient
+    iterate, regrowth_gradient = data.TrainLoader.iterate, study_probe.regrowth_gradient
 
     def recording(self: data.TrainLoader, epoch: int, start_batch: int = 0) -> Iterator[Any]:
         for inputs, targets in iterate(self, epoch, start_batch):
@@ -284,7 +285,7 @@ def recorded_batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, to
             in_regrowth[0] = False
 
     monkeypatch.setattr(data.TrainLoader, "iterate", recording)
-    monkeypatch.setattr(plasticity, "regrowth_gradient", flagged)
+    monkeypatch.setattr(study_probe, "regrowth_gradient", flagged)
     return batches
 
 
@@ -507,15 +508,15 @@ def test_a_probe_interrupted_between_averaged_epochs_resumes_to_the_same_summary
     options = (*AVERAGED, "--average-last", "2")
     reference = probe(harness_cli, runs_dir, 0.0, *options)
     shutil.rmtree(reference.path)
-    measure_continuation = plasticity.measure_continuation
+    after_evaluation = study_probe.ProbeExtension.after_evaluation
 
-    def stop_after_the_first(session) -> None:
-        measure_continuation(session)
-        if session.probe.acc_continue_epochs and session.config.plasticity.pruning_rate > 0:
+    def stop_after_the_first(extension: study_probe.ProbeExtension, session) -> None:
+        after_evaluation(extension, session)
+        if extension.measured().acc_continue_epochs and session.config.plasticity.pruning_rate > 0:
             os.kill(os.getpid(), signal.SIGTERM)
 
     with monkeypatch.context() as patch:
-        patch.setattr(plasticity, "measure_continuation", stop_after_the_first)
+        patch.setattr(study_probe.ProbeExtension, "after_evaluation", stop_after_the_first)
         stopped = harness_cli.invoke(*study_argv(harness_cli, runs_dir, 0.0, *options))
     assert stopped.exit_code == 3, stopped.stderr
     state = torch.load(reference.path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
@@ -552,3 +553,21 @@ def test_average_last_leaves_earlier_probe_ids_alone() -> None:
     assert run_id(default[2]) == "probe-resnet20-mnist1d-s0-e2-p0.5-global-7efe191a6f"  # as before the field
     assert run_id(averaged[0]) == run_id(default[0])
     assert run_id(averaged[1]) != run_id(default[1]) and run_id(averaged[2]) != run_id(default[2])
+
+
+def test_a_probe_refuses_to_resume_from_a_checkpoint_without_its_record() -> None:
+    from harness.config import resolve
+
+    study = plasticity.Study(probe_epoch=2, pruning_rate=0.5, continue_epochs=8)
+    settings = plasticity.plan(resolve("dense", dataset="mnist1d"), study)[2].plasticity
+    assert settings is not None
+    extension = study_probe.ProbeExtension(Path("epoch_0002.pt"), settings, None)
+    with pytest.raises(ValueError, match=r"^the checkpoint has no 'probe' entry: it is not a probe's$"):
+        extension.resume({"last_epoch": {"test/acc": 0.5}})
+    record = {
+        "probe_epoch": 2, "pruning_rate": 0.5, "criterion": "global", "regeneration": False,
+        "continue_epochs": 8, "pretrained_sparsity": 0.0, "acc_pre": 0.5, "acc_post": 0.25, "base_run": "b/x",
+        "recalibrate_bn": False,
+    }  # fmt: skip
+    extension.resume({"last_epoch": {}, "probe": record})
+    assert extension.checkpoint_state() == {"probe": record}  # what it resumed from, unchanged

@@ -239,7 +239,7 @@ def warn_if_data_missing(config: configuration.Config) -> None:
 def run_plasticity(configs: list[configuration.Config], dist: Any) -> Path:
     from harness.engine.lifecycle import run_training
     from harness.store.tracking import outside_sweep
-    from harness.studies.plasticity import run_probe
+    from harness.studies.probe import run_probe
 
     path = None
     for index, config in enumerate(configs):

@@ -104,25 +104,12 @@ def _cut(text: str, size: int) -> str:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """The one line at the end of a run (or a plasticity probe) that says how it went."""
+    """The one line at the end of a run that says how it went (a run's extension may say it its own way)."""
     name = summary.get("run_id", "run")
-    if "acc_pre" in summary and summary.get("pruning_rate", 0) > 0:
-        rate = summary["pruning_rate"]
-        what = f"pruned {rate:.0%} of the remaining weights ({summary.get('criterion', 'global')})"
-        if summary.get("regeneration"):
-            what += ", regrew as many by gradient"
-        parts = [
-            what,
-            f"acc_pre {summary['acc_pre']:.4f}",
-            f"acc_post {summary['acc_post']:.4f}",
-            f"acc_continue {summary['acc_continue']:.4f}",
-            f"plasticity {summary['plasticity']:+.4f}",
-        ]
-        return f"{name}: " + " | ".join(parts) + f" | density {summary['density']:.4f} | {_wall(summary)}"
     parts = [f"test acc {_number(summary.get('test_acc'))}"]
     if summary.get("test_acc_at_best_val") is not None:
         parts.append(f"at best val {_number(summary['test_acc_at_best_val'])}")
-    parts += [f"density {_number(summary.get('density'))}", _wall(summary)]
+    parts += [f"density {_number(summary.get('density'))}", wall_clock(summary)]
     return f"{name}: done | " + " | ".join(parts)
 
 
@@ -130,7 +117,8 @@ def _number(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _wall(summary: dict[str, Any]) -> str:
+def wall_clock(summary: dict[str, Any]) -> str:
+    """The summary's wall time as the closing lines show it."""
     seconds = summary.get("wall_time_s")
     if seconds is None:
         return "wall -"

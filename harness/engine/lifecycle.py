@@ -3,7 +3,8 @@
 `run_training` runs (or resumes, or skips when completed) the run directory a config addresses, around the
 loop of `harness.engine.loop`: it takes the run's lock, resumes from the latest checkpoint, opens the tracker, turns
 SIGTERM into a checkpoint and exit, checks the masks agree across ranks, and writes the summary. `RunHooks`
-connects the loop's hook points to all of that. The run directory's layout itself is `harness.store.rundir`'s.
+connects the loop's hook points to all of that, and a client's `harness.engine.extension.RunExtension` to
+the run's. The run directory's layout itself is `harness.store.rundir`'s.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from torch import Tensor
 from harness import config as configuration
 from harness.config import Config
 from harness.engine import loop as train
-from harness.engine.console import Console, summary_line
+from harness.engine.console import Console
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
+from harness.engine.extension import RunExtension, log_mask_update
 from harness.engine.loop import Hooks, Interrupted, fit, score_before_training
 from harness.engine.session import Session
 from harness.engine.signals import stop_requested
 from harness.errors import UserError
-from harness.sparse import MaskSet, MaskUpdate
+from harness.sparse import MaskUpdate
 from harness.store import checkpoint as checkpoints
 from harness.store import rundir
 from harness.store.tracking import Tracker, open_tracker
@@ -136,7 +138,7 @@ class RunHooks(Hooks):
         run_dir: Path,
         console: Console | None,
         started: float | None = None,
-        epoch_end: Callable[[Session], None] | None = None,
+        extension: RunExtension | None = None,
     ):
         self.session = session
         self.tracker = tracker
@@ -145,7 +147,7 @@ class RunHooks(Hooks):
         # time.perf_counter() when this process began the run: checkpoints count its wall time from here.
         self.started = time.perf_counter() if started is None else started
         self.stop: Callable[[], bool] = lambda: False
-        self.on_epoch_end = epoch_end
+        self.extension = RunExtension() if extension is None else extension
         # Every checkpoint says whose it is, so a resume can refuse another run's (see check_identity).
         self.identity = {
             "run_id": run_dir.name,
@@ -165,8 +167,7 @@ class RunHooks(Hooks):
         log_mask_update(self.tracker, session.masks, update, epoch=update.step / session.steps_per_epoch)
 
     def epoch_end(self, session: Session) -> None:
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(session)
+        self.extension.after_evaluation(session)
         self.checkpoint()
 
     def mask_check(self, session: Session) -> None:
@@ -184,6 +185,12 @@ class RunHooks(Hooks):
             # Every rank's sums, so a mid-epoch resume logs what an uninterrupted run does.
             totals=all_reduce_sum(session.dist, session.totals.clone()),
         )
+        extra = self.extension.checkpoint_state()
+        if taken := sorted(extra.keys() & state["extra"].keys()):
+            raise ValueError(
+                f"checkpoint_state: the engine's own checkpoint entries already use {', '.join(taken)}"
+            )
+        state["extra"].update(extra)
         state.update(self.identity)
         path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
         if session.dist.is_main:
@@ -194,15 +201,6 @@ class RunHooks(Hooks):
             ):
                 checkpoints.keep_copy(path, session.epoch)
         return path
-
-
-def log_mask_update(tracker: Tracker, masks: MaskSet, update: MaskUpdate, *, epoch: float) -> None:
-    """A mask-update event in the run store: its `mask_update` line and the snapshot of the masks it left.
-
-    Every mask change goes through here: the step-0 masks, the method's updates, a plasticity probe's
-    pruning."""
-    tracker.log({"kind": "mask_update", "step": update.step, "epoch": epoch, **update.record()})
-    tracker.log_masks(update.step, masks.as_dict())
 
 
 CHECKSUM_LOG_VARIABLE = "HARNESS_CHECKSUM_LOG"
@@ -240,20 +238,10 @@ def check_resume_point(session: Session) -> None:
     )
 
 
-def run_training(
-    config: Config,
-    dist: DistInfo,
-    *,
-    prepare: Callable[[Session, Tracker], None] | None = None,
-    epoch_end: Callable[[Session], None] | None = None,
-    finish: Callable[[Session, dict[str, Any]], None] | None = None,
-) -> RunResult:
-    """Run (or resume, or skip if completed) the run directory that `config` addresses.
-
-    `prepare` runs once on a fresh start, after the session is built and before training; `epoch_end` after
-    every epoch, before its checkpoint (what it records in the session survives a resume); `finish` may add
-    to the summary. The plasticity study uses them to load a base checkpoint, prune, measure, and report.
-    """
+def run_training(config: Config, dist: DistInfo, *, extension: RunExtension | None = None) -> RunResult:
+    """Run (or resume, or skip if completed) the run directory that `config` addresses, calling `extension`'s
+    hooks at their points of the run (a study's way in; without one, the run is a plain one)."""
+    extension = RunExtension() if extension is None else extension
     run_id, run_dir = run_id_and_dir(config, dist.world_size)
     done = completed_summary(run_dir, warn=False)
     if done is not None:
@@ -275,6 +263,7 @@ def run_training(
                 resume_path, state, run_id, configuration.config_hash(config, dist.world_size)
             )
             session.load_state_dict(state)
+            extension.resume(state.get("extra", {}))
             log.info("resuming %s from epoch %d, step %d", run_id, session.epoch, session.step)
         check_resume_point(session)
         tracker = open_tracker(
@@ -291,18 +280,17 @@ def run_training(
             if dist.is_main
             else None
         )
-        hooks = RunHooks(session, tracker, run_dir, console, started, epoch_end)
+        hooks = RunHooks(session, tracker, run_dir, console, started, extension)
         try:
             with StopFlag(dist, config.tracking.log_every) as stop:
                 hooks.stop = stop
                 if resume_path is None:
-                    start(session, tracker, hooks, prepare)
+                    start(session, tracker, hooks, extension)
                 if stop.agreed():  # asked to stop while starting up: checkpoint before the first step
                     raise Interrupted(f"stopped before training, at step {session.step}")
                 fit(session, hooks, until_epoch=last_epoch(config))
             summary = summarize(session, run_id, session.elapsed + time.perf_counter() - started)
-            if finish is not None:
-                finish(session, summary)
+            extension.add_to_summary(session, summary)
         except Interrupted:
             hooks.checkpoint()
             log.warning("interrupted at step %d; checkpoint written, the same command resumes", session.step)
@@ -315,9 +303,9 @@ def run_training(
                 console.close()
         tracker.finish("completed", summary)
         if dist.is_main:
-            log.info("%s", summary_line(summary))
-    # Rank 0 has written the summary and status: no rank may read this run's files (e.g. a plasticity
-    # probe reading its control's summary) before that.
+            log.info("%s", extension.summary_line(summary))
+    # Rank 0 has written the summary and status: no rank may read this run's files (e.g. a run that starts
+    # from this one's results) before that.
     barrier(dist)
     return RunResult(run_dir, summary)
 
@@ -381,15 +369,11 @@ def wait_for_lock(handle: Any, run_dir: Path, dist: DistInfo) -> None:
             time.sleep(LOCK_POLL_S)
 
 
-def start(
-    session: Session, tracker: Tracker, hooks: RunHooks, prepare: Callable[[Session, Tracker], None] | None
-) -> None:
-    """A fresh run: the initial masks as the step-0 event, the epoch-0 checkpoint if it is to be kept."""
+def start(session: Session, tracker: Tracker, hooks: RunHooks, extension: RunExtension) -> None:
+    """A fresh run: the extension's starting state and first mask event (by default the method's initial
+    masks as the step-0 event), then the checkpoint of the starting epoch if it is to be kept."""
     score_before_training(session)
-    if prepare is not None:
-        prepare(session, tracker)  # logs its own mask event
-    else:
-        log_mask_update(tracker, session.masks, session.method.initial_record(), epoch=0)
+    extension.start(session, tracker)
     check_masks(session, session.step)
     if session.epoch in session.config.run.keep_checkpoints:
         hooks.checkpoint()

@@ -5,7 +5,6 @@ trains it; `harness.engine.lifecycle` saves and restores it with the run directo
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,49 +33,6 @@ class Best:
             self.val_acc, self.epoch, self.test_acc = val_acc, epoch, test_acc
 
 
-@dataclass(frozen=True)
-class ProbeRecord:
-    """What a plasticity probe measured around its pruning (`harness.studies.plasticity`): it goes into the probe's
-    `probe` line and summary, and travels in the session's checkpoints so that a resumed probe still has it."""
-
-    probe_epoch: int
-    pruning_rate: float
-    criterion: str
-    regeneration: bool
-    continue_epochs: int
-    pretrained_sparsity: float
-    acc_pre: float
-    acc_post: float
-    base_run: str
-    acc_control: float | None = None  # a probe with a pruning rate above 0: its control's acc_continue
-    control_run: str | None = None
-    # Accuracies read with BatchNorm statistics recomputed (PlasticityConfig.recalibrate_bn).
-    recalibrate_bn: bool = False
-    # acc_continue averages the continuation's last `average_last` epochs (PlasticityConfig.average_last),
-    # whose accuracies collect here as they are measured; both only where average_last > 1.
-    average_last: int = 1
-    acc_continue_epochs: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        # A checkpoint's record comes back from torch.load with a list.
-        object.__setattr__(self, "acc_continue_epochs", tuple(self.acc_continue_epochs))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record's keys in the run store's order; the control's only where there is one, the averaged
-        epochs only where there are several."""
-        record = dataclasses.asdict(self)
-        if self.average_last == 1:
-            del record["average_last"], record["acc_continue_epochs"]
-        else:
-            record["acc_continue_epochs"] = list(self.acc_continue_epochs)
-        return {
-            key: value for key, value in record.items() if key not in OPTIONAL_PROBE_KEYS or value is not None
-        }
-
-
-OPTIONAL_PROBE_KEYS = ("acc_control", "control_run")
-
-
 @dataclass
 class Session:
     config: Config
@@ -102,7 +58,6 @@ class Session:
     totals: Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     # The last epoch's `epoch` line without its kind (the summary's final numbers); None before the first.
     last_epoch: dict[str, Any] | None = None
-    probe: ProbeRecord | None = None  # a plasticity probe's measurements (harness.studies.plasticity)
     input_shape: tuple[int, ...] = ()  # one sample's, for a method's data-free scoring pass
 
     @property
@@ -137,12 +92,11 @@ class Session:
         }
 
     def extra_state(self) -> dict[str, Any]:
-        """The checkpoint's `extra` entry: the last epoch's numbers and a probe's record, once they exist."""
+        """The checkpoint's `extra` entry: the last epoch's numbers, once they exist. A run's extension
+        (harness.engine.extension) adds its own entries beside them."""
         extra: dict[str, Any] = {}
         if self.last_epoch is not None:
             extra["last_epoch"] = self.last_epoch
-        if self.probe is not None:
-            extra["probe"] = self.probe.as_dict()
         return extra
 
     def load_state_dict(self, state: dict[str, Any], *, rng: bool = True) -> None:
@@ -161,7 +115,6 @@ class Session:
         self.totals = totals if self.dist.is_main else torch.zeros_like(totals)
         extra = state.get("extra", {})
         self.last_epoch = extra.get("last_epoch")
-        self.probe = ProbeRecord(**extra["probe"]) if "probe" in extra else None
         if rng:
             checkpoints.restore_rng_state(pick_rank_state(state["rng"], self.dist.rank))
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from harness import config as configuration
 from harness.errors import UserError
+from harness.studies import plan as plasticity
 
 # Named flags win over --set, which wins over the recipe.
 FLAG_FIELDS = {
@@ -68,8 +69,6 @@ STAGES = ("base", "control", "probe")
 
 def plasticity_configs(params: dict[str, Any]) -> list[configuration.Config]:
     """[base, control, probe] (without the probe when the rate is 0), cut at `--stage`."""
-    from harness.studies import plasticity  # imports torch: only for the command that needs it
-
     flags = {name: params.get(name) for name in FLAG_FIELDS if name in params}
     flags["group"] = flags.get("group") or plasticity.GROUP
     recipe = configuration.resolve(

@@ -95,7 +95,7 @@ def forking_launcher(
     import torch._dynamo  # noqa: F401
 
     import harness.cli.training  # noqa: F401  (the run and plasticity commands)
-    import harness.studies.plasticity  # noqa: F401  (the training code, data, models and sparse core)
+    import harness.studies.probe  # noqa: F401  (the training code, data, models and sparse core)
 
     libc = ctypes.CDLL(None, use_errno=True)
 

@@ -1,21 +1,16 @@
-"""The pruning-plasticity study (SPEC section 7): base runs, probes and their unpruned controls.
+"""Running a plasticity probe (or its control) as a client of the engine: `ProbeExtension` plugs the study
+into an ordinary run (`harness.engine.lifecycle.run_training`) through the engine's hooks.
 
-A probe is an ordinary run directory whose config carries a `plasticity` section. It starts from a
-checkpoint the base run kept at the probe epoch (weights, optimizer state, LR schedule position, masks,
-RNG), measures test accuracy (acc_pre), prunes a fraction of the remaining weights, optionally regrows
-as many per layer by gradient (zero-cost neuroregeneration), measures again (acc_post), and continues
-training on the base run's LR schedule for k epochs (acc_continue). The control continues the same
-checkpoint unpruned for the same k epochs (acc_control), so recovery can be told apart from extra training.
-
-    base (dense, or a fixed ERK mask at the pre-trained sparsity; keeps a checkpoint every `probe_every`)
-      -> control(t, k)                           one per probe epoch and continuation length
-      -> probe(t, p, criterion, regeneration, k) many
+The probe starts from the checkpoint its base run kept at the probe epoch, measures acc_pre, prunes,
+optionally regrows, measures acc_post, then continues training as any run does; `ProbeRecord` holds what
+it measured, writes the `probe` line, travels in the run's checkpoints (entry "probe" of their `extra`,
+where it always was) so that a probe resumed mid-continuation ends bit-identically, and goes into the
+summary with the outcome (acc_continue, plasticity). Planning the study is `harness.studies.plan`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,110 +18,73 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import Config, PlasticityConfig, deep_merge, validate
+from harness.config import Config, PlasticityConfig, run_directory
+from harness.engine.console import summary_line, wall_clock
 from harness.engine.distributed import DistInfo, all_reduce_sum
-from harness.engine.lifecycle import RunResult, last_epoch, log_mask_update, run_id_and_dir, run_training
+from harness.engine.extension import RunExtension, log_mask_update
+from harness.engine.lifecycle import RunResult, last_epoch, run_training
 from harness.engine.loop import evaluate
-from harness.engine.session import Best, ProbeRecord, Session
+from harness.engine.session import Best, Session
 from harness.errors import UserError
 from harness.models.batchnorm import recomputed_statistics
 from harness.sparse import prune_fraction, regrow
 from harness.store import checkpoint as checkpoints
 from harness.store import rundir
 from harness.store.tracking import Tracker
+from harness.studies.plan import control_of
 
-log = logging.getLogger(__name__)
-
-GROUP = "plasticity"
+CHECKPOINT_ENTRY = "probe"  # the record's name in a checkpoint's `extra`
 
 
 @dataclass(frozen=True)
-class Study:
-    """One point of the study grid, before it is turned into run configs."""
+class ProbeRecord:
+    """What a plasticity probe measured around its pruning: it goes into the probe's `probe` line and
+    summary, and travels in the run's checkpoints so that a resumed probe still has it."""
 
     probe_epoch: int
     pruning_rate: float
-    criterion: str = "global"
-    regeneration: bool = False
-    continue_epochs: int | None = None  # None = to the end of the base schedule
-    pretrained_sparsity: float = 0.0
-    probe_every: int | None = None  # None = the recipe's epochs / 16 (every 10 epochs of 160)
-    recalibrate_bn: bool = False  # measure with BatchNorm statistics recomputed (PlasticityConfig)
-    average_last: int = 1  # acc_continue = the mean over the continuation's last epochs (PlasticityConfig)
+    criterion: str
+    regeneration: bool
+    continue_epochs: int
+    pretrained_sparsity: float
+    acc_pre: float
+    acc_post: float
+    base_run: str
+    acc_control: float | None = None  # a probe with a pruning rate above 0: its control's acc_continue
+    control_run: str | None = None
+    # Accuracies read with BatchNorm statistics recomputed (PlasticityConfig.recalibrate_bn).
+    recalibrate_bn: bool = False
+    # acc_continue averages the continuation's last `average_last` epochs (PlasticityConfig.average_last),
+    # whose accuracies collect here as they are measured; both only where average_last > 1.
+    average_last: int = 1
+    acc_continue_epochs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A checkpoint's record comes back from torch.load with a list.
+        object.__setattr__(self, "acc_continue_epochs", tuple(self.acc_continue_epochs))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record's keys in the run store's order; the control's only where there is one, the averaged
+        epochs only where there are several."""
+        record = dataclasses.asdict(self)
+        if self.average_last == 1:
+            del record["average_last"], record["acc_continue_epochs"]
+        else:
+            record["acc_continue_epochs"] = list(self.acc_continue_epochs)
+        return {
+            key: value for key, value in record.items() if key not in OPTIONAL_PROBE_KEYS or value is not None
+        }
 
 
-def default_probe_every(epochs: int) -> int:
-    return max(1, round(epochs / 16))
+OPTIONAL_PROBE_KEYS = ("acc_control", "control_run")
 
 
-def probe_epochs(epochs: int, every: int) -> tuple[int, ...]:
-    return tuple(range(0, epochs + 1, every))
+@dataclass(frozen=True)
+class Control:
+    """A probe's completed control run: its accuracy after the same continuation unpruned, and where it is."""
 
-
-def base_config(recipe: Config, study: Study) -> Config:
-    """Dense, or a fixed ERK mask at the pre-trained sparsity, keeping every probe epoch's checkpoint."""
-    # Checked here, not by the config: a bad value would otherwise surface as another field's error
-    # (sparsity.sparsity), a garbled list of kept epochs, or, for probe_every 0, the default in silence.
-    if study.probe_every is not None and study.probe_every < 1:
-        raise UserError(f"probe_every: must be a positive number of epochs (got {study.probe_every})")
-    if not 0.0 <= study.pretrained_sparsity < 1.0:
-        raise UserError(f"pretrained_sparsity: must be in [0, 1) (got {study.pretrained_sparsity})")
-    epochs = recipe.optim.epochs
-    every = study.probe_every or default_probe_every(epochs)
-    kept = probe_epochs(epochs, every)
-    if study.probe_epoch not in kept:
-        raise UserError(
-            f"probe_epoch: {study.probe_epoch} is not a checkpoint of the base run, which keeps epochs "
-            f"{', '.join(map(str, kept))} (every {every}; change it with probe_every)"
-        )
-    method = "dense" if study.pretrained_sparsity == 0 else "static"
-    overrides: dict[str, Any] = {
-        "sparsity": {"method": method, "sparsity": study.pretrained_sparsity, "init_sparsity": 0.0},
-        "tracking": {"job_type": "base"},
-        "run": {"keep_checkpoints": list(kept), "stop_after_epochs": None},
-        "plasticity": None,
-    }
-    return validate(deep_merge(recipe.to_dict(), overrides))
-
-
-def probe_config(base: Config, study: Study, world_size: int = 1) -> Config:
-    epochs = base.optim.epochs
-    until = (
-        epochs if study.continue_epochs is None else min(study.probe_epoch + study.continue_epochs, epochs)
-    )
-    if study.average_last > until - study.probe_epoch:
-        raise UserError(
-            f"average_last: {study.average_last} epochs is more than the continuation from epoch "
-            f"{study.probe_epoch} has ({until - study.probe_epoch})"
-        )
-    base_id, _ = run_id_and_dir(base, world_size)
-    plasticity = {
-        "base_run": f"{base.tracking.group}/{base_id}",
-        "probe_epoch": study.probe_epoch,
-        "pruning_rate": study.pruning_rate,
-        "criterion": study.criterion,
-        "regeneration": study.regeneration,
-        "continue_epochs": until - study.probe_epoch,
-        "recalibrate_bn": study.recalibrate_bn,
-        "average_last": study.average_last,
-    }
-    overrides = {
-        "tracking": {"job_type": "probe"},
-        "run": {"keep_checkpoints": [], "stop_after_epochs": until},
-        "plasticity": plasticity,
-    }
-    return validate(deep_merge(base.to_dict(), overrides))
-
-
-def plan(recipe: Config, study: Study, world_size: int = 1) -> list[Config]:
-    """The runs one probe needs, in order: base, control, probe (a rate of 0 is the control itself)."""
-    base = base_config(recipe, study)
-    probe = probe_config(base, study, world_size)
-    return [base, control_of(probe), probe] if study.pruning_rate > 0 else [base, control_of(probe)]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Running a probe
+    acc_continue: float
+    run: str  # group/run-id
 
 
 def run_probe(config: Config, dist: DistInfo) -> RunResult:
@@ -141,53 +99,74 @@ def run_probe(config: Config, dist: DistInfo) -> RunResult:
         raise UserError(f"{checkpoint}: the base run has no checkpoint for probe epoch {probe.probe_epoch}")
     control: Control | None = None
     if probe.pruning_rate > 0:
-        _, control_dir = run_id_and_dir(control_of(config), dist.world_size)
+        control_dir = run_directory(control_of(config), dist.world_size)
         control_summary = rundir.read_summary(control_dir)
         if "acc_continue" not in control_summary:
             raise UserError(f"{control_dir}: the control run of this probe has not completed")
         control = Control(control_summary["acc_continue"], str(control_dir.relative_to(runs_dir)))
-
-    def prepare(session: Session, tracker: Tracker) -> None:
-        prune_and_measure(session, tracker, checkpoint, probe, control)
-
-    return run_training(config, dist, prepare=prepare, epoch_end=measure_continuation, finish=add_outcome)
+    return run_training(config, dist, extension=ProbeExtension(checkpoint, probe, control))
 
 
-@dataclass(frozen=True)
-class Control:
-    """A probe's completed control run: its accuracy after the same continuation unpruned, and where it is."""
+class ProbeExtension(RunExtension):
+    """The study's hooks into a probe's run; `record` is what it measured, from `start` (or `resume`) on."""
 
-    acc_continue: float
-    run: str  # group/run-id
+    def __init__(self, checkpoint: Path, settings: PlasticityConfig, control: Control | None) -> None:
+        self.checkpoint = checkpoint
+        self.settings = settings
+        self.control = control
+        self.record: ProbeRecord | None = None
+
+    def start(self, session: Session, tracker: Tracker) -> None:
+        self.record = prune_and_measure(session, tracker, self.checkpoint, self.settings, self.control)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {} if self.record is None else {CHECKPOINT_ENTRY: self.record.as_dict()}
+
+    def resume(self, extra: dict[str, Any]) -> None:
+        if CHECKPOINT_ENTRY not in extra:
+            # A probe's first checkpoint follows its start, which made the record: without one, not a probe's.
+            raise ValueError(f"the checkpoint has no {CHECKPOINT_ENTRY!r} entry: it is not a probe's")
+        self.record = ProbeRecord(**extra[CHECKPOINT_ENTRY])
+
+    def after_evaluation(self, session: Session) -> None:
+        self.record = measure_continuation(session, self.measured())
+
+    def add_to_summary(self, session: Session, summary: dict[str, Any]) -> None:
+        add_outcome(session, self.measured(), summary)
+
+    def summary_line(self, summary: dict[str, Any]) -> str:
+        return probe_summary_line(summary)
+
+    def measured(self) -> ProbeRecord:
+        assert self.record is not None, "a probe holds its record from its start or resume on"
+        return self.record
 
 
-def measure_continuation(session: Session) -> None:
+def measure_continuation(session: Session, record: ProbeRecord) -> ProbeRecord:
     """At the end of each of the continuation's last `average_last` epochs (before that epoch's checkpoint,
     so a resumed probe has them), its test accuracy, measured as acc_pre was. Nothing for average_last 1:
     the final accuracy is read by add_outcome, as it always was."""
-    probe = session.probe
-    assert probe is not None, "a probe's session holds its record from prune_and_measure on"
-    if probe.average_last == 1 or session.epoch <= last_epoch(session.config) - probe.average_last:
-        return
-    if probe.recalibrate_bn:
+    if record.average_last == 1 or session.epoch <= last_epoch(session.config) - record.average_last:
+        return record
+    if record.recalibrate_bn:
         accuracy = measure(session, True)[0]
     else:  # the epoch's own test accuracy, just measured by the loop with the running statistics
         assert session.last_epoch is not None
         accuracy = session.last_epoch["test/acc"]
-    session.probe = dataclasses.replace(probe, acc_continue_epochs=(*probe.acc_continue_epochs, accuracy))
+    return dataclasses.replace(record, acc_continue_epochs=(*record.acc_continue_epochs, accuracy))
 
 
-def add_outcome(session: Session, summary: dict[str, Any]) -> None:
+def add_outcome(session: Session, record: ProbeRecord, summary: dict[str, Any]) -> None:
     """acc_continue is the probe's final test accuracy, or the mean over its last `average_last` epochs;
     plasticity = acc_continue - acc_pre."""
-    probe = session.probe
-    assert probe is not None, "a probe's session holds its record from prune_and_measure on"
-    summary.update(probe.as_dict())
-    if probe.average_last > 1:
-        measured = probe.acc_continue_epochs
-        assert len(measured) == probe.average_last, f"{len(measured)} of {probe.average_last} epochs measured"
+    summary.update(record.as_dict())
+    if record.average_last > 1:
+        measured = record.acc_continue_epochs
+        assert len(measured) == record.average_last, (
+            f"{len(measured)} of {record.average_last} epochs measured"
+        )
         summary["acc_continue"] = sum(measured) / len(measured)
-    elif probe.recalibrate_bn:
+    elif record.recalibrate_bn:
         summary["acc_continue"] = measure(session, True)[0]
     else:
         summary["acc_continue"] = summary["test_acc"]
@@ -198,19 +177,30 @@ def add_outcome(session: Session, summary: dict[str, Any]) -> None:
         summary["acc_control"] = summary["acc_continue"]
 
 
-def control_of(config: Config) -> Config:
-    """The unpruned control of a probe: the same checkpoint and continuation, nothing pruned."""
-    overrides = {
-        "tracking": {"job_type": "control"},
-        "plasticity": {"pruning_rate": 0.0, "criterion": "global", "regeneration": False},
-    }
-    return validate(deep_merge(config.to_dict(), overrides))
+def probe_summary_line(summary: dict[str, Any]) -> str:
+    """A probe's closing line: what it pruned (and regrew) and how it recovered. A control (nothing pruned)
+    ends as any run does."""
+    rate = summary["pruning_rate"]
+    if rate == 0:
+        return summary_line(summary)
+    what = f"pruned {rate:.0%} of the remaining weights ({summary['criterion']})"
+    if summary["regeneration"]:
+        what += ", regrew as many by gradient"
+    parts = [
+        what,
+        f"acc_pre {summary['acc_pre']:.4f}",
+        f"acc_post {summary['acc_post']:.4f}",
+        f"acc_continue {summary['acc_continue']:.4f}",
+        f"plasticity {summary['plasticity']:+.4f}",
+    ]
+    name = summary["run_id"]
+    return f"{name}: " + " | ".join(parts) + f" | density {summary['density']:.4f} | {wall_clock(summary)}"
 
 
 def prune_and_measure(
     session: Session, tracker: Tracker, checkpoint: Path, probe: PlasticityConfig, control: Control | None
-) -> None:
-    """Load the base checkpoint, measure, prune, optionally regrow, measure; record it all in the session."""
+) -> ProbeRecord:
+    """Load the base checkpoint, measure, prune, optionally regrow, measure; log it and return the record."""
     state = checkpoints.load_checkpoint(checkpoint)
     session.load_state_dict(state)
     # The probe's own history starts here: its FLOPs and wall time count only what it trains itself.
@@ -254,7 +244,7 @@ def prune_and_measure(
         average_last=probe.average_last,
     )
     tracker.log({"kind": "probe", "step": session.step, "epoch": session.epoch, **record.as_dict()})
-    session.probe = record
+    return record
 
 
 def measure(session: Session, recalibrate: bool) -> tuple[float, float]:
