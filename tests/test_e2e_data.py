@@ -14,8 +14,9 @@ import torch
 from conftest import HarnessCli
 from fixtures_data import allow_unofficial_cifar, write_cifar, write_imagenet
 
-from harness import data
 from harness.config import DataConfig
+from harness.data import datasets as data_sets
+from harness.data import loaders
 
 # write_cifar: 5 batches of 20 = 100 training images, 20 test images; 20 are held out for validation.
 CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 80, 20, 20
@@ -28,16 +29,16 @@ def recorded_batches(
 ) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Every training batch the loop consumes: (epoch, subset positions, inputs, targets)."""
     batches: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    iterate = data.TrainLoader.iterate
+    iterate = loaders.TrainLoader.iterate
 
-    def recording(self: data.TrainLoader, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+    def recording(self: loaders.TrainLoader, epoch: int, start_batch: int = 0) -> Iterator[Any]:
         order = self.epoch_indices(epoch)[start_batch * self.batch_size :]
         for index, (inputs, targets) in enumerate(iterate(self, epoch, start_batch)):
             positions = order[index * self.batch_size : (index + 1) * self.batch_size]
             batches.append((epoch, positions, inputs.clone(), targets.clone()))
             yield inputs, targets
 
-    monkeypatch.setattr(data.TrainLoader, "iterate", recording)
+    monkeypatch.setattr(loaders.TrainLoader, "iterate", recording)
     return batches
 
 
@@ -85,7 +86,7 @@ def test_cifar10_runs_end_to_end(
     assert state["model"]["fc.weight" if arch == "resnet20" else "classifier.weight"].shape[0] == 10
 
     # The loop saw every training image once per epoch, as 32x32 RGB, and none of the validation split.
-    raw = data.build_datasets(
+    raw = data_sets.build_datasets(
         DataConfig(dataset="cifar10", data_dir=data_dir, val_size=CIFAR_VAL, augment=False, download=False)
     )
     assert len(recorded_batches) == 2 * steps_per_epoch
@@ -104,7 +105,7 @@ def test_cifar10_runs_end_to_end(
         assert not any(identical)
     else:
         assert all(identical)
-    held_out = set(data.fixed_split(CIFAR_TRAIN + CIFAR_VAL, CIFAR_VAL)[1].tolist())
+    held_out = set(data_sets.fixed_split(CIFAR_TRAIN + CIFAR_VAL, CIFAR_VAL)[1].tolist())
     assert set(raw.train.indices).isdisjoint(held_out)
 
 

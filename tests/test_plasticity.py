@@ -19,8 +19,8 @@ import torch
 import yaml
 from conftest import HarnessCli, RunFiles
 
-from harness import data
 from harness.config import load_config_file
+from harness.data import loaders
 from harness.studies import plan as plasticity
 from harness.studies import probe as study_probe
 
@@ -268,9 +268,9 @@ def recorded_batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, to
     """Every training batch drawn, tagged "regrowth" (the one-batch gradient for regrowth) or "train"."""
     batches: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []
     in_regrowth = [False]
-    iterate, regrowth_gradient = data.TrainLoader.iterate, study_probe.regrowth_gradient
+    iterate, regrowth_gradient = loaders.TrainLoader.iterate, study_probe.regrowth_gradient
 
-    def recording(self: data.TrainLoader, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+    def recording(self: loaders.TrainLoader, epoch: int, start_batch: int = 0) -> Iterator[Any]:
         for inputs, targets in iterate(self, epoch, start_batch):
             batches.append(
                 ("regrowth" if in_regrowth[0] else "train", epoch, inputs.clone(), targets.clone())
@@ -284,7 +284,7 @@ def recorded_batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, to
         finally:
             in_regrowth[0] = False
 
-    monkeypatch.setattr(data.TrainLoader, "iterate", recording)
+    monkeypatch.setattr(loaders.TrainLoader, "iterate", recording)
     monkeypatch.setattr(study_probe, "regrowth_gradient", flagged)
     return batches
 
