@@ -22,7 +22,8 @@ from harness.cli.common import Verbose, option, setup_logging, user_errors
 from harness.errors import UserError
 from harness.launch.planning import STAGES, plasticity_configs, run_config, world_size_of
 from harness.launch.torchrun import launch_if_needed
-from harness.names import ARCHS, DATASETS, METHODS, choices
+from harness.names import ARCHS, DATASETS, choices
+from harness.sparse.methods.registry import METHODS
 
 log = logging.getLogger("harness")
 

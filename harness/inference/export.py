@@ -727,7 +727,7 @@ def random_masked_model(
 ) -> tuple[nn.Module, dict[str, Tensor], tuple[int, ...]]:
     """A randomly initialised model with a random ERK mask at `sparsity` applied, BatchNorm calibrated."""
     from harness.models import build_model
-    from harness.sparse import Hyperparameters, MaskSet, build_method
+    from harness.sparse import MaskSet, build_method
 
     if dataset not in INPUT_SHAPES:
         raise UserError(f"--dataset: {dataset!r} is not one of {', '.join(INPUT_SHAPES)}")
@@ -743,7 +743,7 @@ def random_masked_model(
         width=width,
     )
     masks = MaskSet.for_model(model)
-    build_method("static", masks, None, Hyperparameters(total_steps=1, sparsity=sparsity, seed=seed))
+    build_method("static", masks, None, {"sparsity": sparsity}, total_steps=1, seed=seed)
     masks.apply()  # static's initialisation applies too; explicit because export relies on it
     calibrate_batchnorm(model, input_shape, seed=seed)
     return model, masks.state_dict(), input_shape
