@@ -1,5 +1,6 @@
 """The five new methods train through `harness run` on MNIST-1D, their scoring passes are counted in
-training FLOPs, and a method defined in a test (one class, one registry line) runs through the CLI."""
+training FLOPs, a method of one's own runs through the CLI as a plug-in (`MODULE:CLASS`) or with one
+registry line, with a setting of its own, and a plug-in that breaks the contract is refused in one line."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import HarnessCli
 from torch import Tensor
 
-from harness.sparse import METHODS
-from harness.sparse.methods import GradualMagnitude
+from harness.config import resolve, run_id
+from harness.sparse import MaskSet, SparsityMethod, build_method
+from harness.sparse.methods.gmp import GradualMagnitude
+from harness.sparse.methods.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "methods"
 
 # Sample-passes of each scoring pass: the first batch of 32 samples (GraSP: one plain and one double
 # backpropagation pass counted as two), SynFlow's 100 one-sample rounds.
@@ -67,13 +74,12 @@ class FirstPositions(GradualMagnitude):
         return scores
 
 
-def test_a_method_defined_in_a_test_runs_through_harness_run_unchanged(
-    harness_cli: HarnessCli, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(METHODS, FirstPositions.name, FirstPositions)  # its registry line
-    files = harness_cli.files(run(harness_cli, "first-positions"))
+def test_a_method_defined_in_a_test_runs_through_harness_run_as_a_plugin(harness_cli: HarnessCli) -> None:
+    run_dir = run(harness_cli, "test_methods_cli:FirstPositions")
+    files = harness_cli.files(run_dir)
+    assert run_dir.name.startswith("test_methods_cli-FirstPositions-resnet20-mnist1d-s0-")
     assert files.status.strip() == "completed"
-    assert files.summary["method"] == "first-positions"
+    assert files.summary["method"] == "test_methods_cli:FirstPositions"
     final = files.lines("mask_update")[-1]
     names = [key.split("/")[1] for key in final if key.startswith("layers/") and key.endswith("/density")]
     masks = files.snapshots()[final["step"]]
@@ -81,3 +87,105 @@ def test_a_method_defined_in_a_test_runs_through_harness_run_unchanged(
     keep = round(0.1 * flat.size)
     # Exactly the first `keep` positions of the network, in mask-set order.
     assert flat[:keep].all() and not flat[keep:].any()
+
+
+def test_the_example_method_trains_with_its_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from sensitive_gmp import SensitiveGMP
+
+    def train(sensitivity: float) -> list[Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        settings = {"sparsity": 0.75, "update_frequency": 2, "prune_end": 0.5, "sensitivity": sensitivity}
+        method = build_method(
+            "sensitive_gmp:SensitiveGMP", MaskSet.for_model(model), optimizer, settings, total_steps=8
+        )
+        assert isinstance(method, SensitiveGMP) and method.settings.sensitivity == sensitivity
+        inputs, labels = torch.randn(32, 8), torch.randint(0, 3, (32,))
+        for _ in range(8):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+            method.step()
+        assert sum(method.masks.active_counts()) == 44  # 25% of the 8 x 16 + 16 x 3 weights
+        return [mask.clone() for mask in method.masks.masks]
+
+    plain, sensitive = train(0.0), train(50.0)
+    assert any(not torch.equal(a, b) for a, b in zip(plain, sensitive, strict=True))
+
+
+def test_the_example_method_runs_as_a_plugin_and_with_one_registry_line(
+    harness_cli: HarnessCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    plugin = run(harness_cli, "sensitive_gmp:SensitiveGMP", "--set", "sparsity.sensitivity=0.5")
+    written = yaml.safe_load((plugin / "config.yaml").read_text())["sparsity"]
+    # A plug-in's section: the method, its settings in the order its Settings declares them, the mask set.
+    assert list(written) == [
+        "method", "sparsity", "distribution", "erk_power", "init_sparsity", "update_frequency", "prune_start",
+        "prune_end", "sensitivity", "dense_first_layer", "dense_classifier",
+    ]  # fmt: skip
+    assert written["method"] == "sensitive_gmp:SensitiveGMP" and written["sensitivity"] == 0.5
+    assert plugin.name.startswith("sensitive_gmp-SensitiveGMP-resnet20-mnist1d-s0-")
+    # Its setting is part of its identity.
+    options = {"sparsity": {"update_frequency": 3}}
+    ids = {
+        run_id(
+            resolve(
+                "sensitive_gmp:SensitiveGMP",
+                dataset="mnist1d",
+                overrides={"sparsity": {**options["sparsity"], "sensitivity": value}},
+            )
+        )
+        for value in (0.5, 1.0)
+    }
+    assert len(ids) == 2
+    # The registry line of docs/methods.md makes it a built-in name.
+    monkeypatch.setitem(REGISTRY.builtins, "sensitive-gmp", "sensitive_gmp:SensitiveGMP")
+    builtin = run(harness_cli, "sensitive-gmp", "--set", "sparsity.sensitivity=0.5")
+    assert builtin.name.startswith("sensitive-gmp-resnet20-mnist1d-s0-")
+    assert harness_cli.files(builtin).status.strip() == "completed"
+
+
+class NoDecision(SparsityMethod):
+    name = "no-decision"
+
+
+class NoName(GradualMagnitude):
+    def prune_scores(self) -> list[Tensor]:
+        return super().prune_scores()
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        (
+            "json:JSONDecoder",
+            "sparsity.method: plug-in 'json:JSONDecoder' is not a subclass of harness.sparse.SparsityMethod "
+            "(got type 'JSONDecoder')",
+        ),
+        (
+            "test_methods_cli:NoDecision",
+            "sparsity.method: plug-in 'test_methods_cli:NoDecision' overrides none of initial_density, "
+            "is_update_step, update, prepare, prune_scores, drop_scores, growth_scores: it would train dense",
+        ),
+        (
+            "test_methods_cli:NoName",
+            "sparsity.method: plug-in 'test_methods_cli:NoName' does not set its own `name` (a short string "
+            "for its records)",
+        ),
+        (
+            "no_such_module:Method",
+            "sparsity.method: cannot import module 'no_such_module' for plug-in 'no_such_module:Method' (is it "
+            "on PYTHONPATH or installed?)",
+        ),
+    ],
+)
+def test_a_plugin_that_breaks_the_contract_is_refused_in_one_line(
+    harness_cli: HarnessCli, method: str, message: str
+) -> None:
+    result = harness_cli.invoke("run", method, *harness_cli.mnist1d(epochs=1))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {message}\n"
+    assert not harness_cli.runs_dir.exists()

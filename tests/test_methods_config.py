@@ -54,9 +54,7 @@ def test_built_in_methods_agree_on_the_defaults_of_the_settings_they_share() -> 
             for name in methods_with_setting(setting)
         }
         assert len(defaults) == 1, setting
-    assert set(sparsity_section.legacy_values()) == {
-        field for name in METHODS for field in method_class(name).Settings.model_fields
-    }
+    assert set(sparsity_section.legacy_values()) == sparsity_section.builtin_settings()
 
 
 def test_each_method_has_the_settings_it_reads_and_parents_keep_theirs() -> None:

@@ -78,7 +78,7 @@ def legacy_values() -> dict[str, Any]:
 @functools.cache
 def builtin_settings() -> frozenset[str]:
     """Every setting some built-in method has."""
-    return frozenset(legacy_values())
+    return frozenset(field for name in METHODS for field in method_class(name).Settings.model_fields)
 
 
 @functools.cache
@@ -131,7 +131,9 @@ class SparsityConfig(Section):
     def _flat(self) -> dict[str, Any]:
         own = self.settings.model_dump(mode="json")
         if REGISTRY.is_builtin(self.method):
-            settings = {field: own.get(field, default) for field, default in legacy_values().items()}
+            # The old layout, then any setting of a built-in added since, which no old run can have had.
+            settings = {field: own.pop(field, default) for field, default in legacy_values().items()}
+            settings.update(own)
         else:
             settings = own
         masks = {"dense_first_layer": self.dense_first_layer, "dense_classifier": self.dense_classifier}
