@@ -4,6 +4,7 @@ registry line, with a setting of its own, and a plug-in that breaks the contract
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,17 @@ def test_a_plugin_that_breaks_the_contract_is_refused_in_one_line(
     assert result.exit_code == 2
     assert result.stderr == f"error: {message}\n"
     assert not harness_cli.runs_dir.exists()
+
+
+def test_the_diff_in_the_methods_guide_adds_the_example_as_a_built_in(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "methods.md").read_text()
+    diff = guide.split("```diff\n", 1)[1].split("```\n", 1)[0]
+    new_file = diff.split("+++ b/harness/sparse/methods/sensitive_gmp.py\n", 1)[1].split("--- a/", 1)[0]
+    added = [line[1:] for line in new_file.splitlines()[1:]]
+    assert added == (EXAMPLE / "sensitive_gmp.py").read_text().splitlines()
+    patch = tmp_path / "add-method.diff"
+    patch.write_text(diff)
+    check = subprocess.run(["git", "apply", "--check", str(patch)], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    additions = [line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert len(additions) == len(added) + 1  # the file, and one registry line
