@@ -204,3 +204,33 @@ def test_the_diff_in_the_methods_guide_adds_the_example_as_a_built_in(tmp_path: 
     assert check.returncode == 0, check.stderr
     additions = [line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
     assert len(additions) == len(added) + 1  # the file, and one registry line
+
+
+def install_entry_point(site: Path, name: str, target: str) -> None:
+    """An installed distribution declaring `name = target` under harness.methods (a dist-info on sys.path
+    is what importlib.metadata finds, as pip leaves it)."""
+    info = site / "mylab_methods-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab-methods\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[harness.methods]\n{name} = {target}\n")
+
+
+def test_an_installed_entry_point_names_a_method_and_its_target_is_in_the_run_id(
+    harness_cli: HarnessCli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    plain = resolve("sensitive_gmp:SensitiveGMP", dataset="mnist1d")
+    install_entry_point(tmp_path / "site", "sensitive", "sensitive_gmp:SensitiveGMP")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    named = resolve("sensitive", dataset="mnist1d")
+    assert named.sparsity.settings == plain.sparsity.settings
+    assert run_id(named).startswith("sensitive-resnet20-mnist1d-s0-")
+    assert named.sparsity.method == "sensitive" and "plugin" not in named.to_dict()["sparsity"]
+    run_dir = run(harness_cli, "sensitive", "--set", "sparsity.sensitivity=0.25")
+    assert run_dir.name.startswith("sensitive-resnet20-mnist1d-s0-")
+    assert harness_cli.files(run_dir).status.strip() == "completed"
+    # The same name standing for another class is another run.
+    other = tmp_path / "other"
+    install_entry_point(other, "sensitive", "test_methods_cli:FirstPositions")
+    monkeypatch.syspath_prepend(str(other))  # first on the path: its entry point is the one found
+    assert run_id(resolve("sensitive", dataset="mnist1d")) != run_id(named)

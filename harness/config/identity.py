@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.config.sections import Config, PlasticityConfig
 from harness.config.sparsity import legacy_values
+from harness.plugins import is_import_path
 from harness.sparse.methods.registry import REGISTRY
 
 # Fields that say where things go or how fast they load, not what is computed: excluded from the run id
@@ -64,6 +65,10 @@ def config_hash(config: Config, world_size: int = 1) -> str:
         for name, default in defaults.items():
             if identity[section][name] == default:
                 identity[section].pop(name)
+    method = config.sparsity.method
+    if not REGISTRY.is_builtin(method) and not is_import_path(method):
+        # A name an installed package registers: what it stands for is part of what the run computed.
+        identity["sparsity"]["plugin"] = REGISTRY.target(method)
     identity["world_size"] = world_size
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
