@@ -153,6 +153,11 @@ class NoDecision(SparsityMethod):
     name = "no-decision"
 
 
+class LooseSettings(GradualMagnitude):
+    name = "loose-settings"
+    Settings = dict  # type: ignore[assignment]
+
+
 class NoName(GradualMagnitude):
     def prune_scores(self) -> list[Tensor]:
         return super().prune_scores()
@@ -175,6 +180,11 @@ class NoName(GradualMagnitude):
             "test_methods_cli:NoName",
             "sparsity.method: plug-in 'test_methods_cli:NoName' does not set its own `name` (a short string "
             "for its records)",
+        ),
+        (
+            "test_methods_cli:LooseSettings",
+            "sparsity.method: plug-in 'test_methods_cli:LooseSettings': its Settings is not a subclass of "
+            "MethodSettings",
         ),
         (
             "no_such_module:Method",

@@ -146,6 +146,11 @@ def test_given_values_a_method_lacks_are_dropped_with_one_warning(caplog: pytest
         # A value the method drops must still be one some method could take.
         ("dense", {"sparsity": 1.5}, "sparsity.sparsity: Input should be less than 1 (got 1.5)"),
         (
+            "dense",
+            {"dense_classifier": "sometimes"},
+            "sparsity.dense_classifier: Input should be a valid boolean, unable to interpret input (got 'sometimes')",
+        ),
+        (
             "snip",
             {"scoring_batches": 0},
             "sparsity.scoring_batches: Input should be greater than or equal to 1 (got 0)",

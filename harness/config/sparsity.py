@@ -92,6 +92,13 @@ def _field_model(field: str) -> type[MethodSettings]:
     raise KeyError(field)  # builtin_settings() holds only fields some built-in has
 
 
+class _MaskSetCheck(Section):
+    """The mask-set options alone: checks the values a method that never masks drops."""
+
+    dense_first_layer: bool = False
+    dense_classifier: bool = False
+
+
 class SparsityConfig(Section):
     method: str = "dense"
     dense_first_layer: bool = False
@@ -116,6 +123,8 @@ class SparsityConfig(Section):
             if key in MASK_SET:
                 if target.sparse:
                     section[key] = value
+                else:  # a method that never masks drops them, but they must be valid values
+                    _MaskSetCheck.model_validate({key: value})
             elif key in own:
                 settings[key] = value
             elif key in builtin_settings():
