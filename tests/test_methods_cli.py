@@ -4,6 +4,8 @@ registry line, with a setting of its own, and a plug-in that breaks the contract
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from harness.sparse.methods.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "methods"
+SENSITIVE = "sensitive_gmp:SensitiveGMP"  # the example method, as a plug-in
 
 # Sample-passes of each scoring pass: the first batch of 32 samples (GraSP: one plain and one double
 # backpropagation pass counted as two), SynFlow's 100 one-sample rounds.
@@ -244,3 +247,65 @@ def test_an_installed_entry_point_names_a_method_and_its_target_is_in_the_run_id
     install_entry_point(other, "sensitive", "test_methods_cli:FirstPositions")
     monkeypatch.syspath_prepend(str(other))  # first on the path: its entry point is the one found
     assert run_id(resolve("sensitive", dataset="mnist1d")) != run_id(named)
+
+
+@pytest.mark.slow
+def test_a_plugin_run_resumes_after_sigterm_bit_identically(
+    harness_cli: HarnessCli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from test_resume import (
+        STEPS_PER_EPOCH,
+        WAIT_LIMIT_S,
+        assert_identical_runs,
+        command,
+        steps_logged,
+        wait_until,
+    )
+
+    method = "sensitive_gmp:SensitiveGMP"
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    reference = harness_cli.invoke(*command(harness_cli, method, tmp_path / "reference"))
+    assert reference.exit_code == 0, reference.stderr
+    argv = command(harness_cli, method, harness_cli.runs_dir)
+    run_dir = harness_cli.runs_dir / "default" / Path(reference.last_line).name
+    environment = {"PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    process = harness_cli.spawn(*argv, env=environment)
+    wait_until(lambda: max(steps_logged(run_dir), default=0) >= STEPS_PER_EPOCH + 3, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=WAIT_LIMIT_S)
+    assert process.returncode == 3, stderr
+    rerun = harness_cli.run(*argv, env=environment)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert rerun.last_line == str(run_dir)
+    assert_identical_runs(harness_cli.files(run_dir), harness_cli.files(Path(reference.last_line)))
+
+
+def test_a_sweep_plans_a_plugin_method_like_a_built_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from harness.launch.sweep_file import load_sweep
+    from harness.launch.sweep_plan import plan_jobs
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    sweep = tmp_path / "plugin.yaml"
+    sweep.write_text(
+        "name: plugin\nprogram: harness\nmethod: grid\n"
+        'command: ["${env}", "${program}", "run", "--set", "sparsity.sensitivity=0.5", "${args_no_boolean_flags}"]\n'
+        "parameters:\n"
+        "  method: {value: 'sensitive_gmp:SensitiveGMP'}\n"
+        "  dataset: {value: mnist1d}\n"
+        "  final_sparsity: {values: [0.9, 0.95]}\n"
+    )
+    jobs = plan_jobs(load_sweep(sweep), runs_dir=tmp_path / "runs")
+    names = [job.run_dir.name for job in jobs]
+    expected = [
+        run_id(
+            resolve(
+                SENSITIVE, dataset="mnist1d", overrides={"sparsity": {"sensitivity": 0.5, "sparsity": value}}
+            )
+        )
+        for value in (0.9, 0.95)
+    ]
+    assert sorted(names) == sorted(expected) and len(set(names)) == 2
+    assert all(name.startswith("sensitive_gmp-SensitiveGMP-resnet20-mnist1d-s0-") for name in names)
