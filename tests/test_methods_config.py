@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -19,7 +20,7 @@ from harness.config import dump_yaml, load_config_file, resolve, run_id, validat
 from harness.config import sparsity as sparsity_section
 from harness.config.identity import method_stem
 from harness.errors import UserError
-from harness.sparse.methods.base import TIME
+from harness.sparse.methods.base import TIME, Growth
 from harness.sparse.methods.registry import METHODS, method_class, methods_with_setting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,12 @@ def test_each_method_has_the_settings_it_reads_and_parents_keep_theirs() -> None
     assert fields["synflow"] == {"sparsity", "synflow_rounds"}
     assert fields["acdc"] == {"sparsity", "acdc_warmup", "acdc_phase", "acdc_final"}
     assert methods_with_setting("init_sparsity") == ("gmp", "gmp-layerwise", "granet")
+
+
+def test_the_growth_setting_offers_exactly_the_growth_scores_of_the_core() -> None:
+    from harness.sparse import criteria
+
+    assert get_args(Growth) == criteria.GROWTH_SCORES
 
 
 def test_every_point_in_time_is_a_fraction_of_the_run_bounded_by_1() -> None:
