@@ -15,7 +15,11 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
-from harness.names import GRADUAL_METHODS
+from harness.sparse.methods.registry import methods_with_setting
+
+# The built-in methods whose initial sparsity s_i is a setting of their own (the gradual magnitude family);
+# for the others s_i is fixed by the method (dense: 0; static, RigL, SET: the final sparsity).
+GRADUAL_METHODS = methods_with_setting("init_sparsity")
 
 logger = logging.getLogger(__name__)
 

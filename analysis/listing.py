@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.runs import load_runs, read_metrics
 from harness.errors import UserError
-from harness.names import GRADUAL_METHODS
+from harness.sparse.methods.registry import methods_with_setting
 
 # (table column, where its value comes from: summary key first, then the config column)
 FIELDS = {
@@ -101,7 +101,7 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in runs.iterrows():
         record = {name: _plain(_value(row, *sources)) for name, sources in FIELDS.items()}
-        if record["method"] not in GRADUAL_METHODS:
+        if record["method"] not in methods_with_setting("init_sparsity"):
             record["init_sparsity"] = None  # fixed by the method (0 or the final sparsity), not a setting
         if record["method"] == "dense":
             record["sparsity"] = 0.0

@@ -13,8 +13,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import comparison_table, method_label
-from harness.names import GRADUAL_METHODS
+from analysis.aggregate import GRADUAL_METHODS, comparison_table, method_label
 
 TRANSCRIPTION_MARK = "†"
 TABLE_COLUMNS = (

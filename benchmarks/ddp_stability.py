@@ -57,7 +57,7 @@ import signal
 import sys
 import time
 
-from harness.sparse.methods import SparsityMethod
+from harness.sparse import SparsityMethod
 
 original_step = SparsityMethod.step
 

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, SparsityMethod, build_method
+from harness.sparse import MaskSet, MaskUpdate, ScoringInputs, SparsityMethod, build_method, method_class
+from harness.sparse.methods.base import TIME
 
 
 @contextmanager
@@ -155,15 +156,31 @@ def train_step(
     return method.step()
 
 
+def settings_in_steps(name: str, total_steps: int, values: dict[str, object]) -> dict[str, object]:
+    """The settings of method `name` among `values`, points in time given in steps (as these tests think of
+    them) turned into the fractions of the run that the settings hold. Values the method lacks are left
+    out, as the config leaves them out, so one set of values serves every method."""
+    fields = method_class(name).Settings.model_fields
+    return {
+        key: value / total_steps if TIME in fields[key].metadata else value  # type: ignore[operator]
+        for key, value in values.items()
+        if key in fields
+    }
+
+
 def setup_method(
     name: str,
     model: nn.Module,
     optimizer_kind: str = "sgd",
-    **hyper: object,
+    *,
+    total_steps: int,
+    seed: int = 0,
+    **values: object,
 ) -> tuple[torch.optim.Optimizer, MaskSet, SparsityMethod]:
     optimizer = OPTIMIZERS[optimizer_kind](model)
     masks = MaskSet.for_model(model)
-    method = build_method(name, masks, optimizer, Hyperparameters(**hyper))
+    settings = settings_in_steps(name, total_steps, values)
+    method = build_method(name, masks, optimizer, settings, total_steps=total_steps, seed=seed)
     if method.needs_scoring:
         # Scoring batches of their own, so the training batches of every method stay the same.
         method.prepare(

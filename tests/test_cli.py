@@ -80,7 +80,9 @@ def test_bad_input_is_one_line_on_stderr_exit_code_2_and_creates_nothing(
 def test_unknown_method_is_a_user_error(harness_cli: HarnessCli) -> None:
     result = harness_cli.invoke("run", "lottery", *harness_cli.mnist1d())
     valid = "dense, static, gmp, gmp-layerwise, granet, rigl, set, snip, grasp, synflow, mest, acdc"
-    assert_user_error(result, f"sparsity.method: unknown method 'lottery'; valid: {valid}")
+    assert_user_error(
+        result, f"sparsity.method: unknown method 'lottery'; valid: {valid}, or a plug-in as MODULE:NAME"
+    )
     assert not harness_cli.runs_dir.exists()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness import config as configuration
 from harness.config import Config, load_recipe, parse_assignments, resolve, run_id, validate
-from harness.engine.loop import epoch_step, lr_factor, sparsity_hyperparameters
+from harness.engine.loop import epoch_step, lr_factor
 from harness.errors import UserError
+from harness.sparse import MaskSet, build_method
 
 
 def test_every_table_1_row_has_a_recipe_with_the_papers_numbers():
@@ -99,10 +101,12 @@ def test_invalid_values_are_one_line_errors_naming_the_field(overrides, message)
 
 
 def test_unknown_method_arch_and_dataset_list_the_valid_names():
-    with pytest.raises(
-        UserError, match=r"sparsity\.method: unknown method 'snap'; valid: dense, static, gmp"
-    ):
+    with pytest.raises(UserError) as raised:
         resolve("snap", dataset="mnist1d")
+    assert str(raised.value) == (
+        "sparsity.method: unknown method 'snap' (did you mean 'snip'?); valid: dense, static, gmp, "
+        "gmp-layerwise, granet, rigl, set, snip, grasp, synflow, mest, acdc, or a plug-in as MODULE:NAME"
+    )
     with pytest.raises(
         UserError,
         match=r"model\.arch: unknown architecture 'resnet18' \(did you mean '\w+'\?\); valid: resnet20, resnet32",
@@ -167,9 +171,11 @@ def test_a_written_config_reads_back_identically(tmp_path: Path):
 def test_fractions_become_steps_on_epoch_boundaries():
     config = resolve("granet", dataset="cifar10", arch="resnet20", overrides={"optim": {"epochs": 30}})
     steps_per_epoch = 352
-    hyper = sparsity_hyperparameters(config.sparsity, epochs=30, steps_per_epoch=steps_per_epoch, seed=3)
-    assert hyper.total_steps == 30 * 352 and hyper.prune_end == 15 * 352 and hyper.prune_start == 0
-    assert hyper.seed == 3 and hyper.update_frequency == 1000
+    masks = MaskSet([("w", torch.zeros(10))])
+    run = {"total_steps": 30 * steps_per_epoch, "steps_per_epoch": steps_per_epoch, "seed": 3}
+    method = build_method("granet", masks, None, config.sparsity.settings, **run)
+    assert (method.schedule.start, method.schedule.end) == (0, 15 * 352)
+    assert method.schedule.every == 1000 and method.total_steps == 30 * 352 and method.seed == 3
     milestones = [epoch_step(point, 30, steps_per_epoch) for point in config.optim.lr_decay_at]
     assert milestones == [15 * 352, round(22.5 * 352)]
     assert lr_factor(milestones[0] - 1, warmup_steps=0, milestones=milestones, decay=0.1) == 1.0

@@ -261,7 +261,7 @@ right after optimizer step PERTURB_STEP (between two mask checks)."""
 import os
 import sys
 
-from harness.sparse.methods import SparsityMethod
+from harness.sparse import SparsityMethod
 
 original_step = SparsityMethod.step
 

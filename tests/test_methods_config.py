@@ -1,98 +1,188 @@
-"""One schema for sparsity settings (config section <-> the sparse core's Hyperparameters), run ids of the
-new methods' settings, and the CLI's list of methods."""
+"""Each method owns its settings: the config's sparsity section is the method, the mask-set options and that
+method's Settings; a built-in method's config.yaml and run id are what they were before (pinned); values a
+method lacks are dropped (with a warning when given explicitly); unknown names are errors; and settings are
+validated without importing torch."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from harness.cli import training as train_cli
-from harness.config import SparsityConfig, resolve, run_id
-from harness.config.identity import _NOT_IDENTITY
-from harness.engine.loop import epoch_step, sparsity_hyperparameters
+from harness.config import dump_yaml, load_config_file, resolve, run_id, validate
+from harness.config import sparsity as sparsity_section
+from harness.config.identity import method_stem
 from harness.errors import UserError
-from harness.sparse import METHODS, Hyperparameters
+from harness.sparse.methods.base import TIME, Growth
+from harness.sparse.methods.registry import METHODS, method_class, methods_with_setting
 
-NEW_FIELDS = (
-    "scoring_batches",
-    "synflow_rounds",
-    "mest_lambda",
-    "acdc_warmup",
-    "acdc_phase",
-    "acdc_final",
-    "drop_rounding",
-)
+ROOT = Path(__file__).resolve().parent.parent
+PINNED = json.loads((ROOT / "tests" / "data" / "pinned_config_yaml.json").read_text())
 
 
-def test_the_config_section_and_the_core_have_the_same_fields() -> None:
-    core = {spec.name for spec in dataclasses.fields(Hyperparameters)} - Hyperparameters.RUN_FIELDS
-    section = set(SparsityConfig.model_fields) - SparsityConfig.CONFIG_ONLY
-    assert section == core
-    # Every point in time is a fraction of the run in the section (bounded by 1).
-    times = {spec.name for spec in dataclasses.fields(Hyperparameters) if spec.metadata.get("time")}
-    assert times == {"prune_start", "prune_end", "update_until", "acdc_warmup", "acdc_phase", "acdc_final"}
-    for name in times:
-        bounds = SparsityConfig.model_fields[name].metadata
-        assert any(getattr(bound, "le", None) == 1 or getattr(bound, "lt", None) == 1 for bound in bounds), (
-            name
-        )
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_config_yaml_and_run_id_are_those_of_the_code_before_methods_owned_settings(
+    case: str, tmp_path: Path
+) -> None:
+    pinned = PINNED[case]
+    config = resolve(
+        pinned["method"], dataset=pinned["dataset"], arch=pinned["arch"], overrides=pinned["overrides"]
+    )
+    assert dump_yaml(config) == pinned["yaml"]
+    assert run_id(config) == pinned["run_id"]
+    # A config.yaml written before reads back to the same config and id.
+    path = tmp_path / "config.yaml"
+    path.write_text(pinned["yaml"])
+    assert load_config_file(path) == config
 
 
-def test_every_setting_is_carried_to_the_core_with_times_in_steps() -> None:
-    # Distinct non-default values everywhere (unvalidated, so no method's reset applies).
-    values = {
-        "sparsity": 0.8,
-        "init_sparsity": 0.3,
-        "distribution": "er",
-        "erk_power": 0.7,
-        "update_frequency": 17,
-        "prune_start": 0.1,
-        "prune_end": 0.6,
-        "regen_rate": 0.4,
-        "regen_rate_min": 0.01,
-        "regen_until": "prune_end",
-        "growth": "momentum",
-        "update_until": 0.9,
-        "drop_rounding": "nearest",
-        "scoring_batches": 3,
-        "synflow_rounds": 7,
-        "mest_lambda": 0.25,
-        "acdc_warmup": 0.2,
-        "acdc_phase": 0.1,
-        "acdc_final": 0.3,
+def test_every_method_is_pinned() -> None:
+    assert {PINNED[case]["method"] for case in PINNED} == set(METHODS)
+
+
+def test_built_in_methods_agree_on_the_defaults_of_the_settings_they_share() -> None:
+    # The old layout shows a setting a method lacks at "the" default: there must be only one.
+    for setting in sparsity_section.LEGACY_FIELDS:
+        defaults = {
+            method_class(name).Settings.model_fields[setting].default
+            for name in methods_with_setting(setting)
+        }
+        assert len(defaults) == 1, setting
+    assert set(sparsity_section.legacy_values()) == sparsity_section.builtin_settings()
+
+
+def test_each_method_has_the_settings_it_reads_and_parents_keep_theirs() -> None:
+    fields = {name: set(method_class(name).Settings.model_fields) for name in METHODS}
+    assert fields["dense"] == set()
+    assert fields["static"] == {"sparsity", "distribution", "erk_power"}
+    gmp = {
+        "sparsity",
+        "distribution",
+        "erk_power",
+        "init_sparsity",
+        "update_frequency",
+        "prune_start",
+        "prune_end",
     }
-    assert set(values) == set(SparsityConfig.model_fields) - SparsityConfig.CONFIG_ONLY
-    section = SparsityConfig.model_construct(method="granet", **values)
-    hyper = sparsity_hyperparameters(section, epochs=10, steps_per_epoch=30, seed=5)
-    assert (hyper.total_steps, hyper.seed) == (300, 5)
-    for spec in dataclasses.fields(Hyperparameters):
-        if spec.name in Hyperparameters.RUN_FIELDS:
-            continue
-        given = values[spec.name]
-        expected = epoch_step(given, 10, 30) if spec.metadata.get("time") else given
-        assert getattr(hyper, spec.name) == expected, spec.name
+    assert fields["gmp"] == fields["gmp-layerwise"] == gmp
+    regeneration = {"regen_rate", "regen_rate_min", "growth", "drop_rounding"}
+    assert fields["granet"] == gmp | regeneration | {"regen_until"}
+    set_fields = {"sparsity", "distribution", "erk_power", "update_frequency", "update_until"} | regeneration
+    assert fields["set"] == fields["rigl"] == set_fields
+    assert fields["mest"] == set_fields | {"mest_lambda"}
+    assert fields["snip"] == fields["grasp"] == {"sparsity", "scoring_batches"}
+    assert fields["synflow"] == {"sparsity", "synflow_rounds"}
+    assert fields["acdc"] == {"sparsity", "acdc_warmup", "acdc_phase", "acdc_final"}
+    assert methods_with_setting("init_sparsity") == ("gmp", "gmp-layerwise", "granet")
 
 
-def previous_run_id(config) -> str:
-    """The run id as it was computed before the new methods' fields existed."""
-    identity = config.to_dict()
-    for section, fields in _NOT_IDENTITY.items():
-        for name in fields:
-            identity[section].pop(name, None)
-    for name in NEW_FIELDS:
-        identity["sparsity"].pop(name)
-    identity["world_size"] = 1
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{config.sparsity.method}-{config.model.arch}-{config.data.dataset}-s{config.run.seed}-{digest}"
+def test_the_growth_setting_offers_exactly_the_growth_scores_of_the_core() -> None:
+    from harness.sparse import criteria
+
+    assert get_args(Growth) == criteria.GROWTH_SCORES
 
 
-@pytest.mark.parametrize("method", ["dense", "static", "gmp", "gmp-layerwise", "granet", "rigl", "set"])
-def test_the_existing_methods_keep_their_run_ids(method: str) -> None:
-    config = resolve(method, dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "acdc_phase": 0.2}})
-    assert run_id(config) == previous_run_id(config)
+def test_every_point_in_time_is_a_fraction_of_the_run_bounded_by_1() -> None:
+    times = set()
+    for name in METHODS:
+        for setting, info in method_class(name).Settings.model_fields.items():
+            if TIME in info.metadata:
+                times.add(setting)
+                assert any(
+                    getattr(bound, "le", None) == 1 or getattr(bound, "lt", None) == 1
+                    for bound in info.metadata
+                )
+    assert times == {"prune_start", "prune_end", "update_until", "acdc_warmup", "acdc_phase", "acdc_final"}
+
+
+def test_the_section_holds_the_method_settings_as_its_settings_class() -> None:
+    config = resolve(
+        "granet", dataset="mnist1d", overrides={"sparsity": {"regen_rate": 0.2, "acdc_phase": 0.3}}
+    )
+    settings = config.sparsity.settings
+    assert type(settings) is method_class("granet").Settings
+    assert (settings.regen_rate, settings.update_frequency, settings.prune_end) == (0.2, 38, 0.5)
+    assert not hasattr(settings, "acdc_phase")
+    # Read through the section, a setting is what config.yaml shows (the old default where the method lacks it).
+    assert (config.sparsity.regen_rate, config.sparsity.acdc_phase) == (0.2, 0.05)
+
+
+def test_given_values_a_method_lacks_are_dropped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    sparsity_section.warn_ignored.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        dense = resolve(
+            "dense", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "dense_classifier": True}}
+        )
+        resolve(
+            "dense", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95, "dense_classifier": True}}
+        )
+        rigl = resolve(
+            "rigl", dataset="mnist1d", overrides={"sparsity": {"init_sparsity": 0.5, "sparsity": 0.95}}
+        )
+        resolve(
+            "granet", dataset="mnist1d", overrides={"sparsity": {"init_sparsity": 0.5}}
+        )  # read: no warning
+    assert [record.getMessage() for record in caplog.records] == [
+        "sparsity: dense has no settings sparsity, dense_classifier; the values given are ignored",
+        "sparsity: rigl has no setting init_sparsity; the value given is ignored",
+    ]
+    assert run_id(dense) == run_id(resolve("dense", dataset="mnist1d"))
+    assert run_id(rigl) == run_id(
+        resolve("rigl", dataset="mnist1d", overrides={"sparsity": {"sparsity": 0.95}})
+    )
+    # Recipe values (the mnist1d recipe gives dT and r_0 to every method) are dropped in silence.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        resolve("static", dataset="mnist1d")
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("method", "values", "message"),
+    [
+        ("granet", {"sparsty": 0.5}, "sparsity.sparsty: unknown field (did you mean 'sparsity'?)"),
+        ("dense", {"regen_rte": 0.5}, "sparsity.regen_rte: unknown field (did you mean 'regen_rate'?)"),
+        ("rigl", {"lottery": 1}, "sparsity.lottery: unknown field"),
+        # A value the method drops must still be one some method could take.
+        ("dense", {"sparsity": 1.5}, "sparsity.sparsity: Input should be less than 1 (got 1.5)"),
+        (
+            "dense",
+            {"dense_classifier": "sometimes"},
+            "sparsity.dense_classifier: Input should be a valid boolean, unable to interpret input (got 'sometimes')",
+        ),
+        (
+            "snip",
+            {"scoring_batches": 0},
+            "sparsity.scoring_batches: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "granet",
+            {"update_frequency": True},
+            "sparsity.update_frequency: Input should be a valid integer (got True)",
+        ),
+        (
+            "acdc",
+            {"acdc_warmup": 0.6, "acdc_final": 0.5},
+            "sparsity: acdc_warmup + acdc_final (0.6 + 0.5) must not exceed the run (1)",
+        ),
+        (
+            "rigl",
+            {"regen_rate": 0.1, "regen_rate_min": 0.2},
+            "sparsity: regen_rate_min (0.2) must not exceed regen_rate (0.1)",
+        ),
+    ],
+)
+def test_bad_sparsity_values_are_one_line_naming_the_field(method: str, values: dict, message: str) -> None:
+    with pytest.raises(UserError) as raised:
+        resolve(method, dataset="mnist1d", overrides={"sparsity": values})
+    assert str(raised.value) == message
 
 
 @pytest.mark.parametrize(
@@ -105,19 +195,56 @@ def test_the_existing_methods_keep_their_run_ids(method: str) -> None:
         ("acdc", {"acdc_phase": 0.1}, {"update_frequency": 7, "regen_rate": 0.1}),
     ],
 )
-def test_new_methods_are_identified_by_what_they_read(method: str, read: dict, ignored: dict) -> None:
+def test_methods_are_identified_by_what_they_read(method: str, read: dict, ignored: dict) -> None:
     base = resolve(method, dataset="mnist1d")
     assert run_id(base).startswith(f"{method}-resnet20-mnist1d-s0-")
     assert run_id(resolve(method, dataset="mnist1d", overrides={"sparsity": ignored})) == run_id(base)
     assert run_id(resolve(method, dataset="mnist1d", overrides={"sparsity": read})) != run_id(base)
 
 
-def test_acdc_phases_must_fit_in_the_run() -> None:
-    with pytest.raises(UserError, match=r"sparsity: Value error|acdc_warmup \+ acdc_final"):
-        resolve("acdc", dataset="mnist1d", overrides={"sparsity": {"acdc_warmup": 0.6, "acdc_final": 0.5}})
-    with pytest.raises(UserError, match="sparsity.scoring_batches"):
-        resolve("snip", dataset="mnist1d", overrides={"sparsity": {"scoring_batches": 0}})
+def test_a_full_old_layout_section_validates_for_any_method() -> None:
+    # Planning copies a resolved config's flat section and changes the method (plasticity's base run).
+    flat = resolve("granet", dataset="mnist1d").to_dict()
+    flat["sparsity"]["method"] = "static"
+    static = validate(flat)
+    assert static.sparsity.settings == method_class("static").Settings(sparsity=0.9)
 
 
 def test_the_cli_help_lists_every_registered_method() -> None:
     assert train_cli.METHOD_HELP.split(" | ") == list(METHODS)
+
+
+def test_a_plugin_run_id_stem_is_safe_in_a_file_name() -> None:
+    assert method_stem("granet") == "granet"
+    assert method_stem("mylab.methods:Pruner") == "mylab.methods-Pruner"
+    assert method_stem("a b/c:D") == "a-b-c-D"
+
+
+def test_settings_and_sweep_planning_need_no_torch(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "name: no-torch\nprogram: harness\nmethod: grid\n"
+        'command: ["${env}", "${program}", "run", "${args_no_boolean_flags}"]\n'
+        "parameters:\n"
+        "  method: {values: [granet, dense]}\n"
+        "  dataset: {value: mnist1d}\n"
+        "  final_sparsity: {values: [0.9, 0.95]}\n"
+    )
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from harness.config import resolve, run_id\n"
+        "from harness.sparse.methods.registry import METHODS\n"
+        "for method in METHODS:\n"
+        "    run_id(resolve(method, dataset='mnist1d', overrides={'sparsity': {'sparsity': 0.8}}))\n"
+        "from harness.launch.sweep_file import load_sweep\n"
+        "from harness.launch.sweep_plan import plan_jobs\n"
+        f"jobs = plan_jobs(load_sweep(Path({str(sweep)!r})), runs_dir=Path('runs'))\n"
+        "assert len(jobs) == 3, jobs  # dense at 0.9 and 0.95 is one run\n"
+        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr

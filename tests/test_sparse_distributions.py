@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from sparse_helpers import ARCH_SHAPES, build_cifar_model, one_thread
+from sparse_helpers import ARCH_SHAPES, build_cifar_model, one_thread, settings_in_steps
 
-from harness.sparse import Hyperparameters, MaskSet, build_method, sparsifiable_weights
+from harness.sparse import MaskSet, build_method, sparsifiable_weights
 from harness.sparse.distributions import apportion, layer_counts, layer_densities
 
 
@@ -175,10 +175,8 @@ def test_bad_distribution_and_density_raise() -> None:
 
 def initial_masks(arch_model: torch.nn.Module, method: str, density: float, kind: str = "erk") -> MaskSet:
     masks = MaskSet.for_model(arch_model)
-    hyper = Hyperparameters(
-        total_steps=100, sparsity=1.0 - density, init_sparsity=1.0 - density, distribution=kind
-    )
-    build_method(method, masks, None, hyper)
+    values = {"sparsity": 1.0 - density, "init_sparsity": 1.0 - density, "distribution": kind}
+    build_method(method, masks, None, settings_in_steps(method, 100, values), total_steps=100)
     return masks
 
 
@@ -229,5 +227,5 @@ def test_initial_masks_depend_only_on_the_seed(resnet20: torch.nn.Module) -> Non
     second = initial_masks(resnet20, "static", 0.1).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
     masks = MaskSet.for_model(resnet20)
-    build_method("static", masks, None, Hyperparameters(total_steps=10, sparsity=0.9, seed=1))
+    build_method("static", masks, None, {"sparsity": 0.9}, total_steps=10, seed=1)
     assert any(not torch.equal(first[name], mask) for name, mask in masks.state_dict().items())

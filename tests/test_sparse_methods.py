@@ -26,15 +26,15 @@ from sparse_helpers import (
 )
 from torch import nn
 
+from harness.errors import UserError
 from harness.sparse import (
     METHODS,
-    Hyperparameters,
     MaskError,
     MaskSet,
     MaskUpdate,
     SparsityMethod,
-    UnknownMethodError,
     build_method,
+    method_class,
     sparsifiable_weights,
 )
 from harness.sparse.distributions import layer_counts
@@ -63,23 +63,51 @@ def test_registry_lists_every_method_and_rejects_unknown_names() -> None:
         *("snip", "grasp", "synflow", "mest", "acdc"),
     }
     masks = MaskSet.for_model(tiny_model())
-    with pytest.raises(UnknownMethodError, match="unknown method 'lottery'; valid: dense, static"):
-        build_method("lottery", masks, None, Hyperparameters(total_steps=10))
+    with pytest.raises(UserError, match="unknown method 'lottery'; valid: dense, static"):
+        build_method("lottery", masks, None, total_steps=10)
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("name", "settings", "run", "message"),
     [
-        ({"total_steps": 0}, "total_steps"),
-        ({"total_steps": 10, "sparsity": 1.0}, "sparsity"),
-        ({"total_steps": 10, "sparsity": 0.5, "init_sparsity": 0.6}, "init_sparsity"),
-        ({"total_steps": 10, "regen_until": "never"}, "regen_until"),
-        ({"total_steps": 10, "growth": "magic"}, "unknown growth"),
+        ("granet", {}, {"total_steps": 0}, "total_steps must be >= 1, got 0"),
+        ("granet", {}, {"total_steps": 10, "steps_per_epoch": 3}, r"steps_per_epoch \(3\) must divide"),
+        ("granet", {"sparsity": 1.0}, {"total_steps": 10}, "sparsity\n  Input should be less than 1"),
+        (
+            "gmp",
+            {"sparsity": 0.5, "init_sparsity": 0.6},
+            {"total_steps": 10},
+            r"init_sparsity \(0.6\) must not exceed the final sparsity \(0.5\)",
+        ),
+        ("granet", {"regen_until": "never"}, {"total_steps": 10}, "regen_until\n  Input should be 'end' or"),
+        (
+            "rigl",
+            {"growth": "magic"},
+            {"total_steps": 10},
+            "growth\n  Input should be 'gradient', 'momentum'",
+        ),
+        (
+            "rigl",
+            {"init_sparsity": 0.5},
+            {"total_steps": 10},
+            "init_sparsity\n  Extra inputs are not permitted",
+        ),
     ],
 )
-def test_bad_hyperparameters_raise(fields: dict[str, Any], message: str) -> None:
+def test_bad_settings_raise(name: str, settings: dict[str, Any], run: dict[str, int], message: str) -> None:
+    masks = MaskSet.for_model(tiny_model())
     with pytest.raises(ValueError, match=message):
-        Hyperparameters(**fields)
+        build_method(name, masks, None, settings, **run)
+
+
+def test_a_method_takes_its_own_settings_class_or_a_mapping() -> None:
+    masks = MaskSet.for_model(tiny_model())
+    settings = method_class("rigl").Settings(sparsity=0.5, update_frequency=3)
+    method = build_method("rigl", masks, None, settings, total_steps=10)
+    assert method.settings is settings
+    assert build_method("set", masks, None, settings, total_steps=10).settings is settings  # same class
+    with pytest.raises(TypeError, match="granet takes GraNetSettings, not SETSettings"):
+        build_method("granet", masks, None, settings, total_steps=10)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -796,7 +824,7 @@ def test_mask_updates_never_sort(name: str, monkeypatch: pytest.MonkeyPatch) -> 
 )
 def test_drop_count_rounding(rate, active, ceil, nearest) -> None:
     """ceil drops at least one weight of every layer at every event; nearest rounds r * n half up."""
-    from harness.sparse.methods import drop_count
+    from harness.sparse.methods.base import drop_count
 
     assert drop_count(rate, active, "ceil") == ceil
     assert drop_count(rate, active, "nearest") == nearest

@@ -6,9 +6,10 @@ import math
 from collections.abc import Iterator
 
 import pytest
+import torch
 from sparse_helpers import one_thread
 
-from harness.sparse import Hyperparameters
+from harness.sparse import MaskSet, build_method
 from harness.sparse.schedules import CosineRate, CubicSparsity
 
 
@@ -73,11 +74,23 @@ def test_one_shot_schedule_reaches_final_sparsity_at_its_only_event() -> None:
     assert schedule.sparsity(99) == 0.0
 
 
-def test_hyperparameters_clamp_the_pruning_end() -> None:
-    assert Hyperparameters(total_steps=100).pruning_end == 50
-    assert Hyperparameters(total_steps=100, prune_end=500).pruning_end == 100
-    # An end before the start collapses onto the start: one-shot pruning there.
-    assert Hyperparameters(total_steps=100, prune_start=40, prune_end=30).pruning_end == 40
+def test_gmp_turns_its_fractions_into_the_pruning_window_in_steps() -> None:
+    def window(total_steps: int, steps_per_epoch: int | None = None, **settings: float) -> tuple[int, int]:
+        masks = MaskSet([("w", torch.zeros(10))])
+        run = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+        schedule = build_method("gmp", masks, None, settings, **run).schedule
+        return schedule.start, schedule.end
+
+    assert window(100) == (0, 50)  # t_e defaults to half of the run
+    assert window(100, prune_start=0.25, prune_end=1.0) == (25, 100)
+    # An end at 0 is moved to step 1 (the first step that can prune); an end equal to the start prunes once.
+    assert window(100, prune_end=0.0) == (0, 1)
+    assert window(100, prune_start=0.4, prune_end=0.4) == (40, 40)
+    # fraction x epochs x steps per epoch, in that order, as the trainer computes its LR milestones (and as
+    # every existing run was scheduled): here the two products differ in their last bit, across .5.
+    assert 0.05 * 3 * 30 == 4.500000000000001 and 0.05 * 90 == 4.5
+    assert window(90, steps_per_epoch=30, prune_end=0.05) == (0, 5)
+    assert window(90, prune_end=0.05) == (0, 4)  # one epoch of 90 steps: 4.5 rounds to even
 
 
 def test_bad_schedule_raises() -> None:

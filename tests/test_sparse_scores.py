@@ -11,8 +11,8 @@ from sparse_helpers import make_batches, one_thread, setup_method, tiny_model, t
 from torch import Tensor, nn
 
 from harness.models.build import build_model
-from harness.sparse import Hyperparameters, MaskSet, ScoringInputs, build_method, scores
-from harness.sparse.methods import ACDC
+from harness.sparse import MaskSet, ScoringInputs, build_method, scores
+from harness.sparse.methods.acdc import ACDC
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +52,7 @@ def test_snip_score_is_the_gradient_times_the_weight_and_keeps_the_largest() -> 
     assert layer.weight.grad is None  # the model is left as found
 
     masks = MaskSet.for_model(layer)
-    method = build_method("snip", masks, None, Hyperparameters(total_steps=5, sparsity=0.5))
+    method = build_method("snip", masks, None, {"sparsity": 0.5}, total_steps=5)
     requested: list[int] = []
 
     def batches(count: int) -> list[tuple[Tensor, Tensor]]:
@@ -86,7 +86,7 @@ def test_grasp_hessian_gradient_product_matches_the_closed_form() -> None:
     assert passes == 3
 
     masks = MaskSet.for_model(layer)
-    method = build_method("grasp", masks, None, Hyperparameters(total_steps=5, sparsity=0.75))
+    method = build_method("grasp", masks, None, {"sparsity": 0.75}, total_steps=5)
     method.prepare(ScoringInputs(layer, one_batch, (2,), half_squared_error))
     # The highest scores go: only the lowest, -165 at W[1, 1], stays.
     assert torch.equal(masks.masks[0], torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
@@ -159,9 +159,7 @@ def test_synflow_prunes_iteratively_along_the_exponential_schedule() -> None:
     assert scores.exponential_densities(0.25, 2) == [0.5, 0.25]
     model = two_layers()
     masks = MaskSet.for_model(model)
-    method = build_method(
-        "synflow", masks, None, Hyperparameters(total_steps=5, sparsity=0.5, synflow_rounds=2)
-    )
+    method = build_method("synflow", masks, None, {"sparsity": 0.5, "synflow_rounds": 2}, total_steps=5)
     assert method.prepare(ScoringInputs(model, one_batch, (2,))) == 2
     # Round 1 keeps round(0.5^(1/2) * 6) = 4 of scores (1, 2, 1, 6 | 3, 7): W1[0,1], W1[1,1], W2[0], W2[1]
     # (the tie between the two 1s is not reached). Round 2 rescores the masked network: |W1| 1 =
@@ -174,7 +172,7 @@ def test_synflow_prunes_iteratively_along_the_exponential_schedule() -> None:
 def test_ties_go_to_the_lowest_flat_index_over_all_layers() -> None:
     model = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 2, bias=False))
     masks = MaskSet.for_model(model)
-    method = build_method("snip", masks, None, Hyperparameters(total_steps=5, sparsity=0.5))
+    method = build_method("snip", masks, None, {"sparsity": 0.5}, total_steps=5)
     method.keep_top([torch.ones(2, 3), torch.ones(2, 2)], 0.5)  # 5 of 10, all tied
     assert masks.active_counts() == [5, 0]
     assert torch.equal(masks.masks[0], torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]))
@@ -196,7 +194,7 @@ def test_pruning_at_initialisation_reaches_the_exact_count_and_stays_fixed(name:
 
 def test_a_method_that_scores_refuses_to_train_unprepared() -> None:
     masks = MaskSet.for_model(tiny_model())
-    method = build_method("snip", masks, None, Hyperparameters(total_steps=5))
+    method = build_method("snip", masks, None, total_steps=5)
     with pytest.raises(RuntimeError, match="snip scores before training"):
         method.step()
 
@@ -212,7 +210,7 @@ def test_synflow_keeps_every_layer_of_vgg19_alive_at_98_percent_where_snip_colla
         torch.manual_seed(0)
         model = build_model("vgg19", num_classes=10, input_shape=(1, 40), width=0.125)
         masks = MaskSet.for_model(model)
-        method = build_method(name, masks, None, Hyperparameters(total_steps=5, sparsity=0.98))
+        method = build_method(name, masks, None, {"sparsity": 0.98}, total_steps=5)
         method.prepare(ScoringInputs(model, lambda count, batch=batch: [batch] * count, shape))
         assert len(masks) == 17
         assert sum(masks.active_counts()) == round(0.02 * masks.total)  # exactly the target
@@ -224,11 +222,9 @@ def test_synflow_keeps_every_layer_of_vgg19_alive_at_98_percent_where_snip_colla
 def test_mest_drops_by_magnitude_plus_lambda_gradient() -> None:
     layer = nn.Linear(4, 1, bias=False)
     masks = MaskSet.for_model(layer)
-    hyper = Hyperparameters(total_steps=10, sparsity=0.25, update_frequency=5, mest_lambda=0.5, seed=0)
-    method = build_method("mest", masks, None, hyper)
-    set_method = build_method(
-        "set", MaskSet.for_model(layer), None, Hyperparameters(total_steps=10, sparsity=0.25)
-    )
+    settings = {"sparsity": 0.25, "update_frequency": 5, "mest_lambda": 0.5}
+    method = build_method("mest", masks, None, settings, total_steps=10, seed=0)
+    set_method = build_method("set", MaskSet.for_model(layer), None, {"sparsity": 0.25}, total_steps=10)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[0.1, 0.5, -0.2, 0.3]]))
     layer.weight.grad = torch.tensor([[1.0, 0.0, 0.0, -0.4]])
@@ -255,8 +251,13 @@ def method_drop(method: object) -> tuple[Tensor, Tensor, Tensor]:
 
 def test_acdc_alternates_phases_and_ends_compressed() -> None:
     masks = MaskSet.for_model(tiny_model())
-    hyper = Hyperparameters(total_steps=100, sparsity=0.9, acdc_warmup=10, acdc_phase=5, acdc_final=15)
-    method = build_method("acdc", masks, None, hyper)
+    settings = {
+        "sparsity": 0.9,
+        "acdc_warmup": 0.1,
+        "acdc_phase": 0.05,
+        "acdc_final": 0.15,
+    }  # 10, 5, 15 steps
+    method = build_method("acdc", masks, None, settings, total_steps=100)
     assert isinstance(method, ACDC)
     events = [t for t in range(1, 101) if method.is_update_step(t)]
     # Compressed from 10, 20, .., 80 (and from 80 on to the end); decompressed from 15, 25, .., 75.
@@ -294,7 +295,7 @@ def test_a_restored_scoring_method_trains_with_the_scored_mask_and_does_not_resc
     state = method.state_dict()
     fresh = tiny_model(seed=5)
     fresh_masks = MaskSet.for_model(fresh)
-    restored = build_method("snip", fresh_masks, None, Hyperparameters(total_steps=10, sparsity=0.8))
+    restored = build_method("snip", fresh_masks, None, {"sparsity": 0.8}, total_steps=10)
     restored.load_state_dict(state)
     assert restored.step() is None  # no RuntimeError: the restored masks are the scored ones
     assert all(torch.equal(a, b) for a, b in zip(masks.masks, fresh_masks.masks, strict=True))

@@ -24,7 +24,8 @@ from harness.errors import UserError
 from harness.launch.planning import STAGES, plasticity_configs, run_config, world_size_of
 from harness.launch.torchrun import launch_if_needed
 from harness.models.registry import MODELS
-from harness.names import METHODS, choices
+from harness.names import choices
+from harness.sparse.methods.registry import METHODS
 
 log = logging.getLogger("harness")
 

@@ -11,8 +11,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
-from harness.config.sections import Config
+from harness.config.sections import Config, PlasticityConfig
+from harness.config.sparsity import legacy_values
+from harness.plugins import is_import_path
+from harness.sparse.methods.registry import REGISTRY
 
 # Fields that say where things go or how fast they load, not what is computed: excluded from the run id
 # so that moving the data or the runs directory does not orphan finished runs.
@@ -23,10 +27,12 @@ _NOT_IDENTITY = {
 }
 
 
-# Fields added after run stores existed: left out of the identity while at their default (which they
-# always are for the methods that do not read them), so the run ids of earlier runs stay what they were.
-_IDENTITY_WHEN_SET = {
-    "sparsity": {
+# Fields added after run stores existed, left out of the identity while at their default, so the run ids of
+# runs that predate them stay what they were: the settings of the built-in methods added later (a built-in
+# method's section shows every built-in setting, at its default where the method lacks it:
+# harness.config.sparsity) and two plasticity options. A plug-in method's settings are all in its identity.
+_LATE_FIELDS = {
+    "sparsity": (
         "scoring_batches",
         "synflow_rounds",
         "mest_lambda",
@@ -34,9 +40,19 @@ _IDENTITY_WHEN_SET = {
         "acdc_phase",
         "acdc_final",
         "drop_rounding",
-    },
-    "plasticity": {"recalibrate_bn", "average_last"},
+    ),
+    "plasticity": ("recalibrate_bn", "average_last"),
 }
+
+
+def _late_defaults(config: Config) -> dict[str, dict[str, Any]]:
+    defaults: dict[str, dict[str, Any]] = {}
+    if REGISTRY.is_builtin(config.sparsity.method):
+        defaults["sparsity"] = {name: legacy_values()[name] for name in _LATE_FIELDS["sparsity"]}
+    if config.plasticity is not None:  # an optional section that this run may lack
+        fields = PlasticityConfig.model_fields
+        defaults["plasticity"] = {name: fields[name].default for name in _LATE_FIELDS["plasticity"]}
+    return defaults
 
 
 def config_hash(config: Config, world_size: int = 1) -> str:
@@ -45,13 +61,14 @@ def config_hash(config: Config, world_size: int = 1) -> str:
     for section, fields in _NOT_IDENTITY.items():
         for name in fields:
             identity[section].pop(name, None)
-    for section, fields in _IDENTITY_WHEN_SET.items():
-        if getattr(config, section) is None:  # an optional section (plasticity) that this run lacks
-            continue
-        defaults = type(getattr(config, section)).model_fields
-        for name in fields:
-            if identity[section].get(name) == defaults[name].default:
+    for section, defaults in _late_defaults(config).items():
+        for name, default in defaults.items():
+            if identity[section][name] == default:
                 identity[section].pop(name)
+    method = config.sparsity.method
+    if not REGISTRY.is_builtin(method) and not is_import_path(method):
+        # A name an installed package registers: what it stands for is part of what the run computed.
+        identity["sparsity"]["plugin"] = REGISTRY.target(method)
     identity["world_size"] = world_size
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -68,11 +85,17 @@ def run_id(config: Config, world_size: int = 1) -> str:
     stem = f"{readable(config.model.arch)}-{readable(config.data.dataset)}-s{config.run.seed}"
     probe = config.plasticity
     if probe is None:
-        return f"{config.sparsity.method}-{stem}-{digest}"
+        return f"{method_stem(config.sparsity.method)}-{stem}-{digest}"
     if probe.pruning_rate == 0:
         return f"control-{stem}-e{probe.probe_epoch}-{digest}"
     regrowth = "-regen" if probe.regeneration else ""
     return f"probe-{stem}-e{probe.probe_epoch}-p{probe.pruning_rate:g}-{probe.criterion}{regrowth}-{digest}"
+
+
+def method_stem(method: str) -> str:
+    """The method as a run id shows it: a built-in's name, or a plug-in's import path made safe for a file
+    name on any system (`mylab.methods:Pruner` -> `mylab.methods-Pruner`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", method).strip("-.") or "plugin"
 
 
 def run_directory(config: Config, world_size: int = 1) -> Path:

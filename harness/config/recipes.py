@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from harness.config.sections import Config
+from harness.config.sparsity import check_given
 from harness.data.registry import DATASETS
 from harness.errors import UserError
 
@@ -94,7 +95,9 @@ def resolve(
     layered = deep_merge(load_recipe(dataset, arch), {"data": {"dataset": dataset}, "model": {"arch": arch}})
     layered = deep_merge(layered, {"sparsity": {"method": method}})
     layered = deep_merge(layered, overrides or {})
-    return validate(layered)
+    config = validate(layered)
+    check_given(config.sparsity, (overrides or {}).get("sparsity") or {})
+    return config
 
 
 def validate(data: dict[str, Any]) -> Config:
@@ -107,12 +110,14 @@ def validate(data: dict[str, Any]) -> Config:
 def describe_validation_error(error: ValidationError) -> str:
     """The first problem as one line: `sparsity.sparsity: Input should be less than 1 (got 1.5)`."""
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "config"
+    # A method's settings are a model inside the sparsity section but flat in its YAML: name them as written.
+    parts = [str(part) for part in first["loc"] if part != "settings"]
+    location = ".".join(parts) or "config"
     message = first["msg"].removeprefix("Value error, ")
     given = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"{location}: unknown field"
-    if isinstance(given, dict) or first["type"].startswith("value_error"):
+    if first["type"] == "unknown_field" or isinstance(given, dict) or first["type"].startswith("value_error"):
         return f"{location}: {message}"
     return f"{location}: {message} (got {given!r})"
 

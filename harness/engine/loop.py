@@ -8,7 +8,6 @@ checkpoint. Everything it needs is built once by `build_session` from the config
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.config import Config, OptimConfig, SparsityConfig
+from harness.config import Config, OptimConfig
 from harness.data.datasets import build_datasets
 from harness.data.loaders import build_loaders
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors
@@ -27,7 +26,7 @@ from harness.engine.session import Session
 from harness.errors import UserError
 from harness.models.batchnorm import RevivalGuard, batchnorm_after
 from harness.models.build import build_model
-from harness.sparse import Hyperparameters, MaskSet, MaskUpdate, ScoringInputs, build_method
+from harness.sparse import MaskSet, MaskUpdate, ScoringInputs, build_method
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +78,6 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def sparsity_hyperparameters(
-    sparsity: SparsityConfig, *, epochs: int, steps_per_epoch: int, seed: int
-) -> Hyperparameters:
-    """The sparse core's settings from the config section, field by field by iteration (one schema:
-    a field added to both is carried over without touching this), points in time converted to steps."""
-    values: dict[str, Any] = {}
-    for spec in dataclasses.fields(Hyperparameters):
-        if spec.name in Hyperparameters.RUN_FIELDS:
-            continue
-        value = getattr(sparsity, spec.name)
-        values[spec.name] = epoch_step(value, epochs, steps_per_epoch) if spec.metadata.get("time") else value
-    return Hyperparameters(total_steps=epochs * steps_per_epoch, seed=seed, **values)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The session, built from the config's sections
 
@@ -136,10 +121,15 @@ def build_session(config: Config, dist: DistInfo) -> Session:
     masks = MaskSet.for_model(
         model, dense_first_layer=sparsity.dense_first_layer, dense_classifier=sparsity.dense_classifier
     )
-    hyper = sparsity_hyperparameters(
-        sparsity, epochs=config.optim.epochs, steps_per_epoch=steps_per_epoch, seed=config.run.seed
+    method = build_method(
+        sparsity.method,
+        masks,
+        optimizer,
+        sparsity.settings,
+        total_steps=config.optim.epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        seed=config.run.seed,
     )
-    method = build_method(sparsity.method, masks, optimizer, hyper)
     positions = output_positions(model, spec.input_shape)
     # Augmentation draws differ per rank (each rank sees different samples anyway).
     torch.manual_seed(config.run.seed * 1_000_003 + 7919 * (dist.rank + 1))

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.errors import UserError
-from harness.sparse import Hyperparameters, MaskSet, SparsityMethod, build_method
+from harness.sparse import MaskSet, SparsityMethod, build_method
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,20 @@ def _benchmark_arch(
     dense_step, masked_step, sparse_step = _step_seconds(
         arch, inputs, labels, repetitions, warmup, seed, sparsity
     )
+    schedule = {"sparsity": sparsity, "update_frequency": _UPDATE_FREQUENCY}
     granet = _update_seconds(
-        arch, "granet", inputs, labels, repetitions, warmup, seed, sparsity=sparsity, init_sparsity=0.5
+        arch,
+        "granet",
+        inputs,
+        labels,
+        repetitions,
+        warmup,
+        seed,
+        **schedule,
+        init_sparsity=0.5,
+        prune_end=0.5,
     )
-    rigl = _update_seconds(arch, "rigl", inputs, labels, repetitions, warmup, seed, sparsity=sparsity)
+    rigl = _update_seconds(arch, "rigl", inputs, labels, repetitions, warmup, seed, **schedule)
     return BenchmarkRow(
         arch=arch,
         batch_size=batch_size,
@@ -209,14 +219,8 @@ def _model_and_optimizer(arch: str, seed: int) -> tuple[nn.Module, torch.optim.O
     return model, optimizer
 
 
-def _method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, **hyper: Any) -> SparsityMethod:
-    hyperparameters = Hyperparameters(
-        total_steps=_TOTAL_STEPS,
-        update_frequency=_UPDATE_FREQUENCY,
-        prune_end=_TOTAL_STEPS // 2,
-        **hyper,
-    )
-    return build_method(name, MaskSet.for_model(model), optimizer, hyperparameters)
+def _method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, **settings: Any) -> SparsityMethod:
+    return build_method(name, MaskSet.for_model(model), optimizer, settings, total_steps=_TOTAL_STEPS)
 
 
 def _training_step(
@@ -245,11 +249,11 @@ def _update_seconds(
     repetitions: int,
     warmup: int,
     seed: int,
-    **hyper: Any,
+    **settings: Any,
 ) -> float:
     """Median seconds of one mask-update event at `_EVENT_STEP`, from the same weights and masks every time."""
     model, optimizer = _model_and_optimizer(arch, seed)
-    method = _method(name, model, optimizer, **hyper)
+    method = _method(name, model, optimizer, **settings)
     _training_step(model, optimizer, method, inputs, labels)  # dense gradients and optimizer state exist
     weights = [weight.detach().clone() for weight in method.masks.weights]
     masks = method.masks.bool_masks()

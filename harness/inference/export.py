@@ -733,7 +733,7 @@ def random_masked_model(
 ) -> tuple[nn.Module, dict[str, Tensor], tuple[int, ...]]:
     """A randomly initialised model with a random ERK mask at `sparsity` applied, BatchNorm calibrated."""
     from harness.models.build import build_model
-    from harness.sparse import Hyperparameters, MaskSet, build_method
+    from harness.sparse import MaskSet, build_method
 
     if not 0.0 <= sparsity < 1.0:
         raise UserError(f"--sparsity: must be in [0, 1), got {sparsity}")
@@ -741,7 +741,7 @@ def random_masked_model(
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=num_classes, input_shape=input_shape, width=width)
     masks = MaskSet.for_model(model)
-    build_method("static", masks, None, Hyperparameters(total_steps=1, sparsity=sparsity, seed=seed))
+    build_method("static", masks, None, {"sparsity": sparsity}, total_steps=1, seed=seed)
     masks.apply()  # static's initialisation applies too; explicit because export relies on it
     calibrate_batchnorm(model, input_shape, seed=seed)
     return model, masks.state_dict(), input_shape
