@@ -29,10 +29,10 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check harness analysis tests benchmarks
+	$(BIN)/ruff check harness analysis tests benchmarks experiments examples
 
 format: $(STAMP)
-	$(BIN)/ruff format harness analysis tests benchmarks
+	$(BIN)/ruff format harness analysis tests benchmarks experiments examples
 
 # A CPU-sized GraNet run on MNIST-1D: about 40 s with 2 cores to itself, far longer when they are shared
 # (README, "Threads, and why run times vary").

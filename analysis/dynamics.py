@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from harness.store import rundir
-from harness.store.snapshots import load_masks, step_of
+from harness.store.rundir import snapshot_step as step_of
+from harness.store.snapshots import load_masks
 
 DYNAMICS_COLUMNS = (
     "step",

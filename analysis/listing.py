@@ -15,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.runs import load_runs, read_metrics
+from analysis.runs import load_runs
 from harness.errors import UserError
 from harness.sparse.methods.registry import methods_with_setting
+from harness.store import rundir
 
 # (table column, where its value comes from: summary key first, then the config column)
 FIELDS = {
@@ -91,7 +92,11 @@ def _epochs(row: pd.Series) -> tuple[int | None, int | None]:
     done = 0
     run_dir = row.get("run_dir")
     if isinstance(run_dir, str):
-        epochs = [record.get("epoch") for record in read_metrics(run_dir) if record.get("kind") == "epoch"]
+        epochs = [
+            record.get("epoch")
+            for record in rundir.read_metrics(rundir.metrics_path(Path(run_dir)))
+            if record.get("kind") == "epoch"
+        ]
         done = int(max((epoch for epoch in epochs if isinstance(epoch, int | float)), default=0))
     return done, total
 

@@ -206,14 +206,6 @@ def _local_row(run_dir: Path) -> dict[str, Any]:
     return run_row(config, summary, meta)
 
 
-def read_metrics(run_dir: Path | str) -> Iterator[dict[str, Any]]:
-    """The metrics.jsonl lines of a run directory, in order (none if the file is absent).
-
-    A torn last line is ignored; other damage is a `harness.store.rundir.DamagedFile` naming the file and line.
-    """
-    yield from rundir.read_metrics(rundir.metrics_path(Path(run_dir)))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # W&B
 
@@ -272,7 +264,7 @@ def _wandb_history(api: Any, run_path: str) -> Iterator[dict[str, Any]]:
 def _lines(row: Mapping[str, Any], api: Any) -> Iterable[dict[str, Any]]:
     if row.get("source") == "wandb":
         return _wandb_history(api, row["run_path"])
-    return read_metrics(row["run_dir"])
+    return rundir.read_metrics(rundir.metrics_path(Path(row["run_dir"])))
 
 
 def load_curves(runs: pd.DataFrame, kind: str = "epoch", *, api: Any = None) -> pd.DataFrame:

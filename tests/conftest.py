@@ -67,7 +67,7 @@ class RunFiles:
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
-        from harness.store.tracking import read_metrics
+        from harness.store.rundir import read_metrics
 
         return read_metrics(self.path / "metrics.jsonl")
 
@@ -81,7 +81,8 @@ class RunFiles:
 
     def snapshots(self) -> dict[int, dict[str, np.ndarray]]:
         """step -> masks of every mask snapshot, in step order."""
-        from harness.store.snapshots import load_masks, step_of
+        from harness.store.rundir import snapshot_step as step_of
+        from harness.store.snapshots import load_masks
 
         paths = sorted((self.path / "masks").glob("step_*.npz"), key=step_of)
         return {step_of(path): load_masks(path) for path in paths}

@@ -33,7 +33,8 @@ import torch
 import yaml
 
 from harness.config import deep_merge, resolve, run_id, validate
-from harness.store.snapshots import save_masks, snapshot_name
+from harness.store.rundir import snapshot_name
+from harness.store.snapshots import save_masks
 
 DATASET = "mnist1d"
 STEPS_PER_EPOCH = 55  # 7,000 MNIST-1D training samples after the validation split, batch 128

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from harness.store import checkpoint
+from harness.store import checkpoint, rundir
 from harness.store.checkpoint import (
     capture_rng_state,
     keep_copy,
@@ -113,19 +113,19 @@ def test_latest_checkpoint_prefers_last_and_falls_back_to_prev(tmp_path: Path) -
     run_dir = tmp_path / "run"
     assert latest_checkpoint(run_dir) is None
 
-    last = checkpoint.checkpoint_dir(run_dir) / "last.pt"
+    last = rundir.checkpoint_dir(run_dir) / "last.pt"
     save_checkpoint(last, _state(10))
     assert latest_checkpoint(run_dir) == last
 
     save_checkpoint(last, _state(20))
     last.write_bytes(last.read_bytes()[:100])  # a torn write
-    assert latest_checkpoint(run_dir) == checkpoint.checkpoint_dir(run_dir) / "prev.pt"
+    assert latest_checkpoint(run_dir) == rundir.checkpoint_dir(run_dir) / "prev.pt"
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 10
 
 
 def test_crash_between_the_two_renames_leaves_prev_loadable(tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
-    last = checkpoint.checkpoint_dir(run_dir) / "last.pt"
+    last = rundir.checkpoint_dir(run_dir) / "last.pt"
     save_checkpoint(last, _state(10))
 
     real_replace = os.replace

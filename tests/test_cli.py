@@ -14,8 +14,7 @@ from conftest import HarnessCli
 from harness import config as configuration
 from harness.engine import loop as train
 from harness.store import wandb_offline
-from harness.store.snapshots import snapshot_name
-from harness.store.tracking import read_metrics
+from harness.store.rundir import read_metrics, snapshot_name
 
 try:
     import wandb

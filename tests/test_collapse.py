@@ -14,7 +14,8 @@ import yaml
 from analysis import collapse, load_runs
 from analysis.figures import write_figures
 from harness.config import resolve, run_id
-from harness.store.snapshots import save_masks, snapshot_name
+from harness.store.rundir import snapshot_name
+from harness.store.snapshots import save_masks
 
 SHAPE = (4, 2, 3)  # a conv layer of 4 filters
 

@@ -32,7 +32,8 @@ from harness import cli
 from harness.errors import UserError
 from harness.launch import torchrun as launch
 from harness.sparse.masks import MaskSet
-from harness.store.snapshots import load_masks, step_of
+from harness.store.rundir import snapshot_step as step_of
+from harness.store.snapshots import load_masks
 
 TORCHRUN_VARIABLES = (
     "RANK",

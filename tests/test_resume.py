@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import HarnessCli, RunFiles
 
-from harness.store.tracking import read_metrics
+from harness.store.rundir import read_metrics
 
 # 1,000 MNIST-1D samples: 750 training sequences, 12 steps of 64 per epoch; 3 epochs are 36 steps.
 STEPS_PER_EPOCH = 12

@@ -31,7 +31,7 @@ import torch
 from conftest import HarnessCli
 
 from harness.store import rundir
-from harness.store.tracking import read_metrics
+from harness.store.rundir import read_metrics
 
 TIMING_KEYS = {"time/epoch_s"}
 

@@ -22,8 +22,9 @@ except ImportError:  # the mirror tests skip; everything else runs without W&B
 
 from harness.config import Config, TrackingConfig, dump_yaml, load_config_file
 from harness.errors import UserError
-from harness.store import snapshots, tracking
-from harness.store.tracking import RunStore, Tracker, open_tracker, read_metrics
+from harness.store import rundir, snapshots, tracking
+from harness.store.rundir import read_metrics
+from harness.store.tracking import RunStore, Tracker, open_tracker
 
 RUN_ID = "granet-resnet20-mnist1d-s0-0123456789"
 TAGS = ["granet", "resnet20", "mnist1d"]
@@ -189,7 +190,7 @@ def test_mask_snapshots_are_loadable_and_can_be_switched_off(tmp_path: Path) -> 
     tracker = _open(tmp_path / "on", _config())
     tracker.log_masks(30, _masks(30))
     saved = tmp_path / "on" / "masks" / "step_000000030.npz"
-    assert snapshots.step_of(saved) == 30
+    assert rundir.snapshot_step(saved) == 30
     loaded = snapshots.load_masks(saved)
     assert {name: torch.from_numpy(mask) for name, mask in loaded.items()}.keys() == set(LAYERS)
     for name in LAYERS:
@@ -235,7 +236,7 @@ def test_resumed_run_files_equal_an_uninterrupted_runs(tmp_path: Path) -> None:
     with open(crashed_dir / "metrics.jsonl", "ab") as handle:
         handle.write(b'{"kind": "train", "step": 9')  # torn by the crash
     (crashed_dir / "masks" / "step_000000120.npz.tmp").write_bytes(b"partial")
-    assert [snapshots.step_of(path) for path in RunStore(crashed_dir).mask_snapshots()] == [0, 30, 60, 90]
+    assert [rundir.snapshot_step(path) for path in RunStore(crashed_dir).mask_snapshots()] == [0, 30, 60, 90]
 
     resumed = _open(crashed_dir, config, resume_step=60)
     assert [record["step"] for record in read_metrics(crashed_dir / "metrics.jsonl")][-1] == 60

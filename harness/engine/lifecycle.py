@@ -192,7 +192,7 @@ class RunHooks(Hooks):
             )
         state["extra"].update(extra)
         state.update(self.identity)
-        path = checkpoints.checkpoint_dir(self.run_dir) / checkpoints.LAST
+        path = rundir.checkpoint_dir(self.run_dir) / rundir.LAST_CHECKPOINT
         if session.dist.is_main:
             checkpoints.save_checkpoint(path, state)
             if (

@@ -29,27 +29,16 @@ from harness.store import rundir
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = rundir.CHECKPOINT_DIR
-LAST = rundir.LAST_CHECKPOINT
-PREVIOUS = rundir.PREVIOUS_CHECKPOINT
-checkpoint_dir = rundir.checkpoint_dir
-epoch_checkpoint_name = rundir.epoch_checkpoint_name
-
 
 def previous_path(path: Path) -> Path:
     """Where `save_checkpoint` keeps the file it replaces: `last.pt` -> `prev.pt`, `x.pt` -> `x.prev.pt`."""
-    if path.name == LAST:
-        return path.with_name(PREVIOUS)
+    if path.name == rundir.LAST_CHECKPOINT:
+        return path.with_name(rundir.PREVIOUS_CHECKPOINT)
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Atomic files (kept here as names too: callers and tests have used them from this module)
-
-atomic_write = rundir.atomic_write
-atomic_write_text = rundir.atomic_write_text
-_write_durably = rundir.write_durably
-_fsync_directory = rundir.fsync_directory
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -60,7 +49,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` to `path` atomically; an existing file at `path` is first kept as `previous_path(path)`."""
     path = Path(path)
     # Serialise first: a failing torch.save (unpicklable state, full disk) must not have moved last.pt away.
-    temporary = _write_durably(path, lambda handle: torch.save(state, handle))
+    temporary = rundir.write_durably(path, lambda handle: torch.save(state, handle))
     try:
         if path.exists():
             # A crash between these two renames leaves prev.pt and no last.pt; latest_checkpoint handles it.
@@ -69,13 +58,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    rundir.fsync_directory(path.parent)
 
 
 def keep_copy(path: Path, epoch: int) -> Path:
     """Keep the checkpoint at `path` for good as `epoch_NNNN.pt` beside it (a hard link, or a copy)."""
     path = Path(path)
-    target = path.with_name(epoch_checkpoint_name(epoch))
+    target = path.with_name(rundir.epoch_checkpoint_name(epoch))
     temporary = rundir.temporary_path(target)
     temporary.unlink(missing_ok=True)
     try:
@@ -130,9 +119,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     One warning when a damaged checkpoint is passed over, saying what the run does instead: resume from
     the previous checkpoint, or (both damaged) restart from scratch, so a restart is not taken for a resume.
     """
-    directory = checkpoint_dir(run_dir)
+    directory = rundir.checkpoint_dir(run_dir)
     damaged: list[str] = []
-    for name in (LAST, PREVIOUS):
+    for name in (rundir.LAST_CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
         candidate = directory / name
         if not candidate.exists():
             continue

@@ -18,10 +18,6 @@ from harness.store import rundir
 SHAPE_SUFFIX = ".shape"
 
 
-snapshot_name = rundir.snapshot_name
-step_of = rundir.snapshot_step
-
-
 def save_masks(path: Path, masks: Mapping[str, torch.Tensor]) -> Path:
     """Write `masks` (name -> 0/1 tensor) to `path` atomically (see `harness.store.rundir.atomic_write`)."""
     arrays: dict[str, np.ndarray] = {}

@@ -47,11 +47,6 @@ Status = Literal["running", "completed", "failed"]
 STATUSES: tuple[str, ...] = rundir.STATUSES
 
 # The names live in harness.store.rundir; these stay for callers that used them from here.
-CONFIG_FILE = rundir.CONFIG_FILE
-STATUS_FILE = rundir.STATUS_FILE
-METRICS_FILE = rundir.METRICS_FILE
-SUMMARY_FILE = rundir.SUMMARY_FILE
-MASKS_DIR = rundir.MASKS_DIR
 REQUIRED_KEYS = ("kind", "step", "epoch")
 
 # W&B waits this long for its service before giving up (its default is 90 s); only online mode can need it.
@@ -102,11 +97,6 @@ def _record_line(record: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
     if isinstance(safe["epoch"], bool) or not isinstance(safe["epoch"], int | float):
         raise ValueError(f"metrics record: epoch must be a number, got {safe['epoch']!r}")
     return safe, (json.dumps(safe, allow_nan=False) + "\n").encode()
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a `metrics.jsonl`; a torn last line (a writer killed mid-line) is ignored."""
-    return rundir.read_metrics(Path(path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,7 +158,7 @@ class RunStore:
         return safe
 
     def records(self) -> list[dict[str, Any]]:
-        return read_metrics(self.metrics_path)
+        return rundir.read_metrics(self.metrics_path)
 
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write summary.json; returns it as written (non-finite floats as None)."""
@@ -177,7 +167,7 @@ class RunStore:
         return safe
 
     def save_masks(self, step: int, masks: Mapping[str, torch.Tensor]) -> Path:
-        return snapshots.save_masks(self.masks_dir / snapshots.snapshot_name(step), masks)
+        return snapshots.save_masks(self.masks_dir / rundir.snapshot_name(step), masks)
 
     def mask_snapshots(self) -> list[Path]:
         """Snapshot files in step order."""
@@ -196,7 +186,7 @@ class RunStore:
         if self.metrics_path.exists():
             rundir.atomic_write(self.metrics_path, lambda handle: handle.write(kept))
         for path in self.mask_snapshots():
-            if snapshots.step_of(path) > step:
+            if rundir.snapshot_step(path) > step:
                 path.unlink()
         self._remove_temporaries()
         self.summary_path.unlink(missing_ok=True)

@@ -94,7 +94,7 @@ def run_probe(config: Config, dist: DistInfo) -> RunResult:
         raise ValueError("run_probe needs a config with a plasticity section")
     runs_dir = Path(config.tracking.runs_dir)
     base_dir = runs_dir / probe.base_run
-    checkpoint = checkpoints.checkpoint_dir(base_dir) / checkpoints.epoch_checkpoint_name(probe.probe_epoch)
+    checkpoint = rundir.checkpoint_dir(base_dir) / rundir.epoch_checkpoint_name(probe.probe_epoch)
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: the base run has no checkpoint for probe epoch {probe.probe_epoch}")
     control: Control | None = None

@@ -1,7 +1,7 @@
 """Where the seed-to-seed spread of CPU plasticity comes from: re-runs probes of a completed run store and
 measures each continuation epoch on the recipe's test split and on a larger fresh test set.
 
-    .venv/bin/python benchmarks/plasticity_noise_sources.py RUNS_DIR [--probe-epoch 4 ...] [--workers 2]
+    .venv/bin/python experiments/plasticity_noise_sources.py RUNS_DIR [--probe-epoch 4 ...] [--workers 2]
         [--test-samples 5000] [--markdown reports/cpu/noise_sources.md]
 
 For every completed probe and control at the chosen probe epochs (default: the CPU study's epoch 4 and
@@ -149,7 +149,7 @@ def report(results: list[dict], test_samples: int) -> str:
     lines = [
         "# Where the spread of CPU plasticity comes from",
         "",
-        f"Written by `benchmarks/plasticity_noise_sources.py` from {len(results)} probes and controls of the run "
+        f"Written by `experiments/plasticity_noise_sources.py` from {len(results)} probes and controls of the run "
         f"store, trained again along their own trajectories (one intra-op thread). Recipe test set: the "
         f"recipe's split; fresh test set: {test_samples} new MNIST-1D samples (dataset seed "
         f"{FRESH_TEST_SEED}). Every accuracy with BatchNorm statistics recomputed. Seed-to-seed std in pp "

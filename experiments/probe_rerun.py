@@ -1,6 +1,6 @@
-"""What the benchmarks that train a run store's probes again share: the probe's session from its run
+"""What the experiments that train a run store's probes again share: the probe's session from its run
 directory, their command line, and writing the report. Imported by those scripts (run from the repository
-root as `.venv/bin/python benchmarks/<script>.py`, which puts this directory on the path)."""
+root as `.venv/bin/python experiments/<script>.py`, which puts this directory on the path)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from harness.config import PlasticityConfig, deep_merge, validate
 from harness.engine.distributed import dist_info_from_env
 from harness.engine.loop import build_session
 from harness.engine.session import Session
-from harness.store import checkpoint as checkpoints
 from harness.store import rundir
 
 
@@ -30,7 +29,7 @@ def probe_session(run_dir: Path, runs_dir: Path, data_dir: str) -> tuple[Session
     return (
         session,
         probe,
-        checkpoints.checkpoint_dir(base) / checkpoints.epoch_checkpoint_name(probe.probe_epoch),
+        rundir.checkpoint_dir(base) / rundir.epoch_checkpoint_name(probe.probe_epoch),
     )
 
 

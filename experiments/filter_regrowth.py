@@ -1,6 +1,6 @@
 """Why regeneration lowers the plasticity of filter pruning at CPU scale: the revived filters, re-trained.
 
-    .venv/bin/python benchmarks/filter_regrowth.py RUNS_DIR [--probe-epoch 4 ...] [--workers 2]
+    .venv/bin/python experiments/filter_regrowth.py RUNS_DIR [--probe-epoch 4 ...] [--workers 2]
         [--data-dir data] [--markdown reports/cpu/filter_regrowth.md]
 
 Filter regeneration (SPEC section 7) regrows whole filters that pruning left without an active weight,
@@ -175,7 +175,7 @@ def report(results: list[dict], stored: dict[tuple, float]) -> str:
     lines = [
         "# Filter regeneration: the revived filters under BatchNorm",
         "",
-        f"Written by `benchmarks/filter_regrowth.py` from {len(zero)} filter probes with regeneration of the run "
+        f"Written by `experiments/filter_regrowth.py` from {len(zero)} filter probes with regeneration of the run "
         "store, each trained again along its own trajectory (one intra-op thread): it reproduces the store's "
         f"plasticity exactly for {reproduced} of the {len(zero)}. Gain = plasticity with regeneration − "
         "without (pp, per seed: the paired difference, as in claims.md), mean ± std (n). Revived filters are "
