@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from harness.cli import training as train_cli
 from harness.config import _NOT_IDENTITY, SparsityConfig, resolve, run_id
 from harness.engine.loop import epoch_step, sparsity_hyperparameters
 from harness.errors import UserError
+from harness.launch.command_line import training_parser
 from harness.sparse import METHODS, Hyperparameters
 
 NEW_FIELDS = (
@@ -119,4 +119,5 @@ def test_acdc_phases_must_fit_in_the_run() -> None:
 
 
 def test_the_cli_help_lists_every_registered_method() -> None:
-    assert train_cli.METHOD_HELP.split(" | ") == list(METHODS)
+    (method,) = [param for param in training_parser().commands["run"].params if param.name == "method"]
+    assert method.help.split(" | ") == list(METHODS)
