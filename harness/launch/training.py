@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness import config as configuration
-from harness.launch.command_line import Launch, ProbeRequest, RunRequest
+from harness.engine.signals import hand_over_stop_signals
+from harness.launch.command_line import Launch, ProbeRequest, RunRequest, Training
 from harness.launch.planning import plasticity_configs, run_config
 from harness.launch.torchrun import launch_if_needed
 
@@ -25,30 +26,29 @@ log = logging.getLogger("harness")
 
 def run(request: RunRequest, out: TextIO | None = None) -> int:
     """Train one model with one method (or, with --dry-run, print its config and run directory)."""
-    out = sys.stdout if out is None else out
     config = run_config(request)
-    launch = request.training.launch
-    if request.training.dry_run:
-        print_dry_run([config], launch, out)
-        return 0
-    stopped = launch_if_needed(launch, config.optim.batch_size)
-    if stopped is not None:
-        return stopped
-    return execute(config.run.device, lambda dist: train_or_skip(config, dist), out)
+    return start([config], request.training, lambda dist: train_or_skip(config, dist), out)
 
 
 def plasticity(request: ProbeRequest, out: TextIO | None = None) -> int:
     """One probe of the pruning-plasticity study, its base run and control first where missing."""
-    out = sys.stdout if out is None else out
     configs = plasticity_configs(request)
-    launch = request.training.launch
-    if request.training.dry_run:
-        print_dry_run(configs, launch, out)
+    return start(configs, request.training, lambda dist: run_plasticity(configs, dist), out)
+
+
+def start(
+    configs: list[configuration.Config], training: Training, work: Callable[[Any], Path], out: TextIO | None
+) -> int:
+    """The dry run's listing, or `work` in this process or under torchrun; the last config is the command's."""
+    out = sys.stdout if out is None else out
+    if training.dry_run:
+        print_dry_run(configs, training.launch, out)
         return 0
-    stopped = launch_if_needed(launch, configs[-1].optim.batch_size)
+    hand_over_stop_signals()
+    stopped = launch_if_needed(training.launch, configs[-1].optim.batch_size)
     if stopped is not None:
         return stopped
-    return execute(configs[-1].run.device, lambda dist: run_plasticity(configs, dist), out)
+    return execute(configs[-1].run.device, work, out)
 
 
 def print_dry_run(configs: list[configuration.Config], launch: Launch, out: TextIO) -> None:
