@@ -1,6 +1,6 @@
 """Pieces every `harness` command shares: user errors as one line, logging set-up, the exit.
 
-Option spellings (every dashed option also underscored, for W&B sweep agents) come from
+Option spellings (every dashed option also underscored, for W&B sweep agents) and `--verbose` come from
 `harness.launch.command_line.option`, where the training commands' grammar is declared.
 """
 
@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, NoReturn
+from typing import NoReturn
 
 import typer
 
@@ -37,6 +37,3 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("wandb", "urllib3", "matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from harness.cli.common import Verbose, call, setup_logging
+from harness.cli.common import call, setup_logging
 from harness.inference.commands import ExportRequest, InferenceBenchRequest
-from harness.launch.command_line import option
+from harness.launch.command_line import Verbose, option
 
 bench_app = typer.Typer(
     no_args_is_help=True, help="Timings: the training step, exported inference, start-up."

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from harness.cli.common import Verbose, call, setup_logging
-from harness.launch.command_line import option
+from harness.cli.common import call, setup_logging
+from harness.launch.command_line import Verbose, option
 
 Roots = Annotated[list[Path] | None, typer.Argument(help="run directories, groups or runs roots")]
 

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from harness.cli.common import Verbose, call, setup_logging
-from harness.launch.command_line import SHARED_OPTIONS, option
+from harness.cli.common import call, setup_logging
+from harness.launch.command_line import SHARED_OPTIONS, Verbose, option
 from harness.launch.sweep_commands import SlurmRequest, SweepRequest
 
 app = typer.Typer(no_args_is_help=True, help="Run a sweep file locally, submit it to SLURM, or report on it.")

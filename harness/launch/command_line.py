@@ -112,6 +112,7 @@ TrainingRequest = RunRequest | ProbeRequest
 # ---------------------------------------------------------------------------------------------------------
 # The options every training command takes (declared once)
 
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 # Paths as strings: typer would turn "" into Path("") == "." and hide an empty value from the config's check.
 SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {  # name: (annotation, default)
     "arch": (Annotated[str, option("--arch", help=choices(ARCHS))], "resnet20"),
@@ -171,7 +172,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {  # name: (annotation, default)
         None,
     ),
     "max_restarts": (Annotated[int, option("--max-restarts", help="torchrun restarts of a failed job")], 0),
-    "verbose": (Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")], False),
+    "verbose": (Verbose, False),
 }
 LAUNCH_FIELDS = ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "max_restarts")
 
