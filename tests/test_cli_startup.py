@@ -154,6 +154,34 @@ def test_sigterm_while_a_run_starts_exits_3_or_143_never_by_the_signal(
         assert harness_cli.files(run_dir).checkpoint()["step"] == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc")
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.3])
+def test_sigterm_while_a_sweep_is_planned_exits_143_having_written_nothing(
+    harness_cli: HarnessCli, delay: float
+) -> None:
+    """A command that does not train: the signal is noted until the command starts (then 143 at once) or,
+    later, ends it with 143 instead of killing it."""
+    sweep = REPO / "sweeps" / "granet-mnist1d.yaml"
+    process = harness_cli.spawn(
+        "sweep", "run", str(sweep), "--dry-run", "--runs-dir", str(harness_cli.runs_dir)
+    )
+    try:
+        while process.poll() is None and not catches_sigterm(process.pid):
+            time.sleep(0.002)
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert not harness_cli.runs_dir.exists()
+    assert "Traceback" not in stderr
+    if process.returncode == 0 and delay > 0:  # planning finished first (once it needs no torch): the plan
+        assert stdout.startswith("sweep granet-mnist1d: ")
+        return
+    assert process.returncode == 143, stderr
+    assert stdout == ""
+
+
 @pytest.fixture
 def deferred_stop(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A stop signal noted by the entry point's deferral; the handlers of this process are restored after."""
