@@ -8,7 +8,7 @@ process by signal. Exit codes:
 - 3 a training run stopped by a signal after it created its run directory (checkpointed, resumable);
 - 130 (Ctrl-C) / 143 (SIGTERM): stopped before the command created anything.
 
-This module imports nothing at import time: `main` defers the signals before its first import.
+This module imports only `sys` at import time: `main` defers the signals before its first import of ours.
 """
 
 from __future__ import annotations

@@ -65,13 +65,9 @@ def describe_usage_error(error: Any) -> str:
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
 
-HELP = "Sparse-training research harness: GraNet, the pruning-plasticity study and its baselines."
+# The app's help is its callback's docstring.
 app = typer.Typer(
-    cls=OneLineUsageErrors,
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help=HELP,
+    cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False
 )
 
 
