@@ -40,14 +40,14 @@ demo: $(STAMP)
 	$(BIN)/harness run granet --arch resnet20 --dataset mnist1d --runs-dir $(RUNS_DIR)
 
 bench: $(STAMP)
-	$(BIN)/harness bench
+	$(BIN)/harness bench step
 
 # The README's inference table: exported sparse vs dense PyTorch, VGG-19 and ResNet-20, CIFAR (32x32) and
 # MNIST-1D (1x40) input shapes, 90/95/98% random ERK masks, batch 1 and 64, THREADS intra-op threads.
 # Writes benchmarks/inference.json and benchmarks/inference.md (a few minutes on 2 quiet cores).
 THREADS ?= 1
 bench-inference: $(STAMP)
-	$(BIN)/harness bench --inference --arch vgg19 --arch resnet20 --dataset cifar10 --dataset mnist1d \
+	$(BIN)/harness bench inference --arch vgg19 --arch resnet20 --dataset cifar10 --dataset mnist1d \
 		--sparsity 0.9 --sparsity 0.95 --sparsity 0.98 --batch-sizes 1,64 --threads $(THREADS) \
 		--json benchmarks/inference.json --markdown benchmarks/inference.md
 
@@ -56,17 +56,17 @@ FIGURES_DIR ?= figures
 figures: $(STAMP)
 	$(BIN)/harness figures $(RUNS_DIR) --out $(FIGURES_DIR)
 
-# Sweeps (sweeps/*.yaml, W&B's format) run locally by `harness sweep`: completed runs are skipped, so an
+# Sweeps (sweeps/*.yaml, W&B's format) run locally by `harness sweep run`: completed runs are skipped, so an
 # interrupted sweep finishes what is missing when run again. SCALE=paper (CIFAR, GPU-sized) or SCALE=cpu
 # (MNIST-1D, minutes on 2 cores); WORKERS runs in parallel; RUNS_DIR is the run store.
 sweep-plasticity: $(STAMP)
 	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
-	$(BIN)/harness sweep sweeps/$(if $(filter cpu,$(SCALE)),plasticity-mnist1d,plasticity).yaml \
+	$(BIN)/harness sweep run sweeps/$(if $(filter cpu,$(SCALE)),plasticity-mnist1d,plasticity).yaml \
 		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 sweep-plasticity-structured: $(STAMP)
 	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
-	$(BIN)/harness sweep sweeps/plasticity-structured$(if $(filter cpu,$(SCALE)),-mnist1d).yaml \
+	$(BIN)/harness sweep run sweeps/plasticity-structured$(if $(filter cpu,$(SCALE)),-mnist1d).yaml \
 		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 # SCALE=paper runs the CIFAR-10 and then the CIFAR-100 comparison (the second even if the first had failures).
@@ -74,7 +74,7 @@ sweep-granet: $(STAMP)
 	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
 	status=0; \
 	for file in $(if $(filter cpu,$(SCALE)),granet-mnist1d,granet-cifar10 granet-cifar100); do \
-		$(BIN)/harness sweep sweeps/$$file.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR) || status=$$?; \
+		$(BIN)/harness sweep run sweeps/$$file.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR) || status=$$?; \
 	done; \
 	exit $$status
 
@@ -87,7 +87,7 @@ sweep-granet: $(STAMP)
 # status non-zero. The last line printed is the path of claims.md. Measured: README, "Reproducing the
 # paper's claims on a CPU".
 REPRO_WANDB ?= disabled
-REPRO_SWEEP = $(BIN)/harness sweep --workers $(WORKERS) --runs-dir $(RUNS_DIR) --wandb $(REPRO_WANDB)
+REPRO_SWEEP = $(BIN)/harness sweep run --workers $(WORKERS) --runs-dir $(RUNS_DIR) --wandb $(REPRO_WANDB)
 CLAIM_COMPARISON := --only method=gmp --only method=rigl --only method=set --only method=granet --only init_sparsity=0.0
 CLAIM_SPARSE_TO_SPARSE := --only method=granet --only init_sparsity=0.5
 reproduce-cpu: $(STAMP)
@@ -103,7 +103,7 @@ reproduce-cpu: $(STAMP)
 # The high-sparsity collapse ablation (README, "The high-sparsity collapse"): 75 runs at 98%, ~1 hour on
 # 2 CPU cores; `make figures` then adds collapse_ablation.png and collapse_table.md.
 sweep-collapse: $(STAMP)
-	$(BIN)/harness sweep sweeps/collapse-mnist1d.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR)
+	$(BIN)/harness sweep run sweeps/collapse-mnist1d.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

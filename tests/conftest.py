@@ -137,7 +137,7 @@ class HarnessCli:
         import torch
         from typer.testing import CliRunner
 
-        from harness import cli
+        from harness.cli import commands as cli
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

@@ -32,7 +32,7 @@ from analysis.claims import (
     welch_interval,
     write_claims,
 )
-from harness import cli
+from harness.cli import commands as cli
 
 REPO = Path(__file__).resolve().parent.parent
 # Seeds 0, 1, 2 sit at -1, 0, +1 SEED_STEP around each comparison formula: every side's std is 0.40 pp.

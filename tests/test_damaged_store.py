@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from analysis import load_curves, load_runs
 from analysis.aggregate import comparison_table
 from analysis.dynamics import mask_dynamics
-from harness import cli
+from harness.cli import commands as cli
 from harness.store import rundir
 
 SPEC = factory.StoreSpec(

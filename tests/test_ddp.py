@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import cli
+from harness.cli import commands as cli
 from harness.errors import UserError
 from harness.launch import torchrun as launch
 from harness.sparse.masks import MaskSet
@@ -534,7 +534,7 @@ def test_a_sweep_plans_its_runs_on_n_processes(
     sweep_file.write_text(SWEEP.replace("  nproc-per-node: {value: 2}\n", sweep_parameters))
     runs_dir = tmp_path / "runs"
     result = CliRunner().invoke(
-        cli.app, ["sweep", str(sweep_file), "--runs-dir", str(runs_dir), "--dry-run", *options]
+        cli.app, ["sweep", "run", str(sweep_file), "--runs-dir", str(runs_dir), "--dry-run", *options]
     )
     assert result.exit_code == 0, result.output
     expected = []

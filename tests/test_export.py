@@ -321,7 +321,7 @@ def test_export_refuses_an_unfinished_run(harness_cli, tmp_path):
 def test_bench_inference_reports_speedup_size_and_logit_difference(harness_cli, tmp_path):
     json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
     result = harness_cli.invoke(
-        "bench", "--inference", "--arch", "resnet20", "--dataset", "mnist1d", "--sparsity", "0.9",
+        "bench", "inference", "--arch", "resnet20", "--dataset", "mnist1d", "--sparsity", "0.9",
         "--batch-sizes", "1,3", "--repetitions", "2", "--width", "0.25",
         "--json", str(json_path), "--markdown", str(markdown_path),
     )  # fmt: skip

@@ -10,7 +10,7 @@ import runstore_factory as factory
 from typer.testing import CliRunner
 
 from analysis import listing
-from harness.cli import app
+from harness.cli.commands import app
 
 SPEC = factory.StoreSpec(
     archs=("resnet20",),

@@ -15,11 +15,11 @@ from typing import get_args
 
 import pytest
 
-from harness.cli import training as train_cli
 from harness.config import dump_yaml, load_config_file, resolve, run_id, validate
 from harness.config import sparsity as sparsity_section
 from harness.config.identity import method_stem
 from harness.errors import UserError
+from harness.launch.command_line import training_parser
 from harness.sparse.methods.base import TIME, Growth
 from harness.sparse.methods.registry import METHODS, method_class, methods_with_setting
 
@@ -211,7 +211,8 @@ def test_a_full_old_layout_section_validates_for_any_method() -> None:
 
 
 def test_the_cli_help_lists_every_registered_method() -> None:
-    assert train_cli.METHOD_HELP.split(" | ") == list(METHODS)
+    (method,) = [param for param in training_parser().commands["run"].params if param.name == "method"]
+    assert method.help.split(" | ") == [*METHODS, "MODULE:CLASS (a plug-in)"]
 
 
 def test_a_plugin_run_id_stem_is_safe_in_a_file_name() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli.training import plan_invocation
+from harness.launch.planning import plan_invocation
 from harness.launch.sweep_file import load_sweep
 from harness.launch.sweep_plan import plan_jobs
 

@@ -139,7 +139,15 @@ def test_plugins_sweep_and_appear_in_runs_and_figures(plugins: Path, tmp_path: P
         "  seed: {values: [0, 1]}\n"
     )
     swept = run(
-        plugins, "sweep", str(sweep), "--runs-dir", str(tmp_path / "runs"), "--workers", "1", cwd=tmp_path
+        plugins,
+        "sweep",
+        "run",
+        str(sweep),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--workers",
+        "1",
+        cwd=tmp_path,
     )
     assert swept.returncode == 0, swept.stderr
     run_dirs = sorted((tmp_path / "runs" / "default").glob("granet-my_models-tiny_cnn-my_data-waveforms-s*"))

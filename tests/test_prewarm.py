@@ -17,8 +17,7 @@ import pytest
 import torch
 import yaml
 
-from harness import cli
-from harness.launch import prewarm, supervisor, sweep
+from harness.launch import prewarm, supervisor, sweep, sweep_commands
 
 pytestmark = pytest.mark.skipif(not prewarm.available(), reason="fork launcher is Linux-only")
 
@@ -101,7 +100,10 @@ def test_a_forked_run_is_bit_identical_to_a_fresh_process(harness_cli, tmp_path)
         yaml.safe_dump({"program": "harness", "method": "grid", "command": command, "parameters": parameters})
     )
     results = []
-    for name, launcher in (("forked", cli.forked_jobs(1)), ("fresh", supervisor.subprocess_launcher(1))):
+    for name, launcher in (
+        ("forked", sweep_commands.forked_jobs(1)),
+        ("fresh", supervisor.subprocess_launcher(1)),
+    ):
         runs = tmp_path / name
         assert sweep.run_sweep(path, runs_dir=runs, out=io.StringIO(), launch=launcher) == 0
         (summary,) = runs.glob("*/*/summary.json")

@@ -1,4 +1,4 @@
-"""`harness sweep --slurm` / `--status`: levels, submission records, the task's guard, the status report.
+"""`harness sweep submit` / `harness sweep status`: levels, submission records, the task's guard, the status report.
 
 Fast tests drive the submission with a recording submitter and the status with given scheduler states.
 The slow ones run a base run and two probes for real: through submitit's local executor, and through a
@@ -24,7 +24,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness import cli
+from harness.cli import commands as cli
 from harness.errors import UserError
 from harness.launch import slurm, supervisor, sweep_file, sweep_plan
 from harness.launch.sweep_plan import Job
@@ -248,7 +248,7 @@ def test_a_level_larger_than_an_array_may_be_is_split_and_the_next_level_waits_f
 class RefusingSubmitter(RecordingSubmitter):
     def submit(self, tasks, after, name):
         if self.arrays:
-            raise UserError("--slurm: sbatch refused array tiny-1: Invalid partition name specified")
+            raise UserError("sweep submit: sbatch refused array tiny-1: Invalid partition name specified")
         return super().submit(tasks, after, name)
 
 
@@ -260,7 +260,7 @@ def test_an_sbatch_refusal_halfway_names_the_arrays_already_queued(tmp_path):
         )
     [record_file] = (runs / ".sweeps" / "tiny" / "submissions").glob("*.json")
     assert str(raised.value) == (
-        "--slurm: sbatch refused array tiny-1: Invalid partition name specified; arrays 10 are queued already "
+        "sweep submit: sbatch refused array tiny-1: Invalid partition name specified; arrays 10 are queued already "
         f"(recorded in {record_file}): scancel them, or fix the cause and submit again (completed runs are skipped)"
     )
     assert [array["job_id"] for array in json.loads(record_file.read_text())["arrays"]] == ["10"]
@@ -269,7 +269,7 @@ def test_an_sbatch_refusal_halfway_names_the_arrays_already_queued(tmp_path):
 def test_without_sbatch_a_slurm_submission_is_one_line_naming_it(tmp_path, monkeypatch):
     path, runs, _ = plan(tmp_path)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(UserError, match=r"^--slurm: sbatch and srun not found on this machine"):
+    with pytest.raises(UserError, match=r"^sweep submit: sbatch and srun not found on this machine"):
         slurm.submit_sweep(path, slurm.SlurmOptions(), runs_dir=runs, out=io.StringIO())
     assert not (runs / ".sweeps" / "tiny" / "submissions").exists()
 
@@ -502,19 +502,21 @@ def test_a_damaged_submission_record_is_a_warning_naming_it(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    ("argv", "expected"),
+    ("command", "argv", "expected"),
     [
-        (["--partition", "gpu"], "error: --partition: only with --slurm"),
-        (["--slurm-arg", "qos=low"], "error: --slurm-arg: only with --slurm"),
-        (["--status", "--slurm"], "error: --slurm: not with --status, which reports on a submitted sweep"),
-        (["--status", "--time", "10"], "error: --time: not with --status"),
-        (["--slurm", "--workers", "2"], "error: --workers: with --slurm the scheduler runs the tasks"),
-        (["--slurm", "--gpus-per-task", "-2"], "error: --gpus-per-task: Input should be greater than"),
+        ("run", ["--partition", "gpu"], "error: harness sweep run: no such option --partition"),
+        ("run", ["--slurm-arg", "qos=low"], "error: harness sweep run: no such option --slurm-arg"),
+        ("status", ["--dry-run"], "error: harness sweep status: no such option --dry-run"),
+        ("status", ["--time", "10"], "error: harness sweep status: no such option --time"),
+        ("submit", ["--workers", "2"], "error: harness sweep submit: no such option --workers"),
+        ("submit", ["--gpus-per-task", "-2"], "error: --gpus-per-task: Input should be greater than"),
     ],
 )
-def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, argv, expected):
+def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, command, argv, expected):
     path = base_and_two_probes(tmp_path)
-    result = CliRunner().invoke(cli.app, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), *argv])
+    result = CliRunner().invoke(
+        cli.app, ["sweep", command, str(path), "--runs-dir", str(tmp_path / "runs"), *argv]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().startswith(expected)
     assert len(result.stderr.strip().splitlines()) == 1
@@ -524,7 +526,7 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, argv, expected):
 def test_cli_dry_run_shows_torchrun_tasks_with_nproc_per_node_and_submits_nothing(tmp_path):
     path = base_and_two_probes(tmp_path)
     runs = tmp_path / "runs"
-    argv = ["sweep", str(path), "--runs-dir", str(runs), "--slurm", "--dry-run", "--nproc-per-node", "2"]
+    argv = ["sweep", "submit", str(path), "--runs-dir", str(runs), "--dry-run", "--nproc-per-node", "2"]
     result = CliRunner().invoke(cli.app, [*argv, "--gpus-per-task", "2", "--slurm-arg", "account=proj"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -541,9 +543,7 @@ def test_cli_dry_run_shows_torchrun_tasks_with_nproc_per_node_and_submits_nothin
 
 def test_cli_status_of_an_unsubmitted_sweep_exits_3(tmp_path):
     path = base_and_two_probes(tmp_path)
-    result = CliRunner().invoke(
-        cli.app, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), "--status"]
-    )
+    result = CliRunner().invoke(cli.app, ["sweep", "status", str(path), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 3
     assert count_line("not submitted", 4) in result.stdout.splitlines()
 
@@ -567,7 +567,7 @@ def check_order(found: list[dict]) -> None:
 @pytest.mark.slow
 def test_local_executor_runs_base_control_and_probes_in_order_then_skips_them(tmp_path):
     path, runs, jobs = plan(tmp_path)
-    argv = ["sweep", str(path), "--runs-dir", str(runs), "--slurm", "--cluster", "local", "--time", "20"]
+    argv = ["sweep", "submit", str(path), "--runs-dir", str(runs), "--cluster", "local", "--time", "20"]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 0, result.output
     assert all(rundir.is_completed(job.run_dir) for job in jobs)
@@ -575,7 +575,7 @@ def test_local_executor_runs_base_control_and_probes_in_order_then_skips_them(tm
     assert [record["state"] for record in found] == ["completed"] * 4
     check_order(found)
     assert count_line("completed", 4) in result.stdout.splitlines()
-    status = CliRunner().invoke(cli.app, ["sweep", str(path), "--runs-dir", str(runs), "--status"])
+    status = CliRunner().invoke(cli.app, ["sweep", "status", str(path), "--runs-dir", str(runs)])
     assert status.exit_code == 0
     assert status.stdout.splitlines()[1:6] == [
         count_line("queued", 0),
@@ -720,8 +720,8 @@ def wait_for_status(argv: list[str], timeout: float) -> CliRunner:
 @pytest.mark.slow
 def test_real_single_node_slurm_runs_the_arrays_in_dependency_order(tmp_path, slurm_cluster):
     path, runs, jobs = plan(tmp_path)
-    argv = ["sweep", str(path), "--runs-dir", str(runs)]
-    submitted = CliRunner().invoke(cli.app, [*argv, "--slurm", "--time", "20"])
+    argv = [str(path), "--runs-dir", str(runs)]
+    submitted = CliRunner().invoke(cli.app, ["sweep", "submit", *argv, "--time", "20"])
     assert submitted.exit_code == 0, submitted.output
     lines = submitted.stdout.splitlines()
     arrays = [line.split()[1].rstrip(":") for line in lines[1:4]]
@@ -730,12 +730,12 @@ def test_real_single_node_slurm_runs_the_arrays_in_dependency_order(tmp_path, sl
     shown = subprocess.run(["scontrol", "show", "job", arrays[2]], capture_output=True, text=True, check=True)
     assert f"Dependency=afterany:{arrays[1]}" in shown.stdout
 
-    first = CliRunner().invoke(cli.app, [*argv, "--status"])
+    first = CliRunner().invoke(cli.app, ["sweep", "status", *argv])
     assert first.exit_code == 3, first.output
     counts = state_counts(first.stdout)
     assert counts["queued"] + counts["running"] == 4 and counts["completed"] == 0
 
-    final = wait_for_status([*argv, "--status"], timeout=900)
+    final = wait_for_status(["sweep", "status", *argv], timeout=900)
     assert final.exit_code == 0, final.output + "".join(
         job.log_path.read_text() for job in jobs if job.log_path.exists()
     )
@@ -748,5 +748,5 @@ def test_real_single_node_slurm_runs_the_arrays_in_dependency_order(tmp_path, sl
         f"{arrays[2]}_1",
     ]
     check_order(found)
-    again = CliRunner().invoke(cli.app, [*argv, "--slurm"])
+    again = CliRunner().invoke(cli.app, ["sweep", "submit", *argv])
     assert again.exit_code == 0 and "(4 already complete); 0 arrays" in again.stdout

@@ -21,10 +21,9 @@ import yaml
 from typer.testing import CliRunner
 
 from analysis import collapse
-from harness import cli
-from harness.cli import training as train_cli
+from harness.cli import commands as cli
 from harness.errors import UserError
-from harness.launch import supervisor, sweep, sweep_agent, sweep_file, sweep_plan
+from harness.launch import planning, supervisor, sweep, sweep_agent, sweep_file, sweep_plan
 from harness.launch.supervisor import ALREADY, BLOCKED, COMPLETED, FAILED, STOPPED, Outcome
 from harness.launch.sweep_plan import Job
 from harness.store import rundir
@@ -252,17 +251,17 @@ def test_wandb_command_line_round_trip_lands_in_the_probe_config(tmp_path, regen
     assert config["run"]["seed"] == 3
     assert config["tracking"]["job_type"] == "probe"
 
-    planned = train_cli.plan_invocation(argv)
+    planned = planning.plan_invocation(argv)
     assert [str(run.run_dir) for run in planned] == printed_dirs
     assert [run.run_dir.name.split("-")[0] for run in planned] == ["dense", "control", "probe"]
     assert ("-regen-" in planned[-1].run_dir.name) is regeneration
 
 
 def test_dashed_and_underscored_parameter_names_plan_the_same_runs():
-    underscored = train_cli.plan_invocation(
+    underscored = planning.plan_invocation(
         ["plasticity", "--dataset=synthetic", "--probe_epoch=1", "--pruning_rate=0.5"]
     )
-    dashed = train_cli.plan_invocation(
+    dashed = planning.plan_invocation(
         ["plasticity", "--dataset=synthetic", "--probe-epoch=1", "--pruning-rate=0.5"]
     )
     assert [run.run_dir for run in underscored] == [run.run_dir for run in dashed]
@@ -287,7 +286,7 @@ def test_a_granet_grid_point_resolves_to_the_method_and_its_sparsities(tmp_path)
     assert config["sparsity"]["method"] == "granet"
     assert config["sparsity"]["sparsity"] == 0.95
     assert config["sparsity"]["init_sparsity"] == 0.5
-    assert [str(run.run_dir) for run in train_cli.plan_invocation(argv)] == printed_dirs
+    assert [str(run.run_dir) for run in planning.plan_invocation(argv)] == printed_dirs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,7 +371,7 @@ def test_shipped_sweep_files_expand_and_plan(name, points):
     for point in (grid[0], grid[len(grid) // 2], grid[-1]):
         command = sweep_agent.agent_command(loaded, point)
         assert command[:2] == ["/usr/bin/env", "harness"]
-        planned = train_cli.plan_invocation(sweep_agent.harness_argv(command, loaded.path).argv)
+        planned = planning.plan_invocation(sweep_agent.harness_argv(command, loaded.path).argv)
         assert planned[-1].run_dir.parent.name == (
             "plasticity" if name.startswith("plasticity") else "default"
         )
@@ -762,7 +761,18 @@ def test_sigkill_of_the_runner_then_a_rerun_finishes_only_what_is_missing(tmp_pa
         return bool(done) and bool(started)
 
     runner = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "sweep", str(path), "--workers", "1", "--runs-dir", str(runs)],
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "sweep",
+            "run",
+            str(path),
+            "--workers",
+            "1",
+            "--runs-dir",
+            str(runs),
+        ],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
+from harness.cli.commands import app
 from harness.errors import UserError
 from harness.launch import sweep, sweep_file, sweep_plan
 
@@ -78,13 +78,13 @@ def test_dry_run_lists_only_the_selection(tmp_path):
 def test_the_cli_passes_only_and_reports_a_bad_one_in_one_line(tmp_path):
     runner = CliRunner()
     shown = runner.invoke(
-        app, ["sweep", str(GRANET_MNIST1D), "--dry-run", "--runs-dir", str(tmp_path), "--only", "seed=2",
+        app, ["sweep", "run", str(GRANET_MNIST1D), "--dry-run", "--runs-dir", str(tmp_path), "--only", "seed=2",
               "--only", "method=dense"],
     )  # fmt: skip
     assert shown.exit_code == 0, shown.output
     assert (
         shown.output.splitlines()[0] == "sweep granet-mnist1d: 6 grid points -> 1 runs (0 already complete)"
     )
-    bad = runner.invoke(app, ["sweep", str(GRANET_MNIST1D), "--dry-run", "--only", "seed=9"])
+    bad = runner.invoke(app, ["sweep", "run", str(GRANET_MNIST1D), "--dry-run", "--only", "seed=9"])
     assert bad.exit_code == 2
     assert bad.output == f"error: --only: seed=9 is not in the grid of {GRANET_MNIST1D}; seed takes 0, 1, 2\n"

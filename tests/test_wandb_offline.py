@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness.cli import app
+from harness.cli.commands import app
 from harness.config import Config, TrackingConfig
 from harness.store import wandb_offline
 from harness.store.tracking import open_tracker

@@ -1,7 +1,7 @@
-"""Pieces every `harness` command shares: option spellings, user errors as one line, logging set-up.
+"""Pieces every `harness` command shares: user errors as one line, logging set-up, the exit.
 
-Every option has a dashed and an underscored spelling (`--init-sparsity` and `--init_sparsity`)
-because W&B sweep agents pass parameter names exactly as the sweep file writes them.
+Option spellings (every dashed option also underscored, for W&B sweep agents) and `--verbose` come from
+`harness.launch.command_line.option`, where the training commands' grammar is declared.
 """
 
 from __future__ import annotations
@@ -9,30 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import NoReturn
 
 import typer
 
 from harness.errors import UserError
 
 
-def option(*names: str, help: str, **kwargs: Any) -> Any:
-    """A Typer option under every given name plus the underscored spelling of each dashed one."""
-    spellings = list(names)
-    spellings += [name.replace("-", "_").replace("__", "--", 1) for name in names if "-" in name[2:]]
-    return typer.Option(*spellings, help=help, **kwargs)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """A user's mistake is one line on stderr and exit code 2; never a traceback."""
+def call(work: Callable[[], int | None]) -> NoReturn:
+    """Run a command's library call: its exit code becomes the process's; a UserError is one line on stderr
+    and exit code 2, never a traceback."""
     try:
-        yield
+        code = work()
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    raise typer.Exit(code or 0)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -44,6 +37,3 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("wandb", "urllib3", "matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]

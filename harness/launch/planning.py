@@ -1,18 +1,19 @@
-"""From a training command's parameters to the run configs it stands for.
+"""From a training command's typed request to the run configs it stands for, and the runs a command line
+produces.
 
-`harness run` and `harness plasticity` resolve their configs here; the sweep runner uses the same functions
-(through `harness.cli.training.plan_invocation`) to know which run directories a command line will produce,
-without running it.
+`harness run` and `harness plasticity` resolve their configs here (`run_config`, `plasticity_configs`); the
+sweep runner asks `plan_invocation` which run directories a command line will produce, without running it.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import config as configuration
 from harness.errors import UserError
+from harness.launch.command_line import ProbeRequest, RunRequest, Training, parse_training_argv
 from harness.studies import plan as plasticity
 
 # Named flags win over --set, which wins over the recipe.
@@ -33,8 +34,8 @@ FLAG_FIELDS = {
 }
 
 
-def overrides_from(flags: dict[str, Any], assignments: list[str] | None) -> dict[str, Any]:
-    overrides = configuration.parse_assignments(assignments or [])
+def overrides_from(flags: dict[str, Any], assignments: tuple[str, ...]) -> dict[str, Any]:
+    overrides = configuration.parse_assignments(list(assignments))
     for name, value in flags.items():
         if value is not None:
             section, key = FLAG_FIELDS[name]
@@ -42,53 +43,78 @@ def overrides_from(flags: dict[str, Any], assignments: list[str] | None) -> dict
     return overrides
 
 
-def world_size_of(params: dict[str, Any]) -> int:
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    return params.get("nproc_per_node", 1) * params.get("nnodes", 1)
+def named_flags(*holders: Any) -> dict[str, Any]:
+    """The FLAG_FIELDS values the given requests hold (a command without a flag leaves it out)."""
+    return {
+        name: getattr(holder, name) for holder in holders for name in FLAG_FIELDS if hasattr(holder, name)
+    }
 
 
-def run_config(params: dict[str, Any]) -> configuration.Config:
-    method, method_option = params.get("method"), params.get("method_option")
+def run_config(request: RunRequest) -> configuration.Config:
+    method, method_option = request.method, request.method_option
     chosen = method_option or method
     if chosen is None:
         raise UserError("method: missing; give it as the first argument or with --method (e.g. granet)")
     if method and method_option and method != method_option:
         raise UserError(f"method: given twice with different values ({method!r} and {method_option!r})")
-    flags = {name: params.get(name) for name in FLAG_FIELDS}
+    training = request.training
     return configuration.resolve(
         chosen,
-        dataset=params["dataset"],
-        arch=params["arch"],
-        overrides=overrides_from(flags, params.get("assignments")),
+        dataset=training.dataset,
+        arch=training.arch,
+        overrides=overrides_from(named_flags(request, training), training.assignments),
     )
 
 
 STAGES = ("base", "control", "probe")
 
 
-def plasticity_configs(params: dict[str, Any]) -> list[configuration.Config]:
+def plasticity_configs(request: ProbeRequest) -> list[configuration.Config]:
     """[base, control, probe] (without the probe when the rate is 0), cut at `--stage`."""
-    flags = {name: params.get(name) for name in FLAG_FIELDS if name in params}
+    training: Training = request.training
+    flags = named_flags(training)
     flags["group"] = flags.get("group") or plasticity.GROUP
     recipe = configuration.resolve(
         "dense",
-        dataset=params["dataset"],
-        arch=params["arch"],
-        overrides=overrides_from(flags, params.get("assignments")),
+        dataset=training.dataset,
+        arch=training.arch,
+        overrides=overrides_from(flags, training.assignments),
     )
     study = plasticity.Study(
-        probe_epoch=params["probe_epoch"],
-        pruning_rate=params["pruning_rate"],
-        criterion=params["criterion"],
-        regeneration=params["regeneration"],
-        continue_epochs=params["continue_epochs"],
-        pretrained_sparsity=params["pretrained_sparsity"],
-        probe_every=params["probe_every"],
-        recalibrate_bn=params["recalibrate_bn"],
-        average_last=params["average_last"],
+        probe_epoch=request.probe_epoch,
+        pruning_rate=request.pruning_rate,
+        criterion=request.criterion,
+        regeneration=request.regeneration,
+        continue_epochs=request.continue_epochs,
+        pretrained_sparsity=request.pretrained_sparsity,
+        probe_every=request.probe_every,
+        recalibrate_bn=request.recalibrate_bn,
+        average_last=request.average_last,
     )
-    if params["stage"] not in STAGES:
-        raise UserError(f"--stage: {params['stage']!r} is not one of {', '.join(STAGES)}")
-    configs = plasticity.plan(recipe, study, world_size_of(params))
-    return configs[: STAGES.index(params["stage"]) + 1]
+    if request.stage not in STAGES:
+        raise UserError(f"--stage: {request.stage!r} is not one of {', '.join(STAGES)}")
+    configs = plasticity.plan(recipe, study, training.launch.world_size)
+    return configs[: STAGES.index(request.stage) + 1]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run directory a command line produces, the argv that produces exactly it, and what it needs first."""
+
+    run_dir: Path
+    argv: tuple[str, ...]
+    needs: tuple[Path, ...] = ()
+
+
+def plan_invocation(argv: list[str]) -> list[PlannedRun]:
+    """The runs `harness <argv>` would produce, in dependency order. Raises UserError for bad arguments."""
+    request = parse_training_argv(argv)
+    world_size = request.training.launch.world_size
+    if isinstance(request, RunRequest):
+        return [PlannedRun(configuration.run_directory(run_config(request), world_size), tuple(argv))]
+    runs: list[PlannedRun] = []
+    for stage, config in zip(STAGES, plasticity_configs(request), strict=False):
+        stage_argv = tuple(argv) if stage == "probe" else (*argv, "--stage", stage)
+        needs = (runs[-1].run_dir,) if runs else ()
+        runs.append(PlannedRun(configuration.run_directory(config, world_size), stage_argv, needs))
+    return runs

@@ -88,13 +88,13 @@ def forking_launcher(
     """A sweep launcher: `launch(job)` forks a child that runs `entry()` with `sys.argv` set to the job's
     command line and `os.environ` set to `environment(job)`, its output appended to `job.log_path`.
 
-    `entry` is the CLI's main function (it reads sys.argv and may raise SystemExit, as a console script
-    does). The training modules are imported here, once, so that no child imports them again.
+    `entry` runs the CLI (`harness.launch.sweep_commands.harness_program`: it reads sys.argv and may raise
+    SystemExit, as a console script does). The training modules are imported here, once, so that no child imports them again.
     """
     # Constructing the first torch.optim optimizer imports torch._dynamo (~2.4 s): import it here, once.
     import torch._dynamo  # noqa: F401
 
-    import harness.cli.training  # noqa: F401  (the run and plasticity commands)
+    import harness.launch.training  # noqa: F401  (the run and plasticity commands' library)
     import harness.studies.probe  # noqa: F401  (the training code, data, models and sparse core)
 
     libc = ctypes.CDLL(None, use_errno=True)

@@ -1,4 +1,4 @@
-"""`harness sweep FILE --slurm`: a sweep's planned runs as SLURM job arrays, submitted with submitit.
+"""`harness sweep submit FILE`: a sweep's planned runs as SLURM job arrays, submitted with submitit.
 
 The grid is planned exactly as for the local runner (`harness.launch.sweep.plan_jobs`: same run ids, dependencies
 first, shared base runs and controls once). The runs that are not complete are cut into dependency levels:
@@ -19,7 +19,7 @@ local runner writes, and skips a run that completed since planning. What a submi
     tasks/<run_id>.json       the last task's state for that run: running, completed, failed, blocked
     submitit/                 submitit's pickles and the tasks' own stdout/stderr
 
-`harness sweep FILE --status` plans the sweep again and joins the run store, those records and what
+`harness sweep status FILE` plans the sweep again and joins the run store, those records and what
 squeue (and sacct, where accounting is enabled) say about the job ids.
 
 With `--cluster local` submitit's local executor runs the same tasks on this machine: it knows no
@@ -101,7 +101,7 @@ REPORT_STATES = (QUEUED, RUNNING, COMPLETED, FAILED, NOT_SUBMITTED)
 
 
 class SlurmOptions(BaseModel):
-    """What `harness sweep --slurm` asks the scheduler for, per task (one task = one planned run)."""
+    """What `harness sweep submit` asks the scheduler for, per task (one task = one planned run)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -402,7 +402,7 @@ class SlurmSubmitter:
 
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise UserError(
-                "--slurm: sbatch and srun not found on this machine; submit from a SLURM login node"
+                "sweep submit: sbatch and srun not found on this machine; submit from a SLURM login node"
             )
         self.executor = submitit.SlurmExecutor(folder=folder / SUBMITIT / "%j")
         self.parameters: dict[str, Any] = {
@@ -429,7 +429,7 @@ class SlurmSubmitter:
             jobs = self.executor.submit_array(list(tasks))
         except (FailedJobError, FailedSubmissionError) as error:
             lines = str(error).strip().splitlines() or ["no message"]
-            raise UserError(f"--slurm: sbatch refused array {name}: {lines[-1]}") from None
+            raise UserError(f"sweep submit: sbatch refused array {name}: {lines[-1]}") from None
         return [str(job.job_id) for job in jobs]
 
     def finish(self) -> None:
@@ -548,38 +548,6 @@ def submit_sweep(
         out.write(format_status(report))
         return 0 if report.counts[COMPLETED] == len(report.rows) else 1
     return 0
-
-
-def slurm_command(
-    file: Path,
-    *,
-    submit: bool,
-    status: bool,
-    dry_run: bool,
-    workers: int,
-    runs_dir: Path | None,
-    extra_args: Sequence[str],
-    flags: Mapping[str, Any],
-    slurm_args: Sequence[str],
-    out: TextIO | None = None,
-) -> int:
-    """`harness sweep FILE --slurm ...` or `--status`: checks the flags' combination, then does it."""
-    out = sys.stdout if out is None else out
-    given = [FLAG_NAMES[name] for name, value in flags.items() if value is not None]
-    given += ["--slurm-arg"] if slurm_args else []
-    if not submit and not status:
-        raise UserError(f"{given[0]}: only with --slurm")
-    clashing = (["--slurm"] if submit else []) + (["--dry-run"] if dry_run else []) + given
-    if status and clashing:
-        raise UserError(f"{clashing[0]}: not with --status, which reports on a submitted sweep")
-    if workers != 1:
-        raise UserError("--workers: with --slurm the scheduler runs the tasks; use --array-parallelism")
-    if status:
-        report = sweep_status(file, runs_dir=runs_dir, extra_args=extra_args)
-        out.write(format_status(report))
-        return status_exit_code(report)
-    options = slurm_options(slurm_args=slurm_args, **flags)
-    return submit_sweep(file, options, runs_dir=runs_dir, extra_args=extra_args, dry_run=dry_run, out=out)
 
 
 def describe(options: SlurmOptions) -> str:

@@ -1,9 +1,9 @@
-"""`harness sweep FILE.yaml`: run a W&B-format grid sweep locally, in parallel worker processes.
+"""`harness sweep run FILE.yaml`: run a W&B-format grid sweep locally, in parallel worker processes.
 
 A sweep file is the one a W&B server takes (`wandb sweep FILE`, then `wandb agent` on any machine):
 `program`, `command`, `method: grid` and `parameters` with `values`/`value`. Locally, every grid point's
 command line is built exactly as the W&B agent would build it, the part after the `harness` program is
-handed to `harness.cli.training.plan_invocation` to learn which run directories it stands for, and those runs
+handed to `harness.launch.planning.plan_invocation` to learn which run directories it stands for, and those runs
 are executed as separate `python -m harness.cli ...` processes:
 
 - run directories shared by many grid points (one plasticity base run serves every probe) run once;

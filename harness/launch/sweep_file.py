@@ -1,7 +1,7 @@
 """A sweep file in W&B's format (`program`, `command`, `method: grid`, `parameters`): read, checked, and its grid.
 
 The same file a W&B server takes (`wandb sweep FILE`, then `wandb agent` on any machine); locally
-`harness sweep` runs it (`harness.launch.sweep`).
+`harness sweep run` runs it (`harness.launch.sweep`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A sweep's jobs: one per distinct run directory its grid points stand for, in dependency order.
 
 Every grid point's command line is built exactly as the W&B agent would build it (`harness.launch.sweep_agent`),
-and the part after the `harness` program is handed to `harness.cli.training.plan_invocation` to learn which
+and the part after the `harness` program is handed to `harness.launch.planning.plan_invocation` to learn which
 run directories it stands for. Run directories shared by many grid points (one plasticity base run serves
 every probe) become one job.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.cli.training import plan_invocation
 from harness.errors import UserError
+from harness.launch.planning import plan_invocation
 from harness.launch.sweep_agent import agent_command, harness_argv
 from harness.launch.sweep_file import Sweep, grid_points, render
 from harness.store import rundir

@@ -18,10 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import typer
-
 from harness.engine.signals import stop_requested
 from harness.errors import UserError
+from harness.launch.command_line import Launch
 
 log = logging.getLogger("harness")
 
@@ -172,16 +171,17 @@ def strip_launcher_options(argv: list[str]) -> list[str]:
     return kept
 
 
-def relaunch(command: tuple[list[str], dict[str, str]]) -> None:
+def relaunch(command: tuple[list[str], dict[str, str]]) -> int:
+    """Run the torchrun job and return its exit code (3 when a stop signal ended it or came first)."""
     argv, env = command
     if stop_requested():  # stopped while starting up: nothing has run, and the same command starts afresh
         log.warning("stopped before launching torchrun; the same command starts the run")
-        raise typer.Exit(3)
+        return 3
     log.info("launching: %s", " ".join(argv))
     # If this launcher is killed outright, torchrun gets SIGTERM (its workers checkpoint) instead of
     # training on as an orphan that a re-run would race with.
     process = subprocess.Popen(argv, env={**os.environ, **env}, preexec_fn=die_with_parent())
-    raise typer.Exit(wait_passing_on_stop(process))
+    return wait_passing_on_stop(process)
 
 
 def wait_passing_on_stop(process: subprocess.Popen) -> int:
@@ -216,21 +216,19 @@ def wait_passing_on_stop(process: subprocess.Popen) -> int:
     return 3 if stops and code != 0 else code
 
 
-def launch_if_needed(params: dict[str, Any], batch_size: int) -> None:
-    """Re-execute this command under torchrun when it asks for several processes (never returns then)."""
+def launch_if_needed(launch: Launch, batch_size: int) -> int | None:
+    """Re-execute this command under torchrun when it asks for several processes: returns the job's exit
+    code then, or None when this process is the one to train."""
     command = launcher_argv(
-        params["nproc_per_node"],
-        params["nnodes"],
-        params["node_rank"],
-        params["rdzv_endpoint"],
-        params["max_restarts"],
+        launch.nproc_per_node, launch.nnodes, launch.node_rank, launch.rdzv_endpoint, launch.max_restarts
     )
-    if command is not None:
-        # Checked here too, so the mistake is one line now rather than one per rank after torchrun starts.
-        world_size = params["nproc_per_node"] * params["nnodes"]
-        if batch_size % world_size:
-            raise UserError(
-                f"optim.batch_size: the global batch size {batch_size} must be divisible by the "
-                f"number of processes ({world_size})"
-            )
-        relaunch(command)
+    if command is None:
+        return None
+    # Checked here too, so the mistake is one line now rather than one per rank after torchrun starts.
+    world_size = launch.nproc_per_node * launch.nnodes
+    if batch_size % world_size:
+        raise UserError(
+            f"optim.batch_size: the global batch size {batch_size} must be divisible by the "
+            f"number of processes ({world_size})"
+        )
+    return relaunch(command)

@@ -268,3 +268,14 @@ def describe(run_dir: Path) -> str:
                 f"    missing {payload.artifact or 'files'}/{payload.name}: {payload.local_path}{hint}"
             )
     return "\n".join(lines)
+
+
+def offline_command(run_dir: Path, *, relocate_artifacts: bool = False, out: Any = None) -> int:
+    """`harness wandb RUN_DIR`: optionally relocate the mask artifacts, then describe the mirror."""
+    import sys
+
+    out = sys.stdout if out is None else out
+    if relocate_artifacts:
+        out.write(f"relocated {relocate(run_dir)} artifact entries to {run_dir.resolve()}\n")
+    out.write(describe(run_dir) + "\n")
+    return 0
