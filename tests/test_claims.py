@@ -465,7 +465,7 @@ def test_make_reproduce_cpu_runs_every_cpu_sweep_then_figures_and_ends_with_clai
     calls = tmp_path / "calls.log"
     result = _make(project, calls, "RUNS_DIR=store", "FIGURES_DIR=out", "WORKERS=3")
     assert result.returncode == 0, result.stderr
-    sweep = "sweep --workers 3 --runs-dir store --wandb disabled sweeps/"
+    sweep = "sweep run --workers 3 --runs-dir store --wandb disabled sweeps/"
     claim_methods = "--only method=gmp --only method=rigl --only method=set --only method=granet"
     assert calls.read_text().splitlines() == [
         f"{sweep}plasticity-mnist1d.yaml",
