@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.models.batchnorm import RevivalGuard, alive_filters, batchnorm_after
+from harness.engine.batchnorm import RevivalGuard, alive_filters, batchnorm_after
 from harness.models.build import build_model
 from harness.sparse import MaskSet
 
@@ -64,7 +64,7 @@ def test_a_revived_filter_gets_fresh_statistics_and_nothing_else_changes():
 
 
 def test_recomputed_statistics_are_the_exact_average_and_everything_comes_back():
-    from harness.models.batchnorm import recomputed_statistics
+    from harness.engine.batchnorm import recomputed_statistics
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(1, 3, 3), nn.BatchNorm1d(3), nn.ReLU())

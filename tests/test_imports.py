@@ -7,6 +7,7 @@ deferred) from the source with `ast`, so it needs no imports itself and names th
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -155,8 +156,8 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     "module",
     [
         "harness.cli",
-        "harness.models.registry",
-        "harness.data.registry",
+        "harness.registry.models",
+        "harness.registry.datasets",
         "harness.sparse.methods.registry",
         "harness.config",
         "harness.studies.plan",
@@ -207,3 +208,60 @@ def test_study_planning_reaches_neither_the_engine_nor_torch() -> None:
     }
     imported |= {node.module for node in ast.walk(source) if isinstance(node, ast.ImportFrom) and node.module}
     assert sorted(name for name in imported if name.split(".")[0] == "torch") == []
+
+
+# The concept folders from top to bottom (DESIGN section 3): an import may only point to a lower layer or
+# across one layer. `harness.errors`, the one exception type every layer raises, is a leaf outside the folders.
+LAYERS = (
+    ("harness.cli",),
+    ("harness.launch", "analysis"),
+    ("harness.studies", "harness.inference"),
+    ("harness.engine",),
+    ("harness.data", "harness.models", "harness.store"),
+    ("harness.config",),
+    ("harness.sparse",),
+    ("harness.registry",),
+)
+LEAVES = ("harness", "harness.errors")  # the package itself (a docstring) and its one exception type
+MAX_FOLDER_CHAIN = 8
+
+
+def folder_of(module: str) -> str:
+    parts = module.split(".")
+    return "analysis" if parts[0] == "analysis" else ".".join(parts[:2])
+
+
+def folder_graph() -> dict[str, set[str]]:
+    folders: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        source = folder_of(module)
+        folders.setdefault(source, set())
+        for target in targets:
+            if folder_of(target) not in (source, *LEAVES):
+                folders[source].add(folder_of(target))
+    return folders
+
+
+def test_every_folder_has_a_layer_and_imports_only_downward_or_across() -> None:
+    layer = {folder: index for index, folders in enumerate(LAYERS) for folder in folders}
+    graph = folder_graph()
+    assert sorted(set(graph) - set(layer) - set(LEAVES)) == []  # a new folder must be placed in LAYERS
+    upward = sorted(
+        f"{source} -> {target}" for source, targets in graph.items() if source in layer
+        for target in targets if layer[target] < layer[source]
+    )  # fmt: skip
+    assert upward == []
+
+
+def test_the_longest_chain_of_folders_is_short() -> None:
+    """Folders import each other without cycles, and the longest chain of folders (cli -> launch -> studies
+    -> engine -> data -> config -> sparse -> registry) stays within MAX_FOLDER_CHAIN levels."""
+    graph = folder_graph()
+    assert find_cycle(graph) is None, find_cycle(graph)
+
+    @functools.cache
+    def longest(folder: str) -> tuple[str, ...]:
+        return max(((folder, *longest(target)) for target in graph[folder]), key=len, default=(folder,))
+
+    chain = max((longest(folder) for folder in graph), key=len)
+    assert len(chain) <= MAX_FOLDER_CHAIN, " -> ".join(chain)

@@ -8,7 +8,7 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.models.build import build_model
-from harness.models.registry import MODELS, NARROWEST_CHANNELS
+from harness.registry.models import MODELS, NARROWEST_CHANNELS
 
 ALL_ARCHS = ["resnet20", "resnet32", "resnet56", "vgg19", "resnet50"]
 # Large networks are checked at a small width: the layout is the same, the test stays fast.

@@ -23,7 +23,7 @@ from harness.config import MAX_SEED
 from harness.engine import signals
 from harness.launch import torchrun as launch
 from harness.models.build import build_model
-from harness.models.registry import NARROWEST_CHANNELS
+from harness.registry.models import NARROWEST_CHANNELS
 from harness.store.tracking import finish_mirror_within
 
 

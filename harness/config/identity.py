@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.config.sections import Config, PlasticityConfig
 from harness.config.sparsity import legacy_values
-from harness.plugins import is_import_path
+from harness.registry.plugins import is_import_path
 from harness.sparse.methods.registry import REGISTRY
 
 # Fields that say where things go or how fast they load, not what is computed: excluded from the run id

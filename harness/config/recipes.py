@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from harness.config.sections import Config
 from harness.config.sparsity import check_given
-from harness.data.registry import DATASETS
 from harness.errors import UserError
+from harness.registry.datasets import DATASETS
 
 
 def recipe_dir() -> Path:

@@ -19,8 +19,8 @@ from pydantic import (
 
 from harness.config.base import Fraction, NonEmptyPath, Section
 from harness.config.sparsity import SparsityConfig
-from harness.data.registry import DATASETS
-from harness.models.registry import MODELS, check_width
+from harness.registry.datasets import DATASETS
+from harness.registry.models import MODELS, check_width
 
 # The trainer seeds torch with `seed * 1_000_003 + 7919 * (rank + 1)`, which must stay below 2**64; 2**32 - 1
 # keeps that true for any world size and is the range every common RNG accepts.
@@ -128,7 +128,7 @@ class PlasticityConfig(Section):
     regeneration: bool = False
     continue_epochs: int | None = Field(None, ge=0)  # None = to the end of the base schedule
     # Measure every accuracy of the probe (acc_pre, acc_post, acc_continue) with BatchNorm statistics
-    # recomputed over the training set (harness/models/batchnorm.py, recomputed_statistics). Off: the paper's
+    # recomputed over the training set (harness/engine/batchnorm.py, recomputed_statistics). Off: the paper's
     # measurement, with the running averages.
     recalibrate_bn: bool = False
     # acc_continue (the probe's and its control's) is the mean test accuracy over the last `average_last`

@@ -1,2 +1,2 @@
-"""Data: the datasets (`datasets`, named in the torch-free `registry`, plug-ins included) and the loaders
-with exact mid-epoch resume (`loaders`)."""
+"""Data: the datasets (`datasets`; their names, plug-ins included, in `harness.registry.datasets`) and the
+loaders with exact mid-epoch resume (`loaders`)."""

@@ -1,7 +1,7 @@
 """The datasets: CIFAR-10/100, an ImageNet folder, MNIST-1D and synthetic, each with its fixed validation split.
 
 `build_datasets(cfg.data)` returns the train / validation / test sets and the `DataSpec` the model builder
-needs, for a built-in dataset or a plug-in (`harness.data.registry`). Every run shares the same validation
+needs, for a built-in dataset or a plug-in (`harness.registry.datasets`). Every run shares the same validation
 split: it is drawn from the training set with a constant seed, never the run seed, so runs with different
 seeds are compared on the same held-out data. The official test set is never used for selection.
 """
@@ -26,8 +26,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from harness.config import DataConfig
-from harness.data.registry import DATASETS, INPUT_SPECS
 from harness.errors import UserError
+from harness.registry.datasets import DATASETS, INPUT_SPECS
 from harness.store import rundir
 
 # torchvision is imported inside the CIFAR and ImageNet functions: `import torchvision` takes ~2.5 s (it

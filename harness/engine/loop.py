@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from harness.config import Config, OptimConfig
 from harness.data.datasets import build_datasets
 from harness.data.loaders import build_loaders
+from harness.engine.batchnorm import RevivalGuard, batchnorm_after
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors
 from harness.engine.flops import TrainingFlops, inference_flops, output_positions
 from harness.engine.session import Session
 from harness.errors import UserError
-from harness.models.batchnorm import RevivalGuard, batchnorm_after
 from harness.models.build import build_model
 from harness.sparse import MaskSet, MaskUpdate, ScoringInputs, build_method
 

@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from harness.config import Config
 from harness.data.loaders import Loaders
+from harness.engine.batchnorm import RevivalGuard
 from harness.engine.distributed import DistInfo
 from harness.engine.flops import InferenceFlops, TrainingFlops, inference_flops
-from harness.models.batchnorm import RevivalGuard
 from harness.sparse import MaskSet, SparsityMethod
 from harness.store import checkpoint as checkpoints
 

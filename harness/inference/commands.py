@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.errors import UserError
-from harness.models.registry import MODELS
+from harness.registry.models import MODELS
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -805,7 +805,7 @@ def masked_reference(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
 def fold_batchnorm(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
     """A copy of an eval-mode model with each BatchNorm folded into the layer before it (for a fair dense
     baseline: the export folds them too)."""
-    from harness.models.batchnorm import batchnorm_after
+    from harness.engine.batchnorm import batchnorm_after
 
     folded = copy.deepcopy(model).eval()
     followers = batchnorm_after(folded, input_shape)

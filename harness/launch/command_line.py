@@ -23,9 +23,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from harness.data.registry import DATASETS
 from harness.errors import UserError
-from harness.models.registry import MODELS
+from harness.registry.datasets import DATASETS
+from harness.registry.models import MODELS
 from harness.sparse.methods.registry import METHODS
 
 

@@ -1,4 +1,4 @@
-"""Building a model by name (`harness.models.registry`) and tracing one forward pass of it."""
+"""Building a model by name (`harness.registry.models`) and tracing one forward pass of it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
-from harness.models.registry import IMAGENET_VARIANTS, MODELS
-from harness.plugins import load_attribute
+from harness.registry.models import IMAGENET_VARIANTS, MODELS
+from harness.registry.plugins import load_attribute
 
 
 def build_model(

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -38,8 +38,18 @@ import yaml
 from harness.errors import UserError
 from harness.store import rundir, snapshots
 
-if TYPE_CHECKING:
-    from harness.config import TrackingConfig
+
+class TrackingSettings(Protocol):
+    """What the tracker reads of the config's `tracking` section (`harness.config.TrackingConfig` is one): the
+    store sits below the config and knows only these fields."""
+
+    group: str
+    job_type: str
+    mask_snapshots: bool
+    wandb: str
+    wandb_entity: str | None
+    wandb_project: str
+
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +313,7 @@ def open_tracker(
     run_dir: Path,
     config: Mapping[str, Any],
     *,
-    tracking: TrackingConfig,
+    tracking: TrackingSettings,
     run_id: str,
     tags: list[str],
     is_main: bool,
@@ -365,7 +375,7 @@ class WandbMirror:
         run_dir: Path,
         config: Mapping[str, Any],
         *,
-        tracking: TrackingConfig,
+        tracking: TrackingSettings,
         run_id: str,
         tags: list[str],
         resumed: bool,

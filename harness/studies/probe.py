@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from harness.config import Config, PlasticityConfig, run_directory
+from harness.engine.batchnorm import recomputed_statistics
 from harness.engine.console import summary_line, wall_clock
 from harness.engine.distributed import DistInfo, all_reduce_sum
 from harness.engine.extension import RunExtension, log_mask_update
@@ -26,7 +27,6 @@ from harness.engine.lifecycle import RunResult, last_epoch, run_training
 from harness.engine.loop import evaluate
 from harness.engine.session import Best, Session
 from harness.errors import UserError
-from harness.models.batchnorm import recomputed_statistics
 from harness.sparse import prune_fraction, regrow
 from harness.store import checkpoint as checkpoints
 from harness.store import rundir

@@ -3,7 +3,7 @@
 Listing the names imports nothing (the CLI's help, analysis); `method_class` imports one method's module,
 which needs no torch either (the config validates a run's settings with it). A name is a built-in, an
 import path `MODULE:CLASS` of the user's own method, or a name an installed package registers under the
-entry-point group `harness.methods` (harness.plugins).
+entry-point group `harness.methods` (harness.registry.plugins).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import UserError
-from harness.plugins import Registry
+from harness.registry.plugins import Registry
 from harness.sparse.methods.base import MethodSettings, SparsityMethod
 
 if TYPE_CHECKING:

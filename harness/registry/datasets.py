@@ -11,7 +11,7 @@ the loaders seed per batch, so it resumes exactly.
 
 from __future__ import annotations
 
-from harness.plugins import Registry
+from harness.registry.plugins import Registry
 
 DATASETS = Registry(
     kind="datasets",

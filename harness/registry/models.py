@@ -10,7 +10,7 @@ layer as the classifier (`sparsity.dense_first_layer`, `dense_classifier`).
 
 from __future__ import annotations
 
-from harness.plugins import Registry
+from harness.registry.plugins import Registry
 
 MODELS = Registry(
     kind="models",
