@@ -1,4 +1,4 @@
-"""Command-line entry for the sparse-core benchmark (`harness.inference.bench.run_benchmarks`).
+"""Command-line entry for the sparse-core benchmark (`harness.engine.bench.run_benchmarks`).
 
     .venv/bin/python benchmarks/bench_sparse.py --arch resnet20 --arch vgg19 --batch-size 128 --repetitions 5
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness.inference.bench import environment, format_rows, run_benchmarks
+from harness.engine.bench import environment, format_rows, run_benchmarks
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def export(request: ExportRequest, out: TextIO | None = None) -> int:
 
 def bench_step(archs: list[str], batch_size: int, repetitions: int, out: TextIO | None = None) -> int:
     """A masked vs a dense training step and one mask update vs one step, per architecture."""
-    from harness.inference.bench import format_rows, run_benchmarks
+    from harness.engine.bench import format_rows, run_benchmarks
 
     out = sys.stdout if out is None else out
     rows = run_benchmarks(tuple(archs), batch_size=batch_size, repetitions=repetitions)
