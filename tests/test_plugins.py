@@ -23,8 +23,10 @@ from conftest import SUBPROCESS_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "plugins"
+METHOD_EXAMPLE = ROOT / "examples" / "methods" / "sensitive_gmp.py"  # docs/methods.md, "Adding a method"
 MODEL = "my_models:tiny_cnn"
 DATASET = "my_data:waveforms"
+METHOD = "sensitive_gmp:SensitiveGMP"
 WAIT_LIMIT_S = 240  # a guard against a hung child, not a timing assertion
 
 
@@ -32,6 +34,7 @@ WAIT_LIMIT_S = 240  # a guard against a hung child, not a timing assertion
 def plugins(tmp_path: Path) -> Path:
     folder = tmp_path / "plugins"
     shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(METHOD_EXAMPLE, folder)
     return folder
 
 
@@ -128,9 +131,10 @@ def test_plugins_sweep_and_appear_in_runs_and_figures(plugins: Path, tmp_path: P
     sweep.write_text(
         "program: harness\n"
         "method: grid\n"
-        'command: ["${program}", run, granet, "${args}", --set, data.num_samples=400, --set, data.val_size=80, '
+        'command: ["${program}", run, "${args}", --set, data.num_samples=400, --set, data.val_size=80, '
         "--set, optim.batch_size=32]\n"
         "parameters:\n"
+        f"  method: {{values: [granet, '{METHOD}']}}\n"
         f"  arch: {{value: '{MODEL}'}}\n"
         f"  dataset: {{value: '{DATASET}'}}\n"
         "  epochs: {value: 2}\n"
@@ -150,16 +154,24 @@ def test_plugins_sweep_and_appear_in_runs_and_figures(plugins: Path, tmp_path: P
         cwd=tmp_path,
     )
     assert swept.returncode == 0, swept.stderr
-    run_dirs = sorted((tmp_path / "runs" / "default").glob("granet-my_models-tiny_cnn-my_data-waveforms-s*"))
-    assert [path.name.split("-s")[-1][0] for path in run_dirs] == ["0", "1"]
+    run_dirs = sorted(
+        path
+        for path in (tmp_path / "runs" / "default").glob("*-my_models-tiny_cnn-my_data-waveforms-s*")
+        if path.is_dir()
+    )
+    assert [path.name.split("-my_models")[0] for path in run_dirs] == ["granet"] * 2 + [
+        "sensitive_gmp-SensitiveGMP"
+    ] * 2
     assert all((path / "status").read_text() == "completed\n" for path in run_dirs)
 
     listed = run(plugins, "runs", str(tmp_path / "runs"), "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)["runs"]
-    assert sorted((row["arch"], row["dataset"], row["seed"]) for row in rows) == [
-        (MODEL, DATASET, 0),
-        (MODEL, DATASET, 1),
+    assert sorted((row["method"], row["arch"], row["dataset"], row["seed"]) for row in rows) == [
+        ("granet", MODEL, DATASET, 0),
+        ("granet", MODEL, DATASET, 1),
+        (METHOD, MODEL, DATASET, 0),
+        (METHOD, MODEL, DATASET, 1),
     ]
 
     figures = run(
@@ -167,7 +179,8 @@ def test_plugins_sweep_and_appear_in_runs_and_figures(plugins: Path, tmp_path: P
     )
     assert figures.returncode == 0, figures.stderr
     assert (tmp_path / "figures" / "accuracy_vs_sparsity.png").is_file()
-    assert "tiny_cnn" in (tmp_path / "figures" / "comparison_table.md").read_text()
+    table = (tmp_path / "figures" / "comparison_table.md").read_text()
+    assert "tiny_cnn" in table and METHOD in table
 
 
 def test_an_installed_package_registers_names_through_entry_points(plugins: Path, tmp_path: Path) -> None:
