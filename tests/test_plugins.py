@@ -91,6 +91,11 @@ def test_a_plugin_model_and_dataset_train_through_harness_run(plugins: Path, tmp
     # 320 training samples in batches of 32 are 10 steps per epoch.
     assert summary["steps"] == 20
     assert 0.0 <= summary["test_acc_at_best_val"] <= 1.0
+    # Export translates the structures it knows; a plug-in network is refused in one line, nothing written.
+    exported = run(plugins, "export", str(run_dir), "--out", str(tmp_path / "model.pt"), cwd=tmp_path)
+    assert exported.returncode == 2
+    assert exported.stderr.startswith("error: export: Sequential is not supported;")
+    assert exported.stderr.count("\n") == 1 and not (tmp_path / "model.pt").exists()
 
 
 def test_a_plugin_run_resumes_after_sigterm_bit_identically(plugins: Path, tmp_path: Path) -> None:

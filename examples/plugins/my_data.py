@@ -1,6 +1,6 @@
 """A dataset plug-in for the harness: noisy 1-D waveforms of four shapes, generated in memory.
 
-    harness run rigl --arch resnet20 --dataset my_data:waveforms --epochs 5 --set data.num_samples=800
+    harness run rigl --arch resnet20 --dataset my_data:waveforms --epochs 5 --set data.val_size=100
 
 The builder receives the config's data section and returns a `Datasets`; leaving `val=None` lets the harness
 hold out `data.val_size` training samples with its own fixed split, as it does for the built-in datasets.
