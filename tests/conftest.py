@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -97,6 +98,14 @@ def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for size in MNIST1D_SIZES:
         load_mnist1d(data_dir / "mnist1d" / f"mnist1d-{size}.npz", size)
     return data_dir
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 class HarnessCli:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HarnessCli
+from conftest import HarnessCli, catches_sigterm
 from typer.testing import CliRunner
 
 from harness.cli.commands import app
@@ -115,14 +115,6 @@ def test_planning_a_sweep_dry_run_imports_no_torch(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Stop signals during start-up
-
-
-def catches_sigterm(pid: int) -> bool:
-    """Whether process `pid` has a handler for SIGTERM (its SigCgt mask in /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import runstore_factory as factory
 import torch
-from conftest import HarnessCli
+from conftest import HarnessCli, catches_sigterm
 from test_cli import assert_user_error
 
 from harness import config as configuration
@@ -316,14 +316,6 @@ def test_a_stop_requested_before_the_loop_stops_at_step_0_and_resumes_to_the_sam
     }
     for name, tensor in uninterrupted.checkpoint()["model"].items():
         assert torch.equal(files.checkpoint()["model"][name], tensor), name
-
-
-def catches_sigterm(pid: int) -> bool:
-    """Whether process `pid` has a handler for SIGTERM (its SigCgt mask in /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc")
