@@ -84,7 +84,7 @@ def test_time_limits_use_slurms_syntax_in_whole_minutes_rounded_up(text, minutes
     ("flags", "slurm_args", "expected"),
     [
         ({"time": "1:2:3:4"}, [], "--time: expected SLURM's time syntax"),
-        ({"time": "0"}, [], "--time: expected SLURM's time syntax"),
+        ({"time": "0"}, [], "--time: must be between 1 minute and 365 days (525600 minutes) (got '0')"),
         ({"gpus_per_task": -1}, [], "--gpus-per-task: Input should be greater than or equal to 0 (got -1)"),
         ({"array_parallelism": 0}, [], "--array-parallelism: Input should be greater than or equal to 1"),
         ({"cluster": "pbs"}, [], "--cluster: Input should be 'slurm' or 'local' (got 'pbs')"),

@@ -13,6 +13,7 @@ import typer
 from harness.cli.common import call, setup_logging
 from harness.launch.command_line import SHARED_OPTIONS, Verbose, option
 from harness.launch.sweep_commands import SlurmRequest, SweepRequest
+from harness.launch.sweep_file import MAX_POINTS
 
 app = typer.Typer(no_args_is_help=True, help="Run a sweep file locally, submit it to SLURM, or report on it.")
 
@@ -22,6 +23,10 @@ NprocPerNode = SHARED_OPTIONS["nproc_per_node"][0]
 Wandb = Annotated[
     str | None,
     option("--wandb", help="W&B mirror of every run: offline | online | disabled (wins over the file)"),
+]
+MaxPoints = Annotated[
+    int,
+    option("--max-points", help=f"refuse a grid of more points, before planning (default {MAX_POINTS})"),
 ]
 DryRun = Annotated[bool, option("--dry-run", help="list what would run and what is complete, then exit")]
 
@@ -38,13 +43,14 @@ def run_sweep(
         list[str] | None,
         option("--only", help="keep grid points with parameter=value (repeatable), e.g. --only seed=0"),
     ] = None,
+    max_points: MaxPoints = MAX_POINTS,
     verbose: Verbose = False,
 ) -> None:
     """Run every grid point of a sweep file on this machine: dependencies first, completed runs skipped."""
     from harness.launch import sweep_commands
 
     setup_logging(verbose)
-    request = SweepRequest(file, runs_dir, nproc_per_node, wandb)
+    request = SweepRequest(file, runs_dir, nproc_per_node, wandb, max_points)
     call(lambda: sweep_commands.run(request, workers=workers, dry_run=dry_run, only=only or ()))
 
 
@@ -74,13 +80,14 @@ def submit_sweep(
     slurm_args: Annotated[
         list[str] | None, option("--slurm-arg", help="another sbatch option KEY=VALUE (repeatable)")
     ] = None,
+    max_points: MaxPoints = MAX_POINTS,
     verbose: Verbose = False,
 ) -> None:
     """Submit the sweep's runs that are not complete to SLURM: one job array per dependency level (submitit)."""
     from harness.launch import sweep_commands
 
     setup_logging(verbose)
-    request = SweepRequest(file, runs_dir, nproc_per_node, wandb)
+    request = SweepRequest(file, runs_dir, nproc_per_node, wandb, max_points)
     slurm = SlurmRequest(
         cluster,
         partition,
@@ -98,10 +105,12 @@ def sweep_status(
     file: File,
     runs_dir: RunsDir = None,
     nproc_per_node: NprocPerNode = 1,
+    max_points: MaxPoints = MAX_POINTS,
     verbose: Verbose = False,
 ) -> None:
     """Queued / running / completed / failed runs of a submitted sweep, from the run store and squeue."""
     from harness.launch import sweep_commands
 
     setup_logging(verbose)
-    call(lambda: sweep_commands.status(SweepRequest(file, runs_dir, nproc_per_node)))
+    request = SweepRequest(file, runs_dir, nproc_per_node, max_points=max_points)
+    call(lambda: sweep_commands.status(request))

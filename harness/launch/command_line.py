@@ -316,6 +316,18 @@ def training_parser() -> Any:
     return typer.main.get_command(app)
 
 
+def option_names(command: str) -> frozenset[str]:
+    """Every spelling of every option of a training command (`--seed`, `--no-regeneration`, ...); empty for
+    another command."""
+    import click
+
+    if command not in TRAINING_COMMANDS:
+        return frozenset()
+    group = training_parser()
+    parsed = group.get_command(click.Context(group), command)
+    return frozenset(spelling for param in parsed.params for spelling in (*param.opts, *param.secondary_opts))
+
+
 def parse_training_argv(argv: list[str] | tuple[str, ...]) -> TrainingRequest:
     """The request `harness <argv>` stands for (`argv` starts with `run` or `plasticity`).
 

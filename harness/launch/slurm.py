@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import UserError
 from harness.launch.supervisor import child_environment, judge
-from harness.launch.sweep_file import Sweep, grid_points, load_sweep
+from harness.launch.sweep_file import MAX_POINTS, Sweep, grid_points, load_sweep, unsafe
 from harness.launch.sweep_plan import Job, plan_jobs
 from harness.launch.torchrun import die_with_parent
 from harness.store import rundir
@@ -100,17 +100,35 @@ REPORT_STATES = (QUEUED, RUNNING, COMPLETED, FAILED, NOT_SUBMITTED)
 # Options
 
 
+# SLURM keeps CPU and GPU counts in 16 bits; a larger number is a typo that sbatch would refuse late.
+MAX_COUNT = 65535
+
+
+def batch_script_value(value: str) -> str:
+    """A value submitit writes into an `#SBATCH` line: a line break there would end the header and make the
+    rest shell lines of the job script, so control characters are refused, as is an empty value."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    bad = next((character for character in value if unsafe(character)), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters or line breaks (found U+{ord(bad):04X})")
+    return value
+
+
 class SlurmOptions(BaseModel):
-    """What `harness sweep submit` asks the scheduler for, per task (one task = one planned run)."""
+    """What `harness sweep submit` asks the scheduler for, per task (one task = one planned run).
+
+    Every value here reaches the batch script's `#SBATCH` header (tests/test_sweep_hostile.py renders it).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cluster: Literal["slurm", "local"] = "slurm"
     partition: str | None = None
-    gpus_per_task: int = Field(0, ge=0)
-    cpus_per_task: int | None = Field(None, ge=1)
+    gpus_per_task: int = Field(0, ge=0, le=MAX_COUNT)  # 0: no GPUs
+    cpus_per_task: int | None = Field(None, ge=1, le=MAX_COUNT)
     time: str = "60"  # SLURM's --time syntax; checked by the validator below
-    array_parallelism: int = Field(256, ge=1)
+    array_parallelism: int = Field(256, ge=1, le=MAX_COUNT)
     extra: dict[str, str] = Field(default_factory=dict)  # more sbatch options: --slurm-arg KEY=VALUE
 
     @field_validator("time")
@@ -118,6 +136,23 @@ class SlurmOptions(BaseModel):
     def _time_is_slurm_syntax(cls, value: str) -> str:
         time_minutes(value)
         return value
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_is_a_name(cls, value: str | None) -> str | None:
+        if value is not None and any(character.isspace() for character in batch_script_value(value)):
+            raise ValueError("a partition name (or a comma-separated list) has no spaces")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_values_fit_the_header(cls, extra: dict[str, str]) -> dict[str, str]:
+        for key, value in extra.items():
+            try:
+                batch_script_value(value)
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+        return extra
 
     @property
     def minutes(self) -> int:
@@ -169,29 +204,49 @@ RESERVED_SBATCH_OPTIONS = {
     "ntasks-per-node": "nothing: one task per run",
     "output": "nothing: logs go under <runs_dir>/.sweeps/",
     "error": "nothing: logs go under <runs_dir>/.sweeps/",
+    # submitit's own: its job names, its time-limit signal (how a task learns to stop) and its log mode.
+    "job-name": "nothing: the sweep names its arrays",
+    "signal": "nothing: submitit's time-limit warning needs its own",
+    "open-mode": "nothing: the logs are appended",
+    "nodes": "nothing: one node per run",
 }
 
+# SLURM's forms of a time limit: D days, H hours, M minutes, S seconds, every field after the first within
+# its unit (minutes and seconds below 60, hours below 24).
 _TIME_FORMATS = (
-    (r"(\d+)", lambda m: int(m[1])),
-    (r"(\d+):(\d+)", lambda m: int(m[1]) + (int(m[2]) > 0)),
-    (r"(\d+):(\d+):(\d+)", lambda m: 60 * int(m[1]) + int(m[2]) + (int(m[3]) > 0)),
-    (r"(\d+)-(\d+)", lambda m: 1440 * int(m[1]) + 60 * int(m[2])),
-    (r"(\d+)-(\d+):(\d+)", lambda m: 1440 * int(m[1]) + 60 * int(m[2]) + int(m[3])),
-    (r"(\d+)-(\d+):(\d+):(\d+)", lambda m: 1440 * int(m[1]) + 60 * int(m[2]) + int(m[3]) + (int(m[4]) > 0)),
+    r"(?P<M>\d+)",
+    r"(?P<M>\d+):(?P<S>\d{1,2})",
+    r"(?P<H>\d+):(?P<M>\d{1,2}):(?P<S>\d{1,2})",
+    r"(?P<D>\d+)-(?P<H>\d{1,2})",
+    r"(?P<D>\d+)-(?P<H>\d{1,2}):(?P<M>\d{1,2})",
+    r"(?P<D>\d+)-(?P<H>\d{1,2}):(?P<M>\d{1,2}):(?P<S>\d{1,2})",
 )
+# A year: far beyond any partition's MaxTime, far below the 32 bits SLURM keeps minutes in.
+MAX_TIME_MINUTES = 365 * 1440
+_TIME_SYNTAX = "expected SLURM's time syntax: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 
 
 def time_minutes(text: str) -> int:
     """SLURM's time syntax (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes, rounded up
-    (submitit takes minutes)."""
-    for pattern, minutes in _TIME_FORMATS:
-        match = re.fullmatch(pattern, text.strip())
-        if match:
-            total = minutes(match)
-            if total < 1:
-                break
-            return total
-    raise ValueError("expected SLURM's time syntax: minutes, HH:MM:SS or D-HH:MM:SS, at least one minute")
+    (submitit takes minutes), between one minute and MAX_TIME_MINUTES."""
+    if len(text) > 32:  # int() of thousands of digits is slow, then refused; no real limit is this long
+        raise ValueError(_TIME_SYNTAX)
+    for pattern in _TIME_FORMATS:
+        match = re.fullmatch(pattern, text, flags=re.ASCII)  # no stripping: "60\n..." is not a time
+        if match is None:
+            continue
+        fields = {unit: int(value) for unit, value in match.groupdict().items() if value is not None}
+        leading = next(iter(fields))
+        limits = {"H": 24, "M": 60, "S": 60}
+        for unit, value in fields.items():
+            if unit != leading and value >= limits[unit]:
+                raise ValueError("minutes and seconds must be below 60, and hours below 24 after days")
+        seconds = fields.get("S", 0)
+        total = 1440 * fields.get("D", 0) + 60 * fields.get("H", 0) + fields.get("M", 0) + (seconds > 0)
+        if not 1 <= total <= MAX_TIME_MINUTES:
+            raise ValueError(f"must be between 1 minute and 365 days ({MAX_TIME_MINUTES} minutes)")
+        return total
+    raise ValueError(_TIME_SYNTAX)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -482,13 +537,17 @@ def submit_sweep(
     out: TextIO | None = None,
     submitter: Callable[[Path, SlurmOptions], Submitter] = make_submitter,
     max_array_tasks: int = MAX_ARRAY_TASKS,
+    max_points: int = MAX_POINTS,
 ) -> int:
     """Submit (or, with dry_run, print) the sweep's runs that are not complete as one array per level."""
     out = sys.stdout if out is None else out
     sweep = load_sweep(path)
-    points = grid_points(sweep)
-    jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args))
+    points = grid_points(sweep, max_points)
+    jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args), max_points=max_points)
     folder = sweep_folder(jobs, sweep)
+    if any(unsafe(character) for character in str(folder)):
+        # submitit writes the folder into `#SBATCH --output=`; a line break there would start shell lines.
+        raise UserError(f"--runs-dir: {str(folder)!r} contains control characters or line breaks")
     arrays = plan_arrays(plan_levels(jobs), max_array_tasks)
     done = sum(is_completed(job.run_dir) for job in jobs)
     out.write(
@@ -544,7 +603,9 @@ def submit_sweep(
     out.write(f"  plan and job ids: {record_file}\n")
     active.finish()
     if options.cluster == "local":
-        report = sweep_status(path, runs_dir=runs_dir, extra_args=extra_args, queue=None)
+        report = sweep_status(
+            path, runs_dir=runs_dir, extra_args=extra_args, queue=None, max_points=max_points
+        )
         out.write(format_status(report))
         return 0 if report.counts[COMPLETED] == len(report.rows) else 1
     return 0
@@ -736,9 +797,10 @@ def sweep_status(
     runs_dir: Path | None = None,
     extra_args: Sequence[str] = (),
     queue: SchedulerStates | None | Literal["ask"] = "ask",
+    max_points: int = MAX_POINTS,
 ) -> StatusReport:
     sweep = load_sweep(path)
-    jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args))
+    jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args), max_points=max_points)
     folder = sweep_folder(jobs, sweep)
     submissions = read_submissions(folder)
     latest = latest_job_ids(submissions)

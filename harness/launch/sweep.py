@@ -49,7 +49,7 @@ from harness.launch.supervisor import (
     execute,
     subprocess_launcher,
 )
-from harness.launch.sweep_file import Sweep, grid_points, load_sweep, restrict
+from harness.launch.sweep_file import MAX_POINTS, Sweep, grid_points, load_sweep, restrict
 from harness.launch.sweep_plan import Job, plan_jobs, warn_damaged
 from harness.store.rundir import is_completed
 
@@ -117,18 +117,20 @@ def run_sweep(
     out: TextIO | None = None,
     launch: Launcher | None = None,
     only: Sequence[str] = (),
+    max_points: int = MAX_POINTS,
 ) -> int:
     """Run (or, with dry_run, list) every run of a sweep file. Returns the exit code: 0 if all completed.
 
     The plan and the final report are written to `out` (stdout by default): they are the command's
-    output. `extra_args` are appended to every command line; `launch` replaces the process launcher.
+    output. `extra_args` are appended to every command line; `launch` replaces the process launcher; a grid
+    (after `only`) of over `max_points` points is refused before anything is planned.
     """
     out = sys.stdout if out is None else out
     if workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
     sweep = restrict(load_sweep(path), only)  # before planning, so --dry-run lists the same selection
-    points = grid_points(sweep)
-    jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args))
+    points = grid_points(sweep, max_points)
+    jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args), max_points=max_points)
     warn_damaged(jobs)
     if dry_run:
         out.write(format_plan(sweep, jobs, len(points)))

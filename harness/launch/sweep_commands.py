@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.launch.sweep_file import MAX_POINTS
+
 
 @dataclass(frozen=True)
 class SweepRequest:
@@ -23,6 +25,7 @@ class SweepRequest:
     runs_dir: str | None = None  # as given: an empty one must reach the config's check, not become "."
     nproc_per_node: int = 1
     wandb: str | None = None
+    max_points: int = MAX_POINTS  # grid points planned at most (a larger grid is refused before planning)
 
     def extra_args(self) -> list[str]:
         """Options appended to every grid point's command line."""
@@ -65,6 +68,7 @@ def run(
         dry_run=dry_run,
         extra_args=request.extra_args(),
         only=only,
+        max_points=request.max_points,
         out=out,
         launch=forked_jobs(workers) if fork and not dry_run else None,
     )
@@ -109,6 +113,7 @@ def submit(
         extra_args=request.extra_args(),
         dry_run=dry_run,
         out=out,
+        max_points=request.max_points,
     )
 
 
@@ -117,6 +122,11 @@ def status(request: SweepRequest, out: TextIO | None = None) -> int:
     from harness.launch.slurm import format_status, status_exit_code, sweep_status
 
     out = sys.stdout if out is None else out
-    report = sweep_status(request.file, runs_dir=request.runs_dir, extra_args=request.extra_args())
+    report = sweep_status(
+        request.file,
+        runs_dir=request.runs_dir,
+        extra_args=request.extra_args(),
+        max_points=request.max_points,
+    )
     out.write(format_status(report))
     return status_exit_code(report)

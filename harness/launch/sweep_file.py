@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,12 @@ SWEEP_KEYS = frozenset(
         "scheduler",
     }
 )
+# Bounds on what a sweep file may make the reader do. The shipped sweeps are under 4 KB, 40 nodes deep at most
+# 4 and 3,072 grid points; the bounds are far above that and far below what takes minutes or gigabytes.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 64  # nesting of lists and mappings; PyYAML's composer recurses once per level
+MAX_NODES = 100_000  # nodes with every alias expanded: a "billion laughs" file stops here, not in memory
+MAX_POINTS = 10_000  # grid points (`--max-points` raises it); planning takes ~2 ms a point
 # Keys of a parameter that only make sense for random or Bayesian search.
 DISTRIBUTION_KEYS = ("distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
 
@@ -59,10 +66,20 @@ class Sweep:
 
 def load_sweep(path: Path) -> Sweep:
     """Read and check a sweep file. Raises UserError naming the file and the field."""
+    name = Path(path).stem
+    if not name or any(unsafe(character) or character.isspace() for character in name):
+        # The stem names the log folder and the SLURM job: a newline there would become a batch script line.
+        # Quoted (repr): printed as is, the path itself would break the one-line error.
+        raise UserError(f"{str(path)!r}: the file name must not contain spaces or control characters")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise UserError(f"{path}: cannot read the sweep file ({error.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise UserError(f"{path}: over {MAX_FILE_BYTES} bytes; a sweep file is a short YAML text")
+    try:
+        data = parse_yaml(raw.decode(), path)
     except UnicodeDecodeError as error:
         raise UserError(
             f"{path}: not a text file (byte {error.start} is not UTF-8); a sweep file is YAML text"
@@ -92,6 +109,78 @@ def load_sweep(path: Path) -> Sweep:
     )
 
 
+def unsafe(character: str) -> bool:
+    """A control character or a line/paragraph separator: never part of a name or a batch script value."""
+    return unicodedata.category(character) in ("Cc", "Cf", "Zl", "Zp")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML with bounds: PyYAML's safe loader builds what a file says, however large, deep or self-referential
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses deep nesting, recursive anchors, alias expansion beyond MAX_NODES and
+    duplicate keys, each with a UserError naming the file and the line."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        super().__init__(text)
+        self.path = path
+        self.depth = 0
+        self.sizes: dict[int, int] = {}  # id(node) -> its node count with aliases expanded, once composed
+
+    def refuse(self, node_or_mark: Any, what: str) -> UserError:
+        mark = getattr(node_or_mark, "start_mark", node_or_mark)
+        return UserError(f"{self.path}: line {mark.line + 1}: {what}")
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self.sizes:
+                raise self.refuse(event, f"*{event.anchor} refers to its own anchor (a recursive structure)")
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.refuse(self.peek_event(), f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        size = 1 + sum(self.sizes[id(child)] for child in children)
+        if size > MAX_NODES:
+            raise self.refuse(node, f"expands to over {MAX_NODES} values (aliases counted each time used)")
+        self.sizes[id(node)] = size
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges keys on purpose
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    earlier = first.get(key)
+                except TypeError:
+                    continue  # an unhashable key; the safe constructor refuses it itself
+                if earlier is not None:
+                    raise self.refuse(key_node, f"{key}: given twice (first on line {earlier}); keep one")
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    loader = BoundedLoader(text, path)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_parameters(path: Path, raw: Any) -> dict[str, tuple[Any, ...]]:
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{path}: parameters: expected a mapping of parameter names to values/value")
@@ -117,8 +206,21 @@ def read_parameters(path: Path, raw: Any) -> dict[str, tuple[Any, ...]]:
     return parameters
 
 
-def grid_points(sweep: Sweep) -> list[dict[str, Any]]:
-    """Every combination of the parameters' values, the first parameter varying slowest."""
+def grid_size(sweep: Sweep) -> int:
+    """The number of grid points, without expanding the grid."""
+    return math.prod(len(values) for values in sweep.parameters.values())
+
+
+def grid_points(sweep: Sweep, max_points: int = MAX_POINTS) -> list[dict[str, Any]]:
+    """Every combination of the parameters' values, the first parameter varying slowest; a grid of over
+    `max_points` points is refused before it is expanded."""
+    if max_points < 1:
+        raise UserError(f"--max-points: must be at least 1 (got {max_points})")
+    if (size := grid_size(sweep)) > max_points:
+        raise UserError(
+            f"{sweep.path}: the grid has {size} points, over the maximum of {max_points}; "
+            "cut it with --only or raise the maximum with --max-points"
+        )
     names = list(sweep.parameters)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*sweep.parameters.values())]
 

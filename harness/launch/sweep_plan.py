@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.launch.command_line import TRAINING_COMMANDS, option_names
 from harness.launch.planning import plan_invocation
 from harness.launch.sweep_agent import agent_command, harness_argv
-from harness.launch.sweep_file import Sweep, grid_points, render
+from harness.launch.sweep_file import MAX_POINTS, Sweep, grid_points, render
 from harness.store import rundir
 
 log = logging.getLogger("harness.launch.sweep")
@@ -42,16 +43,25 @@ class Job:
         return self.run_dir.name
 
 
-def plan_jobs(sweep: Sweep, *, runs_dir: Path | None = None, extra_args: Sequence[str] = ()) -> list[Job]:
+def plan_jobs(
+    sweep: Sweep,
+    *,
+    runs_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
+    max_points: int = MAX_POINTS,
+) -> list[Job]:
     """Every run the sweep stands for, once each, dependencies before the runs that need them.
 
-    `runs_dir` overrides the sweep's own `runs_dir` parameter (the last `--runs-dir` given wins).
+    `runs_dir` overrides the sweep's own `runs_dir` parameter (the last `--runs-dir` given wins); a grid of
+    over `max_points` points is refused before anything is planned.
     """
     check_boolean_flags(sweep)
     jobs: dict[Path, Job] = {}
     depth: dict[Path, int] = {}
-    for point in grid_points(sweep):
+    for index, point in enumerate(grid_points(sweep, max_points)):
         command = harness_argv(agent_command(sweep, point), sweep.path)
+        if index == 0:
+            check_parameter_names(sweep, command.argv[:1])
         argv = [*command.argv, *extra_args]
         if runs_dir is not None:
             argv.append(f"{RUNS_DIR_FLAG}={runs_dir}")
@@ -83,6 +93,20 @@ def check_boolean_flags(sweep: Sweep) -> None:
             raise UserError(
                 f"{sweep.path}: parameters.{name}: ${{args}} passes booleans as --{name}=True/False, which "
                 "the harness CLI rejects; use ${args_no_boolean_flags} in command"
+            )
+
+
+def check_parameter_names(sweep: Sweep, command: Sequence[str]) -> None:
+    """Every parameter must be an option of the command: the agent writes it as `--<name>=<value>`, so a
+    name such as `runs-dir=/x --seed` would otherwise set an option the grid does not show."""
+    if not command or command[0] not in TRAINING_COMMANDS:
+        return  # plan_invocation says what is wrong with the command itself
+    known = option_names(command[0])
+    for name in sweep.parameters:
+        if f"--{name}" not in known:
+            raise UserError(
+                f"{sweep.path}: parameters.{name}: not an option of harness {command[0]}; a parameter is "
+                f"an option's name without its dashes, as `harness {command[0]} --help` lists them"
             )
 
 
