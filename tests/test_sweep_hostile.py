@@ -125,6 +125,18 @@ def test_a_file_over_a_megabyte_is_refused_before_it_is_parsed(tmp_path):
     )
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_sweep_path_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "pipe.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer forever
+    else:
+        path.mkdir()
+    refused(
+        tmp_path, dry_run(path, tmp_path), f"error: {path}: not a regular file; a sweep file is YAML text"
+    )
+
+
 def test_a_file_name_with_a_line_break_is_refused_in_one_line(tmp_path):
     # The stem names the SLURM job and the log folder.
     path = write(tmp_path, HEADER + "parameters:\n  seed: {value: 0}\n", name="a\n#SBATCH --x.yaml")

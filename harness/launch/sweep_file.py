@@ -2,6 +2,9 @@
 
 The same file a W&B server takes (`wandb sweep FILE`, then `wandb agent` on any machine); locally
 `harness sweep run` runs it (`harness.launch.sweep`).
+
+A sweep file is untrusted input: it is read with bounds on its size, nesting, alias expansion and grid size,
+and refuses duplicate keys and recursive anchors, each in one line naming the file (tests/test_sweep_hostile.py).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
+import stat
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +77,8 @@ def load_sweep(path: Path) -> Sweep:
         # Quoted (repr): printed as is, the path itself would break the one-line error.
         raise UserError(f"{str(path)!r}: the file name must not contain spaces or control characters")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+            raise UserError(f"{path}: not a regular file; a sweep file is YAML text")
         with open(path, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:
