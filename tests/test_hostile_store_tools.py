@@ -152,3 +152,41 @@ def test_a_crc_valid_record_that_is_not_a_wandb_record_is_one_line(tmp_path: Pat
         ), result.stderr
         assert "Traceback" not in result.output
     assert log.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `harness runs --where` with a value no run can have
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    import runstore_factory as factory
+
+    spec = factory.StoreSpec(
+        archs=("resnet20",), seeds=(0, 1), methods=("gmp",), sparsities=(0.95,), snapshot_seeds=()
+    )
+    return factory.build_store(tmp_path_factory.mktemp("runs"), spec, plasticity=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("seed=abc", "error: --where: seed='abc' cannot match: seed holds finite numbers (ask for a missing value with none)\n"),
+        ("sparsity=nan", "error: --where: sparsity='nan' cannot match: sparsity holds finite numbers (ask for a missing value with none)\n"),
+        ("optim.epochs=inf", "error: --where: optim.epochs='inf' cannot match: optim.epochs holds finite numbers (ask for a missing value with none)\n"),
+    ],
+)  # fmt: skip
+def test_a_where_value_a_numeric_column_cannot_hold_is_one_line(small_store, where, message) -> None:
+    result = _runner().invoke(app, ["runs", str(small_store.root), "--where", where])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == message
+
+
+def test_a_where_value_that_can_match_still_filters(small_store) -> None:
+    result = _runner().invoke(app, ["runs", str(small_store.root), "--where", "seed=1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    listed = json.loads(result.stdout)["runs"]
+    assert listed and {row["seed"] for row in listed} == {1}
+    nothing = _runner().invoke(app, ["runs", str(small_store.root), "--where", "method=set"])
+    assert nothing.exit_code == 0 and nothing.stdout.startswith("0 runs")
