@@ -7,6 +7,7 @@ directory's bytes are unchanged.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -138,6 +139,8 @@ def test_out_below_a_file_is_refused_before_anything(run_copy, harness_cli, tmp_
         ("--seed", "-1", "Input should be greater than or equal to 0 (got -1)"),
         ("--seed", "99999999999999999999", "Input should be less than or equal to 4294967295 (got 99999999999999999999)"),
         ("--repetitions", "0", "must be >= 1, got 0"),
+        ("--dataset", "nope", "unknown dataset 'nope'; valid: cifar10, cifar100, imagenet, mnist1d, synthetic, or "
+         "a plug-in as MODULE:NAME"),
     ],
 )  # fmt: skip
 def test_random_model_options_follow_harness_runs_rules(
@@ -204,4 +207,49 @@ def test_the_trained_run_still_exports(run_copy, harness_cli) -> None:
     assert result.last_line == str(run_copy / exporter.EXPORT_NAME)
     assert torch.load(run_copy / exporter.EXPORT_NAME, weights_only=True)["source"]["run_dir"] == str(
         run_copy
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Usage errors of export and bench: checked before torch is imported or any benchmark runs
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "--arch", "resnet20", "--sparsity", "0.9", "--threads", "0"], "--threads: must be >= 1, got 0"),
+        (["export", "--arch", "resnet20", "--sparsity", "0.9", "--layers", "x"],
+         "--layers: 'x' is not one of auto, dense, sparse"),
+        (["bench", "step", "--repetitions", "0"], "--repetitions: must be >= 1, got 0"),
+        (["bench", "inference", "--markdown", "{dir}"], "--markdown: {dir} is a directory; give a file path"),
+        (["bench", "inference", "--json", "{file}/x.json"],
+         "--json: {file}/x.json lies below {file}, which is a file, not a directory"),
+        (["bench", "inference", "--sparsity", "1.5"], "--sparsity: must be in [0, 1), got 1.5"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_the_first_and_only_stderr_line(harness_cli, tmp_path, argv, message) -> None:
+    # A malformed OMP_NUM_THREADS makes libgomp print a line when torch loads: the check must come first.
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    names = {"dir": str(tmp_path / "a-dir"), "file": str(tmp_path / "a-file")}
+    before = sorted(path.name for path in tmp_path.iterdir())
+    result = harness_cli.run(*(part.format(**names) for part in argv), env={"OMP_NUM_THREADS": "abc"})
+    assert result.exit_code == 2
+    assert result.stdout == ""  # the benchmark did not run
+    assert result.stderr == f"error: {message.format(**names)}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
+def test_an_unwritable_output_directory_is_refused_before_the_benchmark(harness_cli, tmp_path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = harness_cli.invoke("bench", "inference", "--markdown", str(locked / "table.md"))
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert (
+        result.stderr == f"error: --markdown: {locked / 'table.md'}: the directory {locked} is not writable\n"
     )

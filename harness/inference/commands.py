@@ -18,6 +18,15 @@ from typing import TextIO
 from harness.errors import UserError
 from harness.registry.models import MODELS
 
+EXPORT_NAME = "export.pt"
+LAYER_CHOICES = ("auto", "dense", "sparse")
+
+
+def default_out(run_dir: Path | None, arch: str, dataset: str, sparsity: float | None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir) / EXPORT_NAME
+    return Path(f"{arch}-{dataset}-s{sparsity}.export.pt")
+
 
 def parse_batch_sizes(text: str) -> list[int]:
     try:
@@ -39,16 +48,23 @@ def check_at_least(field: str, value: int, minimum: int) -> None:
         raise UserError(f"{field}: must be >= {minimum}, got {value}")
 
 
-def check_model_options(arch: str, width: float, seed: int) -> None:
-    """--width and --seed by the rules `harness run` applies (ModelConfig's width, RunConfig's seed range):
-    finite, a width that leaves every layer a channel, a seed in [0, 2**32 - 1]."""
+def check_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:  # NaN fails this too
+        raise UserError(f"--sparsity: must be in [0, 1), got {sparsity}")
+
+
+def check_model_options(arch: str, width: float, seed: int, dataset: str = "cifar10") -> None:
+    """--width, --seed and --dataset by the rules `harness run` applies (ModelConfig's width, RunConfig's
+    seed range, DataConfig's dataset): finite, a width that leaves every layer a channel, a seed in
+    [0, 2**32 - 1], a known dataset."""
     from pydantic import ValidationError
 
-    from harness.config import ModelConfig, RunConfig, describe_validation_error
+    from harness.config import DataConfig, ModelConfig, RunConfig, describe_validation_error
 
     for field, build in (
         ("--width", lambda: ModelConfig(arch=arch, width=width)),
         ("--seed", lambda: RunConfig(seed=seed)),
+        ("--dataset", lambda: DataConfig(dataset=dataset)),
     ):
         try:
             build()
@@ -100,12 +116,10 @@ def show(path: Path, out: TextIO | None = None) -> int:
 
 def export(request: ExportRequest, out: TextIO | None = None) -> int:
     """Write the export file; prints the per-layer choice, the size, and the file's path last."""
-    from harness.inference import export as exporter
-
     out = sys.stdout if out is None else out
     sizes = parse_batch_sizes(request.batch_sizes)
-    if request.layers not in exporter.LAYER_CHOICES:
-        raise UserError(f"--layers: {request.layers!r} is not one of {', '.join(exporter.LAYER_CHOICES)}")
+    if request.layers not in LAYER_CHOICES:
+        raise UserError(f"--layers: {request.layers!r} is not one of {', '.join(LAYER_CHOICES)}")
     from_run = request.run_dir is not None
     if from_run and (request.arch is not None or request.sparsity is not None):
         raise UserError("export: give RUN_DIR or --arch with --sparsity, not both")
@@ -115,11 +129,15 @@ def export(request: ExportRequest, out: TextIO | None = None) -> int:
     check_at_least("--threads", request.threads, 1)
     if not from_run:
         check_arch(request.arch or "")
-        check_model_options(request.arch or "", request.width, request.seed)
-    target = request.out or exporter.default_out(
+        check_sparsity(request.sparsity or 0.0)
+        check_model_options(request.arch or "", request.width, request.seed, request.dataset)
+    target = request.out or default_out(
         request.run_dir, request.arch or "", request.dataset, request.sparsity
     )
     check_output(target, "--out")
+    # Every usage check is above this line: an error is the only line on stderr (importing torch can print).
+    from harness.inference import export as exporter
+
     if request.run_dir is not None:
         model, masks, facts = exporter.run_model(request.run_dir)
         arch_name, dataset_name, input_shape = facts["arch"], facts["dataset"], facts["input_shape"]
@@ -187,6 +205,8 @@ def bench_inference(request: InferenceBenchRequest, out: TextIO | None = None) -
     for arch in request.archs:
         check_arch(arch)
         check_model_options(arch, request.width, 0)
+    for sparsity in request.sparsities:
+        check_sparsity(sparsity)
     check_at_least("--repetitions", request.repetitions, 1)
     check_at_least("--threads", request.threads, 1)
     for field, path in (("--json", request.json_out), ("--markdown", request.markdown_out)):

@@ -45,6 +45,9 @@ from torch import Tensor, nn
 
 from harness.config import DataConfig
 from harness.errors import UserError
+
+# Names the torch-free command layer checks options against before this module (and torch) is imported.
+from harness.inference.commands import EXPORT_NAME, LAYER_CHOICES, default_out  # noqa: F401
 from harness.inference.runtime import (
     BATCH_FIRST,
     CHANNELS_FIRST,
@@ -63,9 +66,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "harness-sparse-export"
 VERSION = 1
-EXPORT_NAME = "export.pt"
 DENSE_ABOVE = 0.5  # layers denser than this stay dense without timing
-LAYER_CHOICES = ("auto", "dense", "sparse")
 # ImageNet runs train torchvision's ResNet-50, whose layers the program builder does not translate.
 UNSUPPORTED_DATASETS = ("imagenet",)
 
@@ -944,9 +945,3 @@ def describe_choices(payload: dict[str, Any]) -> str:
     sparse = sum(kind == "sparse" for kind in payload["kinds"].values())
     lines.append(f"{sparse} of {len(payload['kinds'])} layers sparse")
     return "\n".join(lines)
-
-
-def default_out(run_dir: Path | None, arch: str, dataset: str, sparsity: float | None) -> Path:
-    if run_dir is not None:
-        return Path(run_dir) / EXPORT_NAME
-    return Path(f"{arch}-{dataset}-s{sparsity}.export.pt")
