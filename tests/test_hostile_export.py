@@ -253,3 +253,16 @@ def test_an_unwritable_output_directory_is_refused_before_the_benchmark(harness_
     assert (
         result.stderr == f"error: --markdown: {locked / 'table.md'}: the directory {locked} is not writable\n"
     )
+
+
+def test_a_truncated_last_checkpoint_exports_prev_with_one_warning(run_copy, caplog) -> None:
+    checkpoints = run_copy / "checkpoints"
+    shutil.copyfile(checkpoints / "last.pt", checkpoints / "prev.pt")
+    data = (checkpoints / "last.pt").read_bytes()
+    (checkpoints / "last.pt").write_bytes(data[: len(data) // 2])
+    _, _, facts = exporter.run_model(run_copy)
+    assert facts["checkpoint"] == str(checkpoints / "prev.pt")
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        f"{checkpoints / 'last.pt'} is incomplete or corrupt; exporting {checkpoints / 'prev.pt'} instead "
+        "(the checkpoint before the final one)"
+    ]

@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.errors import UserError
+from harness.inference.names import LAYER_CHOICES, default_out
 from harness.registry.models import MODELS
-
-EXPORT_NAME = "export.pt"
-LAYER_CHOICES = ("auto", "dense", "sparse")
-
-
-def default_out(run_dir: Path | None, arch: str, dataset: str, sparsity: float | None) -> Path:
-    if run_dir is not None:
-        return Path(run_dir) / EXPORT_NAME
-    return Path(f"{arch}-{dataset}-s{sparsity}.export.pt")
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -24,7 +24,9 @@ loader rebuilds dense layers from them. Keys: `format`, `version`, `arch`, `data
 `end_to_end`, `threads`, `batch_sizes`, `source`, `torch`.
 
 Over 450 lines on purpose: the writer, the per-layer timed choice and the loader of one versioned file
-format stay together (the runtime kernels are in `harness.inference.runtime`).
+format (with the bounds it checks before allocating) stay together, beside the reading of the run it
+exports (through the run-store readers and the resume's identity check); the runtime kernels are in
+`harness.inference.runtime`.
 """
 
 from __future__ import annotations
@@ -45,9 +47,7 @@ from torch import Tensor, nn
 
 from harness.config import DataConfig
 from harness.errors import UserError
-
-# Names the torch-free command layer checks options against before this module (and torch) is imported.
-from harness.inference.commands import EXPORT_NAME, LAYER_CHOICES, default_out  # noqa: F401
+from harness.inference.names import EXPORT_NAME, LAYER_CHOICES, default_out  # noqa: F401 - its public names
 from harness.inference.runtime import (
     BATCH_FIRST,
     CHANNELS_FIRST,
