@@ -221,6 +221,7 @@ def test_the_trained_run_still_exports(run_copy, harness_cli) -> None:
         (["export", "--arch", "resnet20", "--sparsity", "0.9", "--layers", "x"],
          "--layers: 'x' is not one of auto, dense, sparse"),
         (["bench", "step", "--repetitions", "0"], "--repetitions: must be >= 1, got 0"),
+        (["export", "{dir}"], "{dir}: not a run directory (no config.yaml)"),
         (["bench", "inference", "--markdown", "{dir}"], "--markdown: {dir} is a directory; give a file path"),
         (["bench", "inference", "--json", "{file}/x.json"],
          "--json: {file}/x.json lies below {file}, which is a file, not a directory"),

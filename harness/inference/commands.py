@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.errors import UserError
-from harness.inference.names import LAYER_CHOICES, default_out
+from harness.inference.checks import LAYER_CHOICES, completed_run_config, default_out
 from harness.registry.models import MODELS
 
 
@@ -127,6 +127,8 @@ def export(request: ExportRequest, out: TextIO | None = None) -> int:
         request.run_dir, request.arch or "", request.dataset, request.sparsity
     )
     check_output(target, "--out")
+    if request.run_dir is not None:
+        completed_run_config(request.run_dir)  # a run that cannot be exported is refused before torch loads
     # Every usage check is above this line: an error is the only line on stderr (importing torch can print).
     from harness.inference import export as exporter
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from harness.config import DataConfig
 from harness.errors import UserError
-from harness.inference.names import EXPORT_NAME, LAYER_CHOICES, default_out  # noqa: F401 - its public names
+from harness.inference.checks import EXPORT_NAME, LAYER_CHOICES, completed_run_config, default_out  # noqa: F401
 from harness.inference.runtime import (
     BATCH_FIRST,
     CHANNELS_FIRST,
@@ -794,21 +794,6 @@ def random_masked_model(
 MAX_WORLD_SIZE = 1024
 
 
-def _run_config(run_dir: Path) -> Any:
-    """The run's config through the run-store reader (safe YAML, damage is one line naming the file),
-    validated by the same rules as `harness run`."""
-    from harness import config as configuration
-
-    path = rundir.config_path(run_dir)
-    if not path.exists():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    data = rundir.read_config(run_dir)
-    try:
-        return configuration.validate(data)
-    except UserError as error:
-        raise UserError(f"{path}: {error}") from None
-
-
 def _final_checkpoint(run_dir: Path) -> Path:
     from harness.store.checkpoint import complete_checkpoint
 
@@ -860,14 +845,7 @@ def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, An
     from harness.store.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
-    if not rundir.config_path(run_dir).exists():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    status = rundir.read_status(run_dir) or "missing"
-    if status != "completed":
-        raise UserError(
-            f"{run_dir}: run status is {status!r}; export needs a completed run's final checkpoint"
-        )
-    config = _run_config(run_dir)
+    config = completed_run_config(run_dir)
     num_classes, input_shape = _input_spec(config.data, str(run_dir))
     checkpoint_path = _final_checkpoint(run_dir)
     state = load_checkpoint(checkpoint_path)
