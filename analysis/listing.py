@@ -140,6 +140,26 @@ def _matches(value: Any, wanted: str) -> bool:
     return str(value) == wanted
 
 
+def _check_can_match(key: str, values: pd.Series, wanted: str) -> None:
+    """UserError when `wanted` cannot equal any value of a numeric column (`seed=abc`, `sparsity=nan`):
+    that is a typo to point at, not "0 runs". Missing values are asked for as none, - or nothing."""
+    present = [value for value in map(_plain, values) if not _missing(value)]
+    numeric = bool(present) and all(
+        isinstance(value, int | float) and not isinstance(value, bool) for value in present
+    )
+    if not numeric or wanted.lower() in ("", "none", "-"):
+        return
+    try:
+        number = float(wanted)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise UserError(
+            f"--where: {key}={wanted!r} cannot match: {key} holds finite numbers (ask for a missing value "
+            "with none)"
+        )
+
+
 def filter_runs(table: pd.DataFrame, runs: pd.DataFrame, where: Sequence[tuple[str, str]]) -> pd.DataFrame:
     """Rows of `table` matching every key=value: a table column (or its short name) or any `load_runs`
     column (`optim.epochs`, `sparsity.growth`, `pruning_rate`, ...)."""
@@ -157,6 +177,7 @@ def filter_runs(table: pd.DataFrame, runs: pd.DataFrame, where: Sequence[tuple[s
                 f"--where: unknown key {key!r}; use one of {', '.join(valid)} or a config column such as "
                 "optim.epochs"
             )
+        _check_can_match(key, values, wanted)
         keep &= values.map(lambda value, wanted=wanted: _matches(_plain(value), wanted))
     return table[keep].reset_index(drop=True)
 

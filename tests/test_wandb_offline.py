@@ -138,3 +138,32 @@ def test_harness_wandb_shows_and_relocates_an_offline_run(tmp_path: Path, wandb_
         empty.output.strip()
         == f"error: {tmp_path / 'a'}: no W&B offline run here (expected wandb/offline-run-*)"
     )
+
+
+def test_relocate_refuses_a_real_log_with_a_flipped_byte_and_keeps_it(
+    tmp_path: Path, wandb_home: Path
+) -> None:
+    # Issue 25: one flipped byte at 80% of the log used to make --relocate drop the rows, summary and
+    # artifact after it for good.
+    original = _offline_run(tmp_path / "a" / RUN_ID)
+    moved = tmp_path / "b" / RUN_ID
+    shutil.move(original, moved)
+    (folder,) = wandb_offline.offline_folders(moved)
+    (log,) = folder.glob("*.wandb")
+    data = bytearray(log.read_bytes())
+    data[int(len(data) * 0.8)] ^= 0xFF
+    log.write_bytes(bytes(data))
+    scan = wandb_offline.scan_log(log)
+    assert scan.damaged_at is not None
+
+    result = CliRunner().invoke(app, ["wandb", str(moved), "--relocate"])
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        f"error: {log}: damaged record at byte {scan.damaged_at} of {len(data)}; "
+    )
+    assert result.stderr.endswith("nothing changed: --drop-damaged rewrites it without them\n")
+    assert result.stderr.count("\n") == 1
+    assert log.read_bytes() == bytes(data)
+    assert sorted(path.name for path in folder.glob("*.wandb*")) == [log.name]

@@ -72,9 +72,15 @@ def wandb_offline(
     relocate: Annotated[
         bool, option("--relocate", help="point the mask artifacts at this directory's masks/ (after a move)")
     ] = False,
+    drop_damaged: Annotated[
+        bool,
+        option(
+            "--drop-damaged", help="with --relocate: rewrite a damaged log, dropping what follows the damage"
+        ),
+    ] = False,
 ) -> None:
     """Show what a run's W&B offline mirror holds and what `wandb sync` would upload (no server needed)."""
     from harness.store import wandb_offline as offline
 
     setup_logging(False)
-    call(lambda: offline.offline_command(run_dir, relocate_artifacts=relocate))
+    call(lambda: offline.offline_command(run_dir, relocate_artifacts=relocate, drop_damaged=drop_damaged))

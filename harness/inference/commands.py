@@ -9,12 +9,14 @@ so that the CLI's table imports none of it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from harness.errors import UserError
+from harness.inference.checks import LAYER_CHOICES, completed_run_config, default_out
 from harness.registry.models import MODELS
 
 
@@ -31,6 +33,50 @@ def parse_batch_sizes(text: str) -> list[int]:
 def check_arch(arch: str) -> None:
     if arch not in MODELS.builtins:  # export translates the built-in networks' structures only
         raise UserError(f"--arch: unknown architecture {arch!r}; valid: {', '.join(MODELS.builtins)}")
+
+
+def check_at_least(field: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise UserError(f"{field}: must be >= {minimum}, got {value}")
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:  # NaN fails this too
+        raise UserError(f"--sparsity: must be in [0, 1), got {sparsity}")
+
+
+def check_model_options(arch: str, width: float, seed: int, dataset: str = "cifar10") -> None:
+    """--width, --seed and --dataset by the rules `harness run` applies (ModelConfig's width, RunConfig's
+    seed range, DataConfig's dataset): finite, a width that leaves every layer a channel, a seed in
+    [0, 2**32 - 1], a known dataset."""
+    from pydantic import ValidationError
+
+    from harness.config import DataConfig, ModelConfig, RunConfig, describe_validation_error
+
+    for field, build in (
+        ("--width", lambda: ModelConfig(arch=arch, width=width)),
+        ("--seed", lambda: RunConfig(seed=seed)),
+        ("--dataset", lambda: DataConfig(dataset=dataset)),
+    ):
+        try:
+            build()
+        except ValidationError as error:
+            # describe_validation_error names the config field (`width: ...`); name the option instead.
+            raise UserError(f"{field}: {describe_validation_error(error).split(': ', 1)[1]}") from None
+
+
+def check_output(path: Path, field: str) -> None:
+    """Refuse, before any work, an output path that cannot be written: a directory, a path below a file,
+    or one whose nearest existing folder is not writable (missing folders are created on write)."""
+    if path.is_dir():
+        raise UserError(f"{field}: {path} is a directory; give a file path")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{field}: {path} lies below {ancestor}, which is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{field}: {path}: the directory {ancestor} is not writable")
 
 
 @dataclass(frozen=True)
@@ -62,24 +108,30 @@ def show(path: Path, out: TextIO | None = None) -> int:
 
 def export(request: ExportRequest, out: TextIO | None = None) -> int:
     """Write the export file; prints the per-layer choice, the size, and the file's path last."""
-    from harness.inference import export as exporter
-
     out = sys.stdout if out is None else out
     sizes = parse_batch_sizes(request.batch_sizes)
-    if request.layers not in exporter.LAYER_CHOICES:
-        raise UserError(f"--layers: {request.layers!r} is not one of {', '.join(exporter.LAYER_CHOICES)}")
+    if request.layers not in LAYER_CHOICES:
+        raise UserError(f"--layers: {request.layers!r} is not one of {', '.join(LAYER_CHOICES)}")
     from_run = request.run_dir is not None
     if from_run and (request.arch is not None or request.sparsity is not None):
         raise UserError("export: give RUN_DIR or --arch with --sparsity, not both")
     if not from_run and (request.arch is None or request.sparsity is None):
         raise UserError("export: give RUN_DIR, or --arch and --sparsity for a random ERK model")
+    check_at_least("--repetitions", request.repetitions, 1)
+    check_at_least("--threads", request.threads, 1)
     if not from_run:
         check_arch(request.arch or "")
-    target = request.out or exporter.default_out(
+        check_sparsity(request.sparsity or 0.0)
+        check_model_options(request.arch or "", request.width, request.seed, request.dataset)
+    target = request.out or default_out(
         request.run_dir, request.arch or "", request.dataset, request.sparsity
     )
-    if target.exists() and target.is_dir():
-        raise UserError(f"--out: {target} is a directory")
+    check_output(target, "--out")
+    if request.run_dir is not None:
+        completed_run_config(request.run_dir)  # a run that cannot be exported is refused before torch loads
+    # Every usage check is above this line: an error is the only line on stderr (importing torch can print).
+    from harness.inference import export as exporter
+
     if request.run_dir is not None:
         model, masks, facts = exporter.run_model(request.run_dir)
         arch_name, dataset_name, input_shape = facts["arch"], facts["dataset"], facts["input_shape"]
@@ -115,6 +167,8 @@ def export(request: ExportRequest, out: TextIO | None = None) -> int:
 
 def bench_step(archs: list[str], batch_size: int, repetitions: int, out: TextIO | None = None) -> int:
     """A masked vs a dense training step and one mask update vs one step, per architecture."""
+    check_at_least("--repetitions", repetitions, 1)
+    check_at_least("--batch-size", batch_size, 1)
     from harness.engine.bench import format_rows, run_benchmarks
 
     out = sys.stdout if out is None else out
@@ -144,9 +198,14 @@ def bench_inference(request: InferenceBenchRequest, out: TextIO | None = None) -
     batch_sizes = parse_batch_sizes(request.batch_sizes)
     for arch in request.archs:
         check_arch(arch)
-    for path in (request.json_out, request.markdown_out):
-        if path is not None and path.parent.exists() and not path.parent.is_dir():
-            raise UserError(f"{path}: its parent is not a directory")
+        check_model_options(arch, request.width, 0)
+    for sparsity in request.sparsities:
+        check_sparsity(sparsity)
+    check_at_least("--repetitions", request.repetitions, 1)
+    check_at_least("--threads", request.threads, 1)
+    for field, path in (("--json", request.json_out), ("--markdown", request.markdown_out)):
+        if path is not None:
+            check_output(path, field)
 
     from harness.inference.bench import format_inference_markdown, inference_report, run_inference_benchmarks
     from harness.store.rundir import atomic_write_text

@@ -24,7 +24,9 @@ loader rebuilds dense layers from them. Keys: `format`, `version`, `arch`, `data
 `end_to_end`, `threads`, `batch_sizes`, `source`, `torch`.
 
 Over 450 lines on purpose: the writer, the per-layer timed choice and the loader of one versioned file
-format stay together (the runtime kernels are in `harness.inference.runtime`).
+format (with the bounds it checks before allocating) stay together, beside the reading of the run it
+exports (through the run-store readers and the resume's identity check); the runtime kernels are in
+`harness.inference.runtime`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 
 from harness.config import DataConfig
 from harness.errors import UserError
+from harness.inference.checks import EXPORT_NAME, LAYER_CHOICES, completed_run_config, default_out  # noqa: F401
 from harness.inference.runtime import (
     BATCH_FIRST,
     CHANNELS_FIRST,
@@ -63,9 +66,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "harness-sparse-export"
 VERSION = 1
-EXPORT_NAME = "export.pt"
 DENSE_ABOVE = 0.5  # layers denser than this stay dense without timing
-LAYER_CHOICES = ("auto", "dense", "sparse")
 # ImageNet runs train torchvision's ResNet-50, whose layers the program builder does not translate.
 UNSUPPORTED_DATASETS = ("imagenet",)
 
@@ -674,7 +675,49 @@ def read_export(path: Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise UserError(f"{path}: export file lacks {', '.join(missing)}")
+    _check_program(path, payload)
     return payload
+
+
+# Bounds of a readable export, so that a crafted file cannot make the loader allocate without limit: the
+# builder numbers one register per layer, and no network exported here has a larger sample or layer geometry.
+MAX_SAMPLE_VALUES = 2**24
+MAX_GEOMETRY = 4096
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_program(path: Path, payload: dict[str, Any]) -> None:
+    """UserError naming the file and the field when the program's numbers are out of range (checked
+    before anything is allocated from them)."""
+    layers = payload["layers"]
+    if not isinstance(layers, list) or not all(isinstance(spec, dict) for spec in layers):
+        raise UserError(f"{path}: export file's layers are not a list of layer records")
+    registers = payload["num_registers"]
+    if not _whole(registers, 1, len(layers) + 1):
+        raise UserError(
+            f"{path}: num_registers {registers!r} is out of range: this program of {len(layers)} layers "
+            f"uses 1 to {len(layers) + 1}"
+        )
+    fields: list[tuple[str, Any, int, int]] = [("output", payload["output"], 0, registers - 1)]
+    shape = payload.get("input_shape")
+    if not isinstance(shape, list | tuple) or not all(_whole(size, 1, MAX_SAMPLE_VALUES) for size in shape):
+        raise UserError(f"{path}: input_shape {shape!r} is not a list of positive integers")
+    if math.prod(shape) > MAX_SAMPLE_VALUES:
+        raise UserError(f"{path}: input_shape {list(shape)} holds over {MAX_SAMPLE_VALUES} values per sample")
+    fields.append(("num_classes", payload.get("num_classes"), 1, MAX_SAMPLE_VALUES))
+    for index, spec in enumerate(layers):
+        where = f"layers[{index}]"
+        fields += [(f"{where}.input", spec.get("input"), 0, registers - 1)]
+        fields += [(f"{where}.output", spec.get("output"), 1, registers - 1)]
+        fields += [(f"{where}.residual", spec.get("residual", -1), -1, registers - 1)]
+        fields += [(f"{where}.{key}", spec.get(key, 1), 1, MAX_GEOMETRY) for key in ("kernel", "stride")]
+        fields += [(f"{where}.padding", spec.get("padding", 0), 0, MAX_GEOMETRY)]
+    for name, value, low, high in fields:
+        if not _whole(value, low, high):
+            raise UserError(f"{path}: {name} {value!r} is out of range: an integer in [{low}, {high}]")
 
 
 def load_export(path: Path) -> tuple[InferenceModel, dict[str, Any]]:
@@ -747,28 +790,66 @@ def random_masked_model(
     return model, masks.state_dict(), input_shape
 
 
-def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, Any]]:
-    """(eval-mode model with the final weights, masks, facts about the run) of a completed run."""
+# World sizes tried when matching a checkpoint's config hash to the run's config (the hash includes it).
+MAX_WORLD_SIZE = 1024
+
+
+def _final_checkpoint(run_dir: Path) -> Path:
+    from harness.store.checkpoint import complete_checkpoint
+
+    found, damaged = complete_checkpoint(run_dir)
+    if found is None:
+        if damaged:
+            raise UserError(
+                f"{rundir.checkpoint_dir(run_dir)}: {' and '.join(path.name for path in damaged)} "
+                f"{'are' if len(damaged) > 1 else 'is'} incomplete or corrupt (zip integrity check failed); "
+                "nothing to export"
+            )
+        raise UserError(f"{run_dir}: no complete checkpoint under checkpoints/")
+    if damaged:
+        log.warning(
+            "%s is incomplete or corrupt; exporting %s instead (the checkpoint before the final one)",
+            damaged[0],
+            found,
+        )
+    return found
+
+
+def _check_checkpoint_identity(path: Path, state: dict[str, Any], config: Any) -> None:
+    """The identity check `harness run` makes on resume: the checkpoint must have been written by a run of
+    this config (its run id and config hash, at the world size it ran with)."""
     from harness import config as configuration
+    from harness.store.checkpoint import check_identity
+
+    theirs = state.get("config_hash")
+    world_size = next(
+        (size for size in range(1, MAX_WORLD_SIZE + 1) if configuration.config_hash(config, size) == theirs),
+        1,
+    )
+    check_identity(
+        path,
+        state,
+        configuration.run_id(config, world_size),
+        configuration.config_hash(config, world_size),
+        use="export it",
+    )
+
+
+def run_model(run_dir: Path) -> tuple[nn.Module, dict[str, Tensor], dict[str, Any]]:
+    """(eval-mode model with the final weights, masks, facts about the run) of a completed run.
+
+    Read through the run-store readers: a damaged status or config, truncated checkpoints or another run's
+    checkpoint are one UserError naming the file.
+    """
     from harness.models.build import build_model
-    from harness.store.checkpoint import latest_checkpoint, load_checkpoint
+    from harness.store.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
-    config_path = rundir.config_path(run_dir)
-    if not config_path.is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
-    status_path = rundir.status_path(run_dir)
-    status = status_path.read_text(encoding="utf-8").strip() if status_path.is_file() else "missing"
-    if status != "completed":
-        raise UserError(
-            f"{run_dir}: run status is {status!r}; export needs a completed run's final checkpoint"
-        )
-    config = configuration.load_config_file(config_path)
+    config = completed_run_config(run_dir)
     num_classes, input_shape = _input_spec(config.data, str(run_dir))
-    checkpoint_path = latest_checkpoint(run_dir)
-    if checkpoint_path is None:
-        raise UserError(f"{run_dir}: no complete checkpoint under checkpoints/")
+    checkpoint_path = _final_checkpoint(run_dir)
     state = load_checkpoint(checkpoint_path)
+    _check_checkpoint_identity(checkpoint_path, state, config)
     model = build_model(
         config.model.arch, num_classes=num_classes, input_shape=input_shape, width=config.model.width
     )
@@ -842,9 +923,3 @@ def describe_choices(payload: dict[str, Any]) -> str:
     sparse = sum(kind == "sparse" for kind in payload["kinds"].values())
     lines.append(f"{sparse} of {len(payload['kinds'])} layers sparse")
     return "\n".join(lines)
-
-
-def default_out(run_dir: Path | None, arch: str, dataset: str, sparsity: float | None) -> Path:
-    if run_dir is not None:
-        return Path(run_dir) / EXPORT_NAME
-    return Path(f"{arch}-{dataset}-s{sparsity}.export.pt")

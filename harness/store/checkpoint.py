@@ -113,33 +113,44 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def complete_checkpoint(run_dir: Path) -> tuple[Path | None, list[Path]]:
+    """(`checkpoints/last.pt` if complete, else `prev.pt` if that is, else None; the damaged ones passed over).
+
+    Silent: what a damaged checkpoint means differs by reader (training resumes or restarts, export refuses).
+    """
+    directory = rundir.checkpoint_dir(run_dir)
+    damaged: list[Path] = []
+    for name in (rundir.LAST_CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
+        candidate = directory / name
+        if not candidate.exists():
+            continue
+        if is_complete(candidate):
+            return candidate, damaged
+        damaged.append(candidate)
+    return None, damaged
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """`checkpoints/last.pt` if it is complete, else `checkpoints/prev.pt` if that is, else None.
 
     One warning when a damaged checkpoint is passed over, saying what the run does instead: resume from
     the previous checkpoint, or (both damaged) restart from scratch, so a restart is not taken for a resume.
     """
-    directory = rundir.checkpoint_dir(run_dir)
-    damaged: list[str] = []
-    for name in (rundir.LAST_CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
-        candidate = directory / name
-        if not candidate.exists():
-            continue
-        if is_complete(candidate):
-            if damaged:
-                logger.warning(
-                    "%s is incomplete or corrupt (interrupted write?); resuming from %s instead",
-                    directory / damaged[0],
-                    candidate,
-                )
-            return candidate
-        damaged.append(name)
+    found, damaged = complete_checkpoint(run_dir)
+    if found is not None:
+        if damaged:
+            logger.warning(
+                "%s is incomplete or corrupt (interrupted write?); resuming from %s instead",
+                damaged[0],
+                found,
+            )
+        return found
     if damaged:
         logger.warning(
             "%s: %s %s incomplete or corrupt (zip integrity check failed); the run restarts from scratch "
             "(step 0), it does not resume",
-            directory,
-            " and ".join(damaged),
+            rundir.checkpoint_dir(run_dir),
+            " and ".join(path.name for path in damaged),
             "are" if len(damaged) > 1 else "is",
         )
     return None
@@ -148,21 +159,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 IDENTITY_KEYS = ("run_id", "config_hash")
 
 
-def check_identity(path: Path, state: dict[str, Any], run_id: str, config_hash: str) -> None:
-    """UserError naming both runs unless the checkpoint at `path` was written by this run.
+def check_identity(
+    path: Path, state: dict[str, Any], run_id: str, config_hash: str, *, use: str = "resume from it"
+) -> None:
+    """UserError naming both runs unless the checkpoint at `path` was written by this run (`use` says
+    what is refused: a resume, an export).
 
     Checkpoints written before they carried their identity are accepted: they cannot be checked.
     """
     theirs = state.get("run_id"), state.get("config_hash")
     if theirs == (None, None):
         logger.info(
-            "%s carries no run id (an older harness wrote it); resuming without the identity check", path
+            "%s carries no run id (an older harness wrote it); using it without the identity check", path
         )
         return
     if theirs != (run_id, config_hash):
         raise UserError(
             f"{path}: checkpoint of run {theirs[0]} (config hash {str(theirs[1])[:10]}), not of this run "
-            f"{run_id} (config hash {config_hash[:10]}); refusing to resume from it: move it out of the run "
+            f"{run_id} (config hash {config_hash[:10]}); refusing to {use}: move it out of the run "
             "directory"
         )
 

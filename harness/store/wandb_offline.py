@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.store import rundir
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +40,38 @@ def _checksum(kind: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
 
 
-def read_log(path: Path) -> tuple[bytes, list[bytes]]:
-    """(file header, record payloads) of a `.wandb` log. A damaged chunk ends the log with one warning."""
-    data = Path(path).read_bytes()
+@dataclass
+class LogScan:
+    """What the framing of a `.wandb` log holds: its header, every record that reads whole, and where
+    reading stopped early (`damaged_at`, a byte offset; None when the whole file was read)."""
+
+    path: Path
+    header: bytes
+    records: list[bytes]
+    size: int
+    damaged_at: int | None = None
+    why: str = ""
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a W&B transaction log (.wandb)") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the W&B log ({error.strerror})") from None
+
+
+def scan_log(path: Path) -> LogScan:
+    """Read a `.wandb` log's framing up to its end or its first damaged chunk; never warns (callers say what
+    the damage means for them). UserError when the file is not a W&B log at all."""
+    data = _read_bytes(path)
     header = data[: _FILE_HEADER.size]
     if len(header) < _FILE_HEADER.size or _FILE_HEADER.unpack(header)[0] != b":W&B":
         raise UserError(f"{path}: not a W&B transaction log (.wandb)")
-    records: list[bytes] = []
+    scan = LogScan(Path(path), header, [], len(data))
     pending: bytes | None = None
+    pending_at = 0
     position = _FILE_HEADER.size
     while position + _CHUNK_HEADER.size <= len(data):
         left = _BLOCK - position % _BLOCK
@@ -60,23 +85,34 @@ def read_log(path: Path) -> tuple[bytes, list[bytes]]:
             position += left  # zero padding to the end of the block
             continue
         if len(payload) < length or _checksum(kind, payload) != crc or kind not in (1, 2, 3, 4):
-            logger.warning("%s: damaged record at byte %d; reading stops there", path, position)
-            break
+            scan.damaged_at, scan.why = position, "damaged record"
+            return scan
         position = start + length
         if kind == _FULL:
-            records.append(payload)
+            scan.records.append(payload)
         elif kind == _FIRST:
-            pending = payload
+            pending, pending_at = payload, position - length - _CHUNK_HEADER.size
         elif pending is not None:
             pending += payload
             if kind == _LAST:
-                records.append(pending)
+                scan.records.append(pending)
                 pending = None
-    return header, records
+    if pending is not None:
+        # A record begun and never ended (a writer killed mid-record): rewriting the log would drop it.
+        scan.damaged_at, scan.why = pending_at, "unfinished record"
+    return scan
 
 
-def write_log(path: Path, header: bytes, records: list[bytes]) -> None:
-    """Write records framed exactly as W&B frames them (tested: a rewrite without changes is byte-identical)."""
+def read_log(path: Path) -> tuple[bytes, list[bytes]]:
+    """(file header, record payloads) of a `.wandb` log. A damaged chunk ends the log with one warning."""
+    scan = scan_log(path)
+    if scan.damaged_at is not None:
+        logger.warning("%s: %s at byte %d; reading stops there", path, scan.why, scan.damaged_at)
+    return scan.header, scan.records
+
+
+def frame_log(header: bytes, records: list[bytes]) -> bytes:
+    """Records framed exactly as W&B frames them (tested: a rewrite without changes is byte-identical)."""
     out = bytearray(header)
     for record in records:
         rest, first = record, True
@@ -93,9 +129,22 @@ def write_log(path: Path, header: bytes, records: list[bytes]) -> None:
             first = False
             if last:
                 break
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(bytes(out))
-    temporary.replace(path)
+    return bytes(out)
+
+
+def write_log(path: Path, header: bytes, records: list[bytes]) -> None:
+    """Replace the log at `path` with `records`, only after the new log, written beside it, reads back as
+    exactly these records (a short write or a framing fault never replaces the old log)."""
+    data = frame_log(header, records)
+    temporary = rundir.write_durably(Path(path), lambda handle: handle.write(data))
+    try:
+        written = scan_log(temporary)
+        if written.damaged_at is not None or written.records != records or written.header != header:
+            raise UserError(f"{path}: the rewritten log does not read back whole; the old log is kept")
+        rundir.replace_durably(temporary, Path(path))
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -141,13 +190,24 @@ def _log_file(folder: Path) -> Path:
     return logs[0]
 
 
-def _records(folder: Path) -> Iterator[Any]:
+def _decode(path: Path, index: int, payload: bytes) -> Any:
+    """Record number `index` of the log at `path`; UserError naming both when its bytes, though framed with
+    a valid CRC, are not a W&B record."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
-    for payload in read_log(_log_file(folder))[1]:
-        record = wandb_internal_pb2.Record()
+    record = wandb_internal_pb2.Record()
+    try:
         record.ParseFromString(payload)
-        yield record
+    except DecodeError as error:
+        raise UserError(f"{path}: record {index} (CRC valid) is not a W&B record ({error})") from None
+    return record
+
+
+def _records(folder: Path) -> Iterator[Any]:
+    path = _log_file(folder)
+    for index, payload in enumerate(read_log(path)[1]):
+        yield _decode(path, index, payload)
 
 
 def _json(text: str) -> Any:
@@ -202,24 +262,40 @@ def read_offline_run(folder: Path) -> OfflineRun:
     return run
 
 
-def relocate(run_dir: Path) -> int:
+def _refuse_loss(scan: LogScan) -> None:
+    assert scan.damaged_at is not None
+    readable = sum(len(record) for record in scan.records)
+    raise UserError(
+        f"{scan.path}: {scan.why} at byte {scan.damaged_at} of {scan.size}; rewriting the log would drop "
+        f"everything from there on ({scan.size - scan.damaged_at} bytes; {len(scan.records)} records, "
+        f"{readable} bytes, read whole before it); nothing changed: --drop-damaged rewrites it without them"
+    )
+
+
+def relocate(run_dir: Path, *, drop_damaged: bool = False) -> int:
     """Point every artifact payload recorded as a run-store file at that file in `run_dir` as it is now.
 
     Returns how many manifest entries changed. Entries whose file is not in the run directory are left
-    as they are (and `inspect` lists them as missing).
+    as they are (and `inspect` lists them as missing). A log that does not read whole to its end is
+    refused before anything is written (a rewrite keeps only what reads whole), unless `drop_damaged`;
+    each log is decoded in full before any is rewritten, so a bad record leaves every log as it was.
     """
-    from wandb.proto import wandb_internal_pb2
-
     run_dir = Path(run_dir).resolve()
-    changed = 0
+    plans: list[tuple[Path, LogScan, list[bytes], int]] = []
     for folder in offline_folders(run_dir):
         path = _log_file(folder)
-        header, payloads = read_log(path)
+        scan = scan_log(path)
+        if scan.damaged_at is not None:
+            if not drop_damaged:
+                _refuse_loss(scan)
+            logger.warning(
+                "%s: %s at byte %d; --drop-damaged: the rewritten log drops the %d bytes from there on",
+                path, scan.why, scan.damaged_at, scan.size - scan.damaged_at,
+            )  # fmt: skip
         rewritten: list[bytes] = []
         folder_changed = 0
-        for payload in payloads:
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(payload)
+        for index, payload in enumerate(scan.records):
+            record = _decode(path, index, payload)
             if record.WhichOneof("record_type") == "artifact":
                 metadata = _json(record.artifact.metadata) if record.artifact.metadata else {}
                 run_file = metadata.get(RUN_FILE_KEY) if isinstance(metadata, dict) else None
@@ -231,8 +307,11 @@ def relocate(run_dir: Path) -> int:
                 if folder_changed:
                     payload = record.SerializeToString()
             rewritten.append(payload)
+        plans.append((path, scan, rewritten, folder_changed))
+    changed = 0
+    for path, scan, rewritten, folder_changed in plans:
         if folder_changed:
-            write_log(path, header, rewritten)
+            write_log(path, scan.header, rewritten)
             changed += folder_changed
     return changed
 
@@ -270,12 +349,17 @@ def describe(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def offline_command(run_dir: Path, *, relocate_artifacts: bool = False, out: Any = None) -> int:
+def offline_command(
+    run_dir: Path, *, relocate_artifacts: bool = False, drop_damaged: bool = False, out: Any = None
+) -> int:
     """`harness wandb RUN_DIR`: optionally relocate the mask artifacts, then describe the mirror."""
     import sys
 
     out = sys.stdout if out is None else out
+    if drop_damaged and not relocate_artifacts:
+        raise UserError("--drop-damaged: only with --relocate (it says what a rewrite may drop)")
     if relocate_artifacts:
-        out.write(f"relocated {relocate(run_dir)} artifact entries to {run_dir.resolve()}\n")
+        moved = relocate(run_dir, drop_damaged=drop_damaged)
+        out.write(f"relocated {moved} artifact entries to {run_dir.resolve()}\n")
     out.write(describe(run_dir) + "\n")
     return 0
