@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import config as configuration
-from harness.data.datasets import missing_data
+from harness.data.presence import missing_data
 from harness.errors import UserError
 
 
