@@ -161,6 +161,7 @@ class PlannedRun:
     run_dir: Path
     argv: tuple[str, ...]
     needs: tuple[Path, ...] = ()
+    data: configuration.DataConfig | None = None  # where its dataset must be (a sweep checks before starting)
 
 
 def plan_invocation(argv: list[str]) -> list[PlannedRun]:
@@ -168,10 +169,13 @@ def plan_invocation(argv: list[str]) -> list[PlannedRun]:
     request = parse_training_argv(argv)
     world_size = request.training.launch.world_size
     if isinstance(request, RunRequest):
-        return [PlannedRun(configuration.run_directory(run_config(request), world_size), tuple(argv))]
+        config = run_config(request)
+        return [PlannedRun(configuration.run_directory(config, world_size), tuple(argv), data=config.data)]
     runs: list[PlannedRun] = []
     for stage, config in zip(STAGES, plasticity_configs(request), strict=False):
         stage_argv = tuple(argv) if stage == "probe" else (*argv, "--stage", stage)
         needs = (runs[-1].run_dir,) if runs else ()
-        runs.append(PlannedRun(configuration.run_directory(config, world_size), stage_argv, needs))
+        runs.append(
+            PlannedRun(configuration.run_directory(config, world_size), stage_argv, needs, data=config.data)
+        )
     return runs
