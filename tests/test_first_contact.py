@@ -226,7 +226,8 @@ def test_config_and_from_give_the_run_id_of_the_flags_they_encode(harness_cli, t
     # Flags and --set sit on top of the file: varying a finished run is the same as the flags for it.
     varied = _dry_run(harness_cli, *flags, "--seed", "4", "--set", "optim.momentum=0.8")[1]
     assert (
-        _dry_run(harness_cli, "--from", str(finished), "--seed", "4", "--set", "optim.momentum=0.8")[1] == varied
+        _dry_run(harness_cli, "--from", str(finished), "--seed", "4", "--set", "optim.momentum=0.8")[1]
+        == varied
     )
     assert varied != run_dir
     # The method given on the command line wins over the file's.
@@ -276,3 +277,41 @@ def test_bad_config_files_are_one_line_and_create_nothing(harness_cli, tmp_path:
     result = harness_cli.invoke("run", "granet", *[arg.format(tmp=tmp_path) for arg in argv])
     assert (result.exit_code, result.stderr) == (2, f"error: {message.format(tmp=tmp_path)}\n")
     assert not harness_cli.runs_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The long-run warning
+
+
+def test_a_long_cpu_run_is_warned_in_one_line_and_computes_the_same(
+    harness_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+):
+    import logging
+
+    from harness.engine import estimate
+    from harness.store import rundir
+
+    caplog.set_level(logging.WARNING, logger="harness")
+    argv = ["granet", *harness_cli.mnist1d(epochs=1, runs_dir=tmp_path / "quiet")]
+    assert harness_cli.invoke("run", *argv).exit_code == 0
+    assert [r.getMessage() for r in caplog.records if "would take" in r.getMessage()] == []
+
+    # Any run counts as long once the thresholds are zero: the step is measured and the line written.
+    monkeypatch.setattr(estimate, "MEASURE_ABOVE_FLOPS", 0.0)
+    monkeypatch.setattr(estimate, "LONG_RUN_SECONDS", 0.0)
+    warned = ["granet", *harness_cli.mnist1d(epochs=1, runs_dir=tmp_path / "warned")]
+    result = harness_cli.invoke("run", *warned)
+    assert result.exit_code == 0, result.stderr
+    (line,) = [r.getMessage() for r in caplog.records if "would take" in r.getMessage()]
+    assert line.startswith("this run would take about ")
+    assert " h on this CPU: " in line and " training FLOPs (9 steps of 32) at " in line
+    assert line.endswith(
+        " FLOP/s measured on one step; the CPU recipe takes minutes: harness run granet --arch resnet20 --dataset mnist1d"
+    )
+    # The measurement runs on a copy with zero inputs: the run's results are those of the quiet run.
+    (quiet_dir,) = [path for path in (tmp_path / "quiet" / "default").iterdir() if rundir.is_run_dir(path)]
+    (warned_dir,) = [path for path in (tmp_path / "warned" / "default").iterdir() if rundir.is_run_dir(path)]
+    quiet, loud = rundir.read_summary(quiet_dir), rundir.read_summary(warned_dir)
+    assert {k: v for k, v in loud.items() if "time" not in k and "second" not in k} == {
+        k: v for k, v in quiet.items() if "time" not in k and "second" not in k
+    }
