@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from harness.data.presence import CPU_DATASET
 from harness.engine.session import Session
 
 log = logging.getLogger("harness")
@@ -22,7 +23,6 @@ log = logging.getLogger("harness")
 LONG_RUN_SECONDS = 3600.0
 # Below this many training FLOPs a run cannot take an hour at 1e9 FLOP/s (a slow core): not worth a step.
 MEASURE_ABOVE_FLOPS = LONG_RUN_SECONDS * 1e9
-CPU_DATASET = "mnist1d"
 
 
 def training_flops(session: Session) -> float:
