@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 RUNS_DIR ?= runs
 WORKERS  ?= 2
-SCALE    ?= paper
+SCALE    ?= auto
+DATA_DIR ?= data
 
 .PHONY: setup test test-fast lint format demo bench bench-inference sweep-plasticity sweep-plasticity-structured sweep-granet figures reproduce-cpu sweep-collapse clean
 
@@ -57,23 +58,34 @@ figures: $(STAMP)
 	$(BIN)/harness figures $(RUNS_DIR) --out $(FIGURES_DIR)
 
 # Sweeps (sweeps/*.yaml, W&B's format) run locally by `harness sweep run`: completed runs are skipped, so an
-# interrupted sweep finishes what is missing when run again. SCALE=paper (CIFAR, GPU-sized) or SCALE=cpu
-# (MNIST-1D, minutes on 2 cores); WORKERS runs in parallel; RUNS_DIR is the run store.
+# interrupted sweep finishes what is missing when run again. SCALE=paper (CIFAR, GPU-sized), SCALE=cpu
+# (MNIST-1D, minutes on 2 cores) or SCALE=auto (the default): paper when nvidia-smi lists a GPU and CIFAR-10 is
+# under DATA_DIR, cpu otherwise, said in one line with the reason. WORKERS runs in parallel; RUNS_DIR is the run
+# store. Without the dataset SCALE=paper stops before starting anything (harness sweep run checks every run's
+# data first) and names the CPU sweep to use instead.
+# `=`, not `:=`: only the sweep targets pay for asking nvidia-smi.
+AUTO_SCALE = $(shell if ! nvidia-smi -L >/dev/null 2>&1; then echo "cpu no GPU found (nvidia-smi lists none)"; \
+	elif [ ! -d "$(DATA_DIR)/cifar-10-batches-py" ]; then echo "cpu no CIFAR-10 in $(DATA_DIR)/cifar-10-batches-py"; \
+	else echo "paper a GPU and CIFAR-10 in $(DATA_DIR) found"; fi)
+CHOSEN_SCALE = $(if $(filter auto,$(SCALE)),$(firstword $(AUTO_SCALE)),$(SCALE))
+# The recipe's first line: refuses an unknown SCALE, and says what SCALE=auto chose and why.
+CHOOSE_SCALE = $(if $(filter-out auto paper cpu,$(SCALE)),$(error SCALE must be auto, paper or cpu, not '$(SCALE)'))$(if \
+	$(filter auto,$(SCALE)),$(info SCALE=auto: $(CHOSEN_SCALE) scale, $(wordlist 2,99,$(AUTO_SCALE)); choose with SCALE=paper or SCALE=cpu))
 sweep-plasticity: $(STAMP)
-	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
-	$(BIN)/harness sweep run sweeps/$(if $(filter cpu,$(SCALE)),plasticity-mnist1d,plasticity).yaml \
+	$(CHOOSE_SCALE)
+	$(BIN)/harness sweep run sweeps/$(if $(filter cpu,$(CHOSEN_SCALE)),plasticity-mnist1d,plasticity).yaml \
 		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 sweep-plasticity-structured: $(STAMP)
-	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
-	$(BIN)/harness sweep run sweeps/plasticity-structured$(if $(filter cpu,$(SCALE)),-mnist1d).yaml \
+	$(CHOOSE_SCALE)
+	$(BIN)/harness sweep run sweeps/plasticity-structured$(if $(filter cpu,$(CHOSEN_SCALE)),-mnist1d).yaml \
 		--workers $(WORKERS) --runs-dir $(RUNS_DIR)
 
 # SCALE=paper runs the CIFAR-10 and then the CIFAR-100 comparison (the second even if the first had failures).
 sweep-granet: $(STAMP)
-	$(if $(filter-out paper cpu,$(SCALE)),$(error SCALE must be paper or cpu, not '$(SCALE)'))
+	$(CHOOSE_SCALE)
 	status=0; \
-	for file in $(if $(filter cpu,$(SCALE)),granet-mnist1d,granet-cifar10 granet-cifar100); do \
+	for file in $(if $(filter cpu,$(CHOSEN_SCALE)),granet-mnist1d,granet-cifar10 granet-cifar100); do \
 		$(BIN)/harness sweep run sweeps/$$file.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR) || status=$$?; \
 	done; \
 	exit $$status

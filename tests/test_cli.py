@@ -64,8 +64,14 @@ def closed_port() -> int:
             ["--set", "optim.lr=[1"],
             "--set 'optim.lr=[1': value is not valid YAML (expected ',' or ']', but got '<stream end>')",
         ),  # fmt: skip
-        (["--set", "optim.learning_rate=0.1"], "optim.learning_rate: unknown field"),
-        (["--set", "optimizer.lr=0.1"], "optimizer: unknown field"),
+        (["--set", "optim.learning_rate=0.1"], "optim.learning_rate: unknown field (did you mean optim.lr?)"),
+        (["--set", "optimizer.lr=0.1"], "optimizer: unknown field (did you mean optim?)"),
+        (["--set", "data.datadir=x"], "data.datadir: unknown field (did you mean data.data_dir?)"),
+        (["--set", "optim.zzz=1"], "optim.zzz: unknown field"),
+        (
+            ["--set", "optim.lr", "0.05"],
+            "--set optim.lr 0.05: a setting is one argument, section.key=value; write --set optim.lr=0.05",
+        ),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_exit_code_2_and_creates_nothing(
@@ -131,14 +137,15 @@ def test_sweep_spellings_resolve_to_the_same_run(harness_cli: HarnessCli) -> Non
     assert "init_sparsity: 0.5\n" in dashed.stdout and "update_frequency: 7\n" in dashed.stdout
 
 
-def test_missing_cifar10_without_network_is_a_user_error_in_a_real_process(
+def test_missing_cifar10_behind_a_dead_proxy_is_a_user_error_in_a_real_process(
     harness_cli: HarnessCli, tmp_path: Path
 ) -> None:
-    """No CIFAR-10 under --data-dir and no way out (every proxy points at a closed port): exit 2, one line."""
+    """No CIFAR-10 under --data-dir and no way out (every proxy points at a closed port): the download is tried
+    (with a proxy the host need not resolve here), fails at once, and leaves nothing behind: exit 2, one line."""
     closed = f"http://127.0.0.1:{closed_port()}"
     no_network = {name: closed for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
     no_network |= {"no_proxy": "", "NO_PROXY": ""}
-    empty = tmp_path / "empty-data"
+    empty = tmp_path / "empty-data" / "cifar"
     result = harness_cli.run(
         "run", "dense", "--arch", "resnet20", "--dataset", "cifar10", "--data-dir", str(empty),
         "--runs-dir", str(harness_cli.runs_dir), "--wandb", "disabled", env=no_network,
@@ -147,14 +154,18 @@ def test_missing_cifar10_without_network_is_a_user_error_in_a_real_process(
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith(
-        f"error: data.data_dir: cifar10 not found or corrupted in {empty}/cifar-10-batches-py ("
+        f"error: data.data_dir: cifar10 is absent: looked for {empty}/cifar-10-batches-py; copy the extracted "
+        f"cifar-10-batches-py/ folder (from cifar-10-python.tar.gz) into {empty}/ or give --data-dir FOLDER "
+        "that holds it; a download (--set data.download=true, the default) needs network, and the attempt "
+        "failed: "
     )
     assert line.endswith(
-        "put the extracted folder of the python-version archive (cifar-10-python.tar.gz) there, "
-        "or run once with network access and data.download=true"
+        "; without the data (or on a CPU) run the CPU recipe instead: "
+        "harness run granet --arch resnet20 --dataset mnist1d"
     )
     assert result.stdout == ""
     assert not harness_cli.runs_dir.exists()
+    assert not (tmp_path / "empty-data").exists()  # torchvision created it to download into; removed
 
 
 def test_missing_cifar10_with_downloads_off_is_a_user_error(harness_cli: HarnessCli, tmp_path: Path) -> None:
@@ -165,10 +176,14 @@ def test_missing_cifar10_with_downloads_off_is_a_user_error(harness_cli: Harness
     )  # fmt: skip
     assert result.exit_code == 2
     (line,) = result.stderr.splitlines()
-    assert line.startswith(
-        f"error: data.data_dir: cifar10 not found or corrupted in {empty}/cifar-10-batches-py"
+    assert line == (
+        f"error: data.data_dir: cifar10 is absent: looked for {empty}/cifar-10-batches-py; copy the extracted "
+        f"cifar-10-batches-py/ folder (from cifar-10-python.tar.gz) into {empty}/ or give --data-dir FOLDER "
+        "that holds it; a download (--set data.download=true, the default) needs network; "
+        "without the data (or on a CPU) run the CPU recipe instead: harness run dense --arch resnet20 --dataset mnist1d"
     )
     assert not harness_cli.runs_dir.exists()
+    assert not empty.exists()
 
 
 def test_user_errors_in_a_real_process_have_no_traceback(harness_cli: HarnessCli) -> None:

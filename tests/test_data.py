@@ -145,7 +145,7 @@ def test_missing_cifar_is_one_user_error(tmp_path: Path) -> None:
         build_datasets(DataConfig(dataset="cifar10", data_dir=tmp_path / "absent", download=False))
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("data.data_dir: cifar10 not found")
+    assert message.startswith("data.data_dir: cifar10 is absent: looked for ")
     assert str(tmp_path / "absent" / "cifar-10-batches-py") in message
     assert "cifar-10-python.tar.gz" in message and "network" in message
 
@@ -161,7 +161,10 @@ def test_failed_download_is_bounded_and_becomes_user_error(
 
     monkeypatch.setattr(torchvision.datasets.CIFAR100, "download", offline_download)
     before = socket.getdefaulttimeout()
-    with pytest.raises(UserError, match=r"cifar100 not found .*cifar-100-python .*Name or service not known"):
+    with pytest.raises(
+        UserError,
+        match=r"cifar100 is absent: looked for .*cifar-100-python; .*the attempt failed: .*Name or service not known",
+    ):
         build_datasets(DataConfig(dataset="cifar100", data_dir=tmp_path, download=True))
     assert seen_timeouts == [DOWNLOAD_TIMEOUT_SECONDS]
     assert socket.getdefaulttimeout() == before

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import config as configuration
-from harness.data.datasets import missing_data
+from harness.data.presence import missing_data
 from harness.errors import UserError
 
 
@@ -34,7 +34,24 @@ def test_dry_run_of_a_cifar_run_warns_in_one_line_that_the_data_is_missing(harne
 
 
 def test_no_warning_when_the_data_is_there_or_generated(harness_cli, tmp_path: Path):
-    (tmp_path / "cifar-10-batches-py").mkdir()
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    damaged = harness_cli.invoke("run", "dense", "--data-dir", str(tmp_path), "--dry-run")
+    assert damaged.exit_code == 0
+    assert damaged.stderr == (
+        f"warning: data.data_dir: cifar10 folder {folder} is damaged (lacks batches.meta, data_batch_1, "
+        "data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch); a run would fail\n"
+    )
+    for name in (
+        "batches.meta",
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+    ):
+        (folder / name).write_bytes(b"")
+    (folder / "test_batch").write_bytes(b"")  # names only: torchvision checks the contents when it opens them
     present = harness_cli.invoke("run", "dense", "--data-dir", str(tmp_path), "--dry-run")
     assert present.exit_code == 0 and present.stderr == ""
     generated = harness_cli.invoke(

@@ -16,7 +16,8 @@ import typer
 
 from harness.cli import inference, results, sweep, training
 from harness.engine import signals
-from harness.launch.command_line import TRAINING_COMMANDS
+from harness.errors import UserError
+from harness.launch.command_line import TRAINING_COMMANDS, check_set_form
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):
@@ -24,6 +25,12 @@ class OneLineUsageErrors(typer.core.TyperGroup):
     like every other user error, instead of click's usage box."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        if args[:1] and args[0] in TRAINING_COMMANDS:
+            try:
+                check_set_form(args[1:])
+            except UserError as error:
+                typer.echo(f"error: {error}", err=True)
+                raise typer.Exit(USAGE_ERROR_EXIT_CODE) from None
         with one_line_usage_errors():
             return super().make_context(info_name, args, parent=parent, **extra)
 

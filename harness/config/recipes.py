@@ -7,13 +7,14 @@ overrides come from `--set section.key=value` and the CLI's named flags. Errors 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from harness.config.sections import Config
 from harness.config.sparsity import check_given
@@ -90,9 +91,12 @@ def resolve(
     dataset: str = "cifar10",
     arch: str = "resnet20",
     overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
-    """Defaults < recipe(dataset, arch) < overrides; validated once. Raises UserError naming the field."""
-    layered = deep_merge(load_recipe(dataset, arch), {"data": {"dataset": dataset}, "model": {"arch": arch}})
+    """Defaults < recipe(dataset, arch) < base (a config file) < overrides; validated once. Raises UserError
+    naming the field. Only `overrides` count as given explicitly (a run's config.yaml lists every setting)."""
+    layered = deep_merge(load_recipe(dataset, arch), base or {})
+    layered = deep_merge(layered, {"data": {"dataset": dataset}, "model": {"arch": arch}})
     layered = deep_merge(layered, {"sparsity": {"method": method}})
     layered = deep_merge(layered, overrides or {})
     config = validate(layered)
@@ -116,10 +120,34 @@ def describe_validation_error(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     given = first.get("input")
     if first["type"] == "extra_forbidden":
-        return f"{location}: unknown field"
+        return f"{location}: unknown field{did_you_mean(parts)}"
     if first["type"] == "unknown_field" or isinstance(given, dict) or first["type"].startswith("value_error"):
         return f"{location}: {message}"
     return f"{location}: {message} (got {given!r})"
+
+
+# Names other code bases use for a field, which no string distance finds ("learning_rate" is far from "lr").
+SYNONYMS = {"learning_rate": "lr", "lr_schedule": "lr_decay_at", "wd": "weight_decay", "bs": "batch_size"}
+
+
+def did_you_mean(parts: list[str]) -> str:
+    """` (did you mean optim.lr?)` for an unknown field at `parts` (section, field), or "" with no close name."""
+    model: Any = Config
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return ""
+        model = next((arg for arg in (field.annotation, *get_args(field.annotation)) if _is_model(arg)), None)
+    if not _is_model(model):
+        return ""
+    names = sorted(model.model_fields)
+    key = parts[-1]
+    close = [SYNONYMS[key]] if SYNONYMS.get(key) in names else difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean {'.'.join([*parts[:-1], close[0]])}?)" if close else ""
+
+
+def _is_model(candidate: Any) -> bool:
+    return isinstance(candidate, type) and issubclass(candidate, BaseModel)
 
 
 def load_config_file(path: Path | str) -> Config:

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import logging
 import random
+import shutil
 import socket
 import urllib.error
 import zipfile
@@ -26,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from harness.config import DataConfig
+from harness.data.presence import CPU_COMMAND, how_to_provide
 from harness.errors import UserError
 from harness.registry.datasets import DATASETS, INPUT_SPECS
 from harness.store import rundir
@@ -201,16 +203,28 @@ def _open_cifar(dataset_class: type, cfg: DataConfig, *, train: bool, transform:
     folder = Path(cfg.data_dir) / dataset_class.base_folder
     # Download at most once (with the training set); torchvision re-verifies the files either way.
     download = cfg.download and train
+    # torchvision creates data_dir before downloading; a failed attempt must leave nothing behind.
+    created = _first_missing(Path(cfg.data_dir)) if download else None
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS) if download else contextlib.nullcontext():
             return dataset_class(root=str(cfg.data_dir), train=train, transform=transform, download=download)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         reason = " ".join(str(error).split())
-        raise UserError(
-            f"data.data_dir: {cfg.dataset} not found or corrupted in {folder} ({reason}); put the extracted "
-            f"folder of the python-version archive ({dataset_class.filename}) there, "
-            "or run once with network access and data.download=true"
-        ) from None
+        state = "damaged (its files fail torchvision's check)" if folder.is_dir() else "absent"
+        problem = f", and the attempt failed: {reason}" if download else f" (torchvision: {reason})"
+        raise UserError(how_to_provide(cfg, folder, state, CPU_COMMAND, problem)) from None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None when `path` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 @contextlib.contextmanager
@@ -221,35 +235,6 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def missing_data(cfg: DataConfig) -> str | None:
-    """Why a run of this config would not find its dataset on disk (None when it would, or when the data is
-    generated): a cheap look at the folders, for `--dry-run`, which must not load or download anything."""
-    import torchvision
-
-    if cfg.dataset in ("cifar10", "cifar100"):
-        dataset_class = (
-            torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
-        )
-        folder = Path(cfg.data_dir) / dataset_class.base_folder
-        if folder.is_dir():
-            return None
-        then = (
-            "a run would download it (needs network)"
-            if cfg.download
-            else "a run would fail (data.download=false)"
-        )
-        return f"data.data_dir: {cfg.dataset} is not in {folder}; {then}"
-    if cfg.dataset == "imagenet":
-        absent = [
-            str(path)
-            for path in (Path(cfg.data_dir) / "imagenet" / "train", Path(cfg.data_dir) / "imagenet" / "val")
-            if not path.is_dir()
-        ]
-        if absent:
-            return f"data.data_dir: ImageNet folder {absent[0]} does not exist; a run would fail"
-    return None
 
 
 def imagenet(cfg: DataConfig) -> Datasets:

@@ -29,6 +29,7 @@ from harness.config import Config
 from harness.engine import loop as train
 from harness.engine.console import Console
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors, check_identical
+from harness.engine.estimate import warn_if_long
 from harness.engine.extension import RunExtension, log_mask_update
 from harness.engine.loop import Hooks, Interrupted, fit, score_before_training
 from harness.engine.session import Session
@@ -266,6 +267,8 @@ def run_training(config: Config, dist: DistInfo, *, extension: RunExtension | No
             extension.resume(state.get("extra", {}))
             log.info("resuming %s from epoch %d, step %d", run_id, session.epoch, session.step)
         check_resume_point(session)
+        if resume_path is None and dist.is_main:
+            warn_if_long(session)  # the paper's CIFAR recipe on a CPU: hours, said before the first step
         tracker = open_tracker(
             run_dir,
             config.to_dict(),

@@ -67,8 +67,10 @@ class Launch:
 class Training:
     """What every training command is given: the recipe's coordinates, named overrides, where runs go."""
 
-    arch: str = "resnet20"
-    dataset: str = "cifar10"
+    arch: str | None = None  # None: the config file's, else resnet20
+    dataset: str | None = None  # None: the config file's, else cifar10
+    config_file: str | None = None
+    from_run: str | None = None
     data_dir: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -122,15 +124,42 @@ TrainingRequest = RunRequest | ProbeRequest
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 # Paths as strings: typer would turn "" into Path("") == "." and hide an empty value from the config's check.
 SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {  # name: (annotation, default)
+    # arch and dataset default to None so that a --config / --from file's own values can stand.
     "arch": (
-        Annotated[str, option("--arch", help=f"{choices(MODELS.builtins)} | MODULE:FUNCTION (a plug-in)")],
-        "resnet20",
+        Annotated[
+            str | None,
+            option(
+                "--arch", help=f"{choices(MODELS.builtins)} | MODULE:FUNCTION (a plug-in); default resnet20"
+            ),
+        ],
+        None,
     ),
     "dataset": (
         Annotated[
-            str, option("--dataset", help=f"{choices(DATASETS.builtins)} | MODULE:FUNCTION (a plug-in)")
+            str | None,
+            option(
+                "--dataset",
+                help=f"{choices(DATASETS.builtins)} | MODULE:FUNCTION (a plug-in); default cifar10",
+            ),
         ],
-        "cifar10",
+        None,
+    ),
+    "config_file": (
+        Annotated[
+            str | None,
+            option(
+                "--config",
+                help="a config YAML (full or partial, e.g. a run's config.yaml) under the flags and --set",
+            ),
+        ],
+        None,
+    ),
+    "from_run": (
+        Annotated[
+            str | None,
+            option("--from", help="a finished run's directory: its config.yaml, under the flags and --set"),
+        ],
+        None,
     ),
     "data_dir": (
         Annotated[str | None, option("--data-dir", help="where datasets live (default: data)")],
@@ -328,6 +357,24 @@ def option_names(command: str) -> frozenset[str]:
     return frozenset(spelling for param in parsed.params for spelling in (*param.opts, *param.secondary_opts))
 
 
+def check_set_form(argv: list[str] | tuple[str, ...]) -> None:
+    """`--set optim.lr 0.05` (a space for the `=`) parses as `--set optim.lr` and a stray argument `0.05`,
+    which the parser would call an unexpected extra argument: raise UserError showing the `=` form instead."""
+    words = list(argv)
+    for index, word in enumerate(words):
+        if word == "--set":
+            assignment, following = words[index + 1 : index + 2], words[index + 2 : index + 3]
+        elif word.startswith("--set="):
+            assignment, following = [word.removeprefix("--set=")], words[index + 1 : index + 2]
+        else:
+            continue
+        if assignment and following and "=" not in assignment[0] and not following[0].startswith("-"):
+            raise UserError(
+                f"--set {assignment[0]} {following[0]}: a setting is one argument, section.key=value; "
+                f"write --set {assignment[0]}={following[0]}"
+            )
+
+
 def parse_training_argv(argv: list[str] | tuple[str, ...]) -> TrainingRequest:
     """The request `harness <argv>` stands for (`argv` starts with `run` or `plasticity`).
 
@@ -339,6 +386,7 @@ def parse_training_argv(argv: list[str] | tuple[str, ...]) -> TrainingRequest:
         raise UserError(
             f"sweep command: expected 'run' or 'plasticity' after the program, got {list(argv[:1])}"
         )
+    check_set_form(argv)
     group = training_parser()
     command = group.get_command(click.Context(group), argv[0])
     try:

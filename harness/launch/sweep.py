@@ -50,7 +50,7 @@ from harness.launch.supervisor import (
     subprocess_launcher,
 )
 from harness.launch.sweep_file import MAX_POINTS, Sweep, grid_points, load_sweep, restrict
-from harness.launch.sweep_plan import Job, plan_jobs, warn_damaged
+from harness.launch.sweep_plan import Job, check_data, plan_jobs, warn_damaged
 from harness.store.rundir import is_completed
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ def run_sweep(
     points = grid_points(sweep, max_points)
     jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args), max_points=max_points)
     warn_damaged(jobs)
+    check_data(sweep, jobs, dry_run=dry_run)
     if dry_run:
         out.write(format_plan(sweep, jobs, len(points)))
         return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.data.presence import CPU_DATASET, missing_data, require_data
 from harness.errors import UserError
 from harness.launch.command_line import TRAINING_COMMANDS, option_names
 from harness.launch.planning import plan_invocation
@@ -37,6 +38,7 @@ class Job:
     needs: tuple[Path, ...]
     log_path: Path
     env: tuple[tuple[str, str], ...] = ()
+    data: Any = None  # the run's data section (DataConfig): its dataset is checked before the sweep starts
 
     @property
     def name(self) -> str:
@@ -79,6 +81,7 @@ def plan_jobs(
                 needs=run.needs,
                 log_path=log_path(run.run_dir, sweep.name),
                 env=tuple(sorted(command.env.items())),
+                data=run.data,
             )
     # Stable: within a depth, grid order. All base runs first lets independent work start early.
     return sorted(jobs.values(), key=lambda job: depth[job.run_dir])
@@ -129,3 +132,41 @@ def warn_damaged(jobs: Sequence[Job]) -> None:
                 job.run_dir.name,
                 damage,
             )
+
+
+def cpu_counterpart(sweep: Sweep) -> Path | None:
+    """The CPU study's version of a sweep file (`plasticity.yaml` -> `plasticity-mnist1d.yaml`,
+    `granet-cifar10.yaml` -> `granet-mnist1d.yaml`), when it lies beside it."""
+    path = Path(sweep.path)
+    for stem in (path.stem, path.stem.split("-")[0]):
+        candidate = path.with_name(f"{stem}-{CPU_DATASET}.yaml")
+        if candidate != path and candidate.is_file():
+            return candidate
+    return None
+
+
+def check_data(sweep: Sweep, jobs: Sequence[Job], *, dry_run: bool) -> None:
+    """Before any run starts: every dataset the sweep's unfinished runs need is on disk (or can be
+    downloaded). Raises UserError for the first one missing, naming the command to use instead; a dry run
+    only warns (it starts nothing)."""
+    instead = cpu_counterpart(sweep)
+    command = (
+        f"harness sweep run {instead}"
+        if instead is not None
+        else f"the sweep's runs with --dataset {CPU_DATASET}"
+    )
+    seen: set[tuple[str, str]] = set()
+    for job in jobs:
+        key = (job.data.dataset, str(job.data.data_dir)) if job.data is not None else None
+        if key is None or key in seen or rundir.is_completed(job.run_dir):
+            continue
+        seen.add(key)
+        if dry_run:
+            reason = missing_data(job.data)
+            if reason is not None:
+                log.warning("%s", reason)
+            continue
+        try:
+            require_data(job.data, command)
+        except UserError as error:
+            raise UserError(f"{sweep.path}: nothing started: {error}") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness import config as configuration
+from harness.data.presence import CPU_DATASET, missing_data, require_data
 from harness.engine.signals import hand_over_stop_signals
 from harness.launch.command_line import Launch, ProbeRequest, RunRequest, Training
 from harness.launch.planning import plasticity_configs, run_config
@@ -27,23 +28,36 @@ log = logging.getLogger("harness")
 def run(request: RunRequest, out: TextIO | None = None) -> int:
     """Train one model with one method (or, with --dry-run, print its config and run directory)."""
     config = run_config(request)
-    return start([config], request.training, lambda dist: train_or_skip(config, dist), out)
+    cpu_command = f"harness run {config.sparsity.method} --arch {config.model.arch} --dataset {CPU_DATASET}"
+    return start([config], request.training, lambda dist: train_or_skip(config, dist), out, cpu_command)
 
 
 def plasticity(request: ProbeRequest, out: TextIO | None = None) -> int:
     """One probe of the pruning-plasticity study, its base run and control first where missing."""
     configs = plasticity_configs(request)
-    return start(configs, request.training, lambda dist: run_plasticity(configs, dist), out)
+    cpu_command = (
+        f"harness plasticity --probe-epoch {request.probe_epoch} --pruning-rate {request.pruning_rate} "
+        f"--arch {configs[0].model.arch} --dataset {CPU_DATASET}"
+    )
+    return start(configs, request.training, lambda dist: run_plasticity(configs, dist), out, cpu_command)
 
 
 def start(
-    configs: list[configuration.Config], training: Training, work: Callable[[Any], Path], out: TextIO | None
+    configs: list[configuration.Config],
+    training: Training,
+    work: Callable[[Any], Path],
+    out: TextIO | None,
+    cpu_command: str,
 ) -> int:
-    """The dry run's listing, or `work` in this process or under torchrun; the last config is the command's."""
+    """The dry run's listing, or `work` in this process or under torchrun; the last config is the command's.
+
+    The dataset is checked first, before torch is imported or anything is created (`require_data`); without
+    it the error names `cpu_command`, this command on the CPU study's dataset."""
     out = sys.stdout if out is None else out
     if training.dry_run:
         print_dry_run(configs, training.launch, out)
         return 0
+    require_data(configs[-1].data, cpu_command)
     hand_over_stop_signals()
     stopped = launch_if_needed(training.launch, configs[-1].optim.batch_size)
     if stopped is not None:
@@ -61,8 +75,6 @@ def print_dry_run(configs: list[configuration.Config], launch: Launch, out: Text
 
 def warn_if_data_missing(config: configuration.Config) -> None:
     """A dry run creates nothing, but says (one line on stderr) when the real run would not find its data."""
-    from harness.data.datasets import missing_data
-
     reason = missing_data(config.data)
     if reason is not None:
         sys.stderr.write(f"warning: {reason}\n")

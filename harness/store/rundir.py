@@ -380,7 +380,11 @@ def read_summary(run_dir: Path, *, required: Iterable[str] = SUMMARY_REQUIRED_KE
 def read_config(run_dir: Path) -> dict[str, Any]:
     """config.yaml as a nested dict, read with the safe loader (no tags that build objects). DamagedFile
     when it is not YAML or not a mapping."""
-    path = config_path(run_dir)
+    return read_config_file(config_path(run_dir))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """`read_config` for a config file anywhere (`harness run --config FILE`), sections as mappings."""
     text = _read_text(path)
     try:
         config = yaml.load(text, Loader=_YAML_LOADER)
