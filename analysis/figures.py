@@ -511,7 +511,9 @@ def pick_dynamics_run(runs: pd.DataFrame, run_key: str | None = None) -> pd.Seri
         if chosen.empty:
             raise UserError(f"dynamics run {run_key!r}: no such run among the loaded runs")
         return chosen.iloc[0]
+    # A dense run's masks never change: its dynamics are four flat lines, so it is never picked by default.
     candidates = training_runs(runs)
+    candidates = candidates[candidates["method"] != "dense"]
     if "run_dir" in candidates.columns:
         candidates = candidates[
             [isinstance(path, str) and bool(snapshot_paths(path)) for path in candidates["run_dir"]]
@@ -519,7 +521,9 @@ def pick_dynamics_run(runs: pd.DataFrame, run_key: str | None = None) -> pd.Seri
     else:
         candidates = candidates.iloc[0:0]
     if candidates.empty:
-        raise NotSupported("no local training run with mask snapshots (masks/) to show training dynamics")
+        raise NotSupported(
+            "no local sparse training run with mask snapshots (masks/) to show training dynamics"
+        )
     ranked = candidates.assign(
         _granet=candidates["method"] != "granet",
         _init=candidates["init_sparsity"].fillna(0.0),
@@ -618,11 +622,21 @@ def _layer_density_panel(
     colours = style.sequential_colours(len(names), "viridis")
     for index, name in enumerate(names):
         layer = dynamics[dynamics["layer"] == name]
-        layers.plot(
-            layer["step"] / steps_per_epoch, 100 * layer["density"], color=colours[index], linewidth=1.1
+        # Steps, as in the global panel: a mask holds its density until the next snapshot.
+        layers.step(
+            layer["step"] / steps_per_epoch,
+            100 * layer["density"],
+            where="post",
+            color=colours[index],
+            linewidth=1.1,
         )
-    layers.plot(
-        whole["step"] / steps_per_epoch, 100 * whole["density"], color="black", linestyle="--", label="global"
+    layers.step(
+        whole["step"] / steps_per_epoch,
+        100 * whole["density"],
+        where="post",
+        color="black",
+        linestyle="--",
+        label="global",
     )
     bar = figure.colorbar(ScalarMappable(Normalize(0, len(names) - 1), "viridis"), ax=layers, pad=0.01)
     bar.set_label("layer depth (0 = first)")
@@ -637,6 +651,10 @@ def _layer_density_panel(
 def _turnover_panel(turnover: Axes, run: pd.Series, whole: pd.DataFrame, steps_per_epoch: float) -> None:
     """Weights new and removed between consecutive snapshots, as a share of the active weights."""
     changed = whole.dropna(subset=["turnover"])
+    turnover.set_title("mask turnover between updates")
+    if changed.empty:  # one snapshot (or a dense run): nothing to compare it with
+        _empty_panel(turnover, f"{len(whole)} mask snapshot(s): no turnover to show")
+        return
     turnover.plot(
         changed["step"] / steps_per_epoch,
         100 * changed["turnover"],
@@ -654,7 +672,6 @@ def _turnover_panel(turnover: Axes, run: pd.Series, whole: pd.DataFrame, steps_p
         label="removed since previous snapshot",
     )
     turnover.set_ylabel("mask turnover (% of active weights)")
-    turnover.set_title("mask turnover between updates")
     highest = np.nanmax(
         np.append(100 * removed.to_numpy(dtype=float), 100 * changed["turnover"].to_numpy(dtype=float))
     )
@@ -848,10 +865,10 @@ def write_figures(
             figure = spec.make(runs, options)
         except NotSupported as reason:
             report.skipped[spec.name] = str(reason)
-            logger.info("skipped %s: %s", spec.name, reason)
+            logger.debug("skipped %s: %s", spec.name, reason)  # the command prints the report
             continue
         report.written[spec.name] = style.save(figure, out_dir, spec.name)
-        logger.info("wrote %s", spec.name)
+        logger.debug("wrote %s", spec.name)  # (info would repeat each line the command prints)
     if not training_runs(runs).empty:
         report.tables = write_tables(runs, out_dir, paper)
     ablation = collapse.ablation_table(runs)

@@ -1,0 +1,130 @@
+"""`harness figures` on the small stores a user really has: a dense run alone, one probe, one seed.
+
+Every figure is either written or skipped with its reason; none ends in a traceback, and each report line is
+printed once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import runstore_factory as factory
+
+FIGURE_NAMES = (
+    "plasticity_vs_epoch",
+    "plasticity_regeneration",
+    "damage_recovery",
+    "structured_plasticity",
+    "accuracy_vs_sparsity",
+    "training_dynamics",
+    "accuracy_vs_train_flops",
+    "collapse_ablation",
+)
+NO_PROBES = "no plasticity probe runs (job_type probe) among the runs"
+NO_TRAINING = "no training runs (job_type train) to compare methods"
+NO_DYNAMICS = "no local sparse training run with mask snapshots (masks/) to show training dynamics"
+NO_ABLATION = "no collapse-ablation runs (job_type ablation, sweeps/collapse-mnist1d.yaml)"
+
+DENSE_ONLY = factory.StoreSpec(archs=("resnet20",), seeds=(0,), methods=(), incomplete_runs=False)
+ONE_PROBE = factory.StoreSpec(
+    archs=("resnet20",),
+    seeds=(0,),
+    methods=(),
+    probe_epochs=(8,),
+    rates=(0.5,),
+    layerwise_archs=(),
+    filter_rates=(),
+    pretrained_sparsities=(0.0,),
+    incomplete_runs=False,
+)
+ONE_SEED = factory.StoreSpec(
+    archs=("resnet20",),
+    seeds=(0,),
+    methods=("granet",),
+    sparsities=(0.9,),
+    probe_epochs=(0, 8),
+    rates=(0.5,),
+    layerwise_archs=(),
+    pretrained_sparsities=(0.0,),
+    incomplete_runs=False,
+)
+
+
+def _figures(tmp_path: Path, spec: factory.StoreSpec, **parts: bool) -> tuple[dict[str, str], list[str]]:
+    """`harness figures` as a user runs it: {figure: "wrote" or the skip reason}, and stdout's lines."""
+    store = factory.build_store(tmp_path / "runs", spec, **parts)
+    out = tmp_path / "figures"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "figures", str(store.root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(set(lines)), lines  # each "wrote X" once
+    outcome = {}
+    for line in lines:
+        verb, _, rest = line.partition(" ")
+        name, _, detail = rest.partition(": ")
+        if name in FIGURE_NAMES:
+            outcome[name] = "wrote" if verb == "wrote" else detail
+            if verb == "wrote":
+                assert (out / f"{name}.png").stat().st_size > 0
+            else:
+                assert not (out / f"{name}.png").exists()
+    assert set(outcome) == set(FIGURE_NAMES)
+    # Nothing was logged beside the report: the "wrote" lines were once printed twice (log and stdout).
+    assert "wrote" not in result.stderr
+    return outcome, lines
+
+
+def test_a_dense_run_alone(tmp_path):
+    outcome, _ = _figures(tmp_path, DENSE_ONLY, plasticity=False)
+    assert outcome == {
+        "plasticity_vs_epoch": NO_PROBES,
+        "plasticity_regeneration": NO_PROBES,
+        "damage_recovery": NO_PROBES,
+        "structured_plasticity": NO_PROBES,
+        "accuracy_vs_sparsity": "wrote",
+        "training_dynamics": NO_DYNAMICS,  # a dense run's masks never change
+        "accuracy_vs_train_flops": "wrote",
+        "collapse_ablation": NO_ABLATION,
+    }
+
+
+def test_one_probe(tmp_path):
+    outcome, _ = _figures(tmp_path, ONE_PROBE, compare=False)
+    assert outcome == {
+        "plasticity_vs_epoch": "wrote",
+        "plasticity_regeneration": "wrote",
+        "damage_recovery": "wrote",
+        "structured_plasticity": "no filter-pruning probes (criterion filter)",
+        "accuracy_vs_sparsity": NO_TRAINING,
+        "training_dynamics": NO_DYNAMICS,
+        "accuracy_vs_train_flops": NO_TRAINING,
+        "collapse_ablation": NO_ABLATION,
+    }
+
+
+def test_one_seed(tmp_path):
+    outcome, _ = _figures(tmp_path, ONE_SEED)
+    assert outcome == {name: "wrote" for name in FIGURE_NAMES[:-1]} | {"collapse_ablation": NO_ABLATION}
+
+
+@pytest.mark.parametrize("method", ["dense"])
+def test_the_turnover_panel_of_a_run_with_one_snapshot_says_so(tmp_path, method):
+    """A dense run chosen by hand (--dynamics-run) draws, with the turnover panel saying why it is empty."""
+    from analysis.figures import dynamics_figure
+    from analysis.runs import load_runs
+
+    factory.build_store(tmp_path / "runs", DENSE_ONLY, plasticity=False)
+    runs = load_runs(tmp_path / "runs")
+    key = runs.loc[runs["method"] == method, "run_key"].iloc[0]
+    figure = dynamics_figure(runs, run_key=key)
+    texts = [text.get_text() for axis in figure.axes for text in axis.texts]
+    assert any("no turnover to show" in text for text in texts), texts
