@@ -128,3 +128,103 @@ def test_the_turnover_panel_of_a_run_with_one_snapshot_says_so(tmp_path, method)
     figure = dynamics_figure(runs, run_key=key)
     texts = [text.get_text() for axis in figure.axes for text in axis.texts]
     assert any("no turnover to show" in text for text in texts), texts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a reader sees: spans, ticks, wording, regeneration told apart, steps
+
+
+@pytest.fixture(scope="module")
+def one_seed_runs(tmp_path_factory: pytest.TempPathFactory):
+    from analysis.runs import load_runs
+
+    return load_runs(factory.build_store(tmp_path_factory.mktemp("runs"), ONE_SEED).root)
+
+
+def test_accuracy_axes_never_zoom_onto_noise_and_tick_every_sparsity(one_seed_runs):
+    from analysis import figures
+
+    axis = figures.accuracy_vs_sparsity(one_seed_runs).axes[0]
+    low, high = axis.get_ylim()
+    assert high - low >= figures.ACCURACY_SPAN
+    assert list(axis.get_xticks()) == [90.0]  # the one sparsity of the store, no 90.5 or 91
+    # The only sparse method is not dodged: its point sits at its true sparsity.
+    (granet,) = [bars for bars in axis.containers if bars.get_label() == "granet"]
+    assert list(granet.lines[0].get_xdata()) == [90.0]
+    assert axis.get_xlabel() == "sparsity (% of weights removed)"
+
+
+def test_flops_axis_has_plain_major_labels_and_no_minor_labels(one_seed_runs):
+    from analysis import figures
+
+    figure = figures.accuracy_vs_train_flops(one_seed_runs)
+    axis = figure.axes[0]
+    figure.canvas.draw()
+    labels = [label.get_text() for label in axis.get_xticklabels() if label.get_text()]
+    assert labels and all("10^" not in text and "$" not in text for text in labels), labels
+    assert [label.get_text() for label in axis.get_xticklabels(minor=True) if label.get_text()] == []
+
+
+def test_damage_recovery_tells_regeneration_apart_by_colour_and_marker(one_seed_runs):
+    from analysis import figures
+
+    figure = figures.damage_recovery(one_seed_runs)
+    drawn = {
+        (
+            line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()),
+            line.get_marker(),
+        )
+        for axis in figure.axes
+        for line in axis.lines
+        if line.get_marker() in ("o", "^")
+    }
+    without = figures._regeneration_line("acc_continue", False)
+    regrown = figures._regeneration_line("acc_continue", True)
+    assert without["color"] != regrown["color"] and (without["marker"], regrown["marker"]) == ("o", "^")
+    assert (without["color"], "o") in drawn and (regrown["color"], "^") in drawn
+    assert "k = 4 fine-tuning epochs" in figure.get_suptitle()
+
+
+def test_the_wording_of_several_continuation_lengths_and_of_one_seed():
+    import pandas as pd
+
+    from analysis import figures
+
+    assert (
+        figures._continue_note(pd.DataFrame({"continue_epochs": [2, 3]})) == "k = 2 or 3 fine-tuning epochs"
+    )
+    assert figures._continue_note(pd.DataFrame({"continue_epochs": [2, 3, 4]})) == (
+        "k = 2, 3 or 4 fine-tuning epochs"
+    )
+    assert figures._seeds_note(pd.DataFrame({"n": [1, 1]})) == "one seed: no spread shown"
+    assert figures._seeds_note(pd.DataFrame({"n": [2, 3]})) == "mean ± std over 2, 3 seeds"
+
+
+def test_probe_epochs_get_integer_ticks_and_densities_are_steps(one_seed_runs):
+    from analysis import figures
+
+    axis = figures.plasticity_vs_epoch(one_seed_runs).axes[0]
+    ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+    low, high = axis.get_ylim()
+    assert high - low >= figures.PLASTICITY_SPAN
+
+    figure = figures.dynamics_figure(one_seed_runs)
+    layers = figure.axes[2]  # per-layer densities, below the global density panel
+    assert layers.get_title().startswith("per-layer density")
+    assert {line.get_drawstyle() for line in layers.lines} == {"steps-post"}
+
+
+def test_plasticity_regeneration_panel_titles_do_not_run_into_each_other(one_seed_runs):
+    from analysis import figures
+
+    figure = figures.plasticity_regeneration(one_seed_runs)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [axis.title.get_window_extent(renderer) for axis in figure.axes[:3]]
+    assert [axis.get_title().split("\n")[0] for axis in figure.axes[:3]] == [
+        "without regeneration",
+        "with regeneration",
+        "gain = with − without",
+    ]
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:], strict=False))
