@@ -22,15 +22,25 @@ def runs(
     roots: Sequence[Path] | None,
     where: Sequence[str] | None,
     *,
-    as_json: bool = False,
+    output_format: str = "table",
+    columns: str | None = None,
     out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """The table (or JSON) of the runs under `roots`, filtered by key=value items."""
-    from analysis.listing import format_table, list_runs, to_json
+    """The runs under `roots`, filtered by key=value items, in one of `listing.FORMATS`, with the comma-
+    separated `columns` (default: those that tell the listed runs apart). A filter value no run has gets a
+    note on `err` naming the closest values, so a typo is not mistaken for "no such runs"."""
+    from analysis.listing import FORMATS, list_runs, parse_columns, render
 
     out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    if output_format not in FORMATS:
+        raise UserError(f"--format: {output_format!r} is not a format; use one of {', '.join(FORMATS)}")
+    chosen = parse_columns(columns)  # a bad column fails before the store is read
     table = list_runs(roots or DEFAULT_ROOTS, where)
-    out.write((to_json(table) if as_json else format_table(table)) + "\n")
+    for note in table.attrs.get("notes", ()):
+        err.write(f"note: {note}\n")
+    out.write(render(table, output_format, chosen) + "\n")
     return 0
 
 

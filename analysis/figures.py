@@ -26,7 +26,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from analysis import collapse, style
 from analysis.aggregate import (
@@ -146,13 +146,17 @@ def _band(
 
 def _seeds_note(table: pd.DataFrame) -> str:
     counts = sorted(set(int(n) for n in table["n"]))
-    seeds = "/".join(str(n) for n in counts)
+    if counts == [1]:
+        return "one seed: no spread shown"
+    seeds = ", ".join(str(n) for n in counts)
     return f"mean ± std over {seeds} seed{'s' if counts != [1] else ''}"
 
 
 def _continue_note(table: pd.DataFrame) -> str:
-    epochs = sorted(set(table["continue_epochs"]))
-    return "k = " + "/".join(f"{value:g}" for value in epochs) + " fine-tuning epochs"
+    epochs = [f"{value:g}" for value in sorted(set(table["continue_epochs"]))]
+    # "k = 2/3" read as two thirds: several lengths are listed in words.
+    listed = epochs[0] if len(epochs) == 1 else f"{', '.join(epochs[:-1])} or {epochs[-1]}"
+    return f"k = {listed} fine-tuning epochs"
 
 
 def _rate_legend(axis: Axes, colours: dict[float, object]) -> None:
@@ -176,6 +180,13 @@ def _plasticity_axes(axis: Axes, decays: list[float]) -> None:
     _mark_decays(axis, decays)
     axis.set_xlabel("probe epoch (epochs of base training)")
     axis.set_ylabel("plasticity (pp test accuracy)")
+    style.integer_ticks(axis)
+    style.keep_span(axis, PLASTICITY_SPAN)
+
+
+# The least y span of a panel, in percentage points: differences smaller than seed noise stay small.
+PLASTICITY_SPAN = 2.0
+ACCURACY_SPAN = 5.0
 
 
 def _smallest_gap(values: pd.Series) -> float:
@@ -184,10 +195,11 @@ def _smallest_gap(values: pd.Series) -> float:
 
 
 def _dodge(count: int, gap: float) -> list[float]:
-    """Sideways offsets for `count` series spread over a quarter of the smallest gap between x values."""
+    """Sideways offsets for `count` series spread over a tenth of the smallest gap between x values: enough
+    to keep error bars apart, small enough that no point seems to sit at another sparsity."""
     if count <= 1:
         return [0.0] * count
-    return list(np.linspace(-gap / 8, gap / 8, count))
+    return list(np.linspace(-gap / 20, gap / 20, count))
 
 
 def _figure_legend(figure: Figure, axes: np.ndarray) -> None:
@@ -279,7 +291,8 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
                     color=colours[rate],
                 )
             _plasticity_axes(axis, decays)
-            axis.set_title(f"{arch} / {dataset}: {'with' if regeneration else 'without'} regeneration")
+            # Short titles, the panel pair on a second line: one line each ran into its neighbour.
+            axis.set_title(f"{'with' if regeneration else 'without'} regeneration\n{arch} / {dataset}")
         # One y range for both panels, covering both: sharing after plotting would keep only the first's.
         limits = [axes[row, column].get_ylim() for column in (0, 1)]
         axes[row, 1].sharey(axes[row, 0])
@@ -292,7 +305,9 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
         _mark_decays(axis, decays)
         axis.set_xlabel("probe epoch (epochs of base training)")
         axis.set_ylabel("regeneration gain (pp plasticity)")
-        axis.set_title(f"{arch} / {dataset}: gain = with − without")
+        axis.set_title(f"gain = with − without\n{arch} / {dataset}")
+        style.integer_ticks(axis)
+        style.keep_span(axis, PLASTICITY_SPAN)
         _rate_legend(axis, {rate: colours[rate] for rate in sorted(set(here["pruning_rate"]))})
     figure.suptitle(
         f"Plasticity with and without neuroregeneration ({CRITERION_LABELS[criterion]} pruning)\n"
@@ -313,10 +328,25 @@ def _pick_epochs(epochs: list[float], most: int = 4) -> list[float]:
     return [epochs[index] for index in positions]
 
 
+def _regeneration_line(stage: str, regeneration: bool) -> dict[str, object]:
+    """Probes with regeneration differ from those without in colour (a darker shade of the stage's), marker
+    (hollow triangles) and line (dashed): one rate alone, with no curve to follow, is still told apart."""
+    colour = style.STAGE_COLOURS[stage]
+    if not regeneration:
+        return {"color": colour, "linestyle": "-", "marker": "o"}
+    return {
+        "color": style.shade(colour),
+        "linestyle": "--",
+        "marker": "^",
+        "markerfacecolor": "white",
+        "markersize": 7,
+    }
+
+
 @style.styled
 def damage_recovery(runs: pd.DataFrame) -> Figure:
     """Accuracy before pruning, right after (damage) and after fine-tuning (recovery) vs pruning rate, with the
-    unpruned control; solid without, dashed with regeneration; one column per probe epoch."""
+    unpruned control; with regeneration darker, dashed, hollow triangles; one column per probe epoch."""
     probes = _unstructured_dense_probes(runs)
     criterion = main_criterion(probes)
     table = plasticity_table(probes[probes["criterion"] == criterion])
@@ -341,17 +371,17 @@ def damage_recovery(runs: pd.DataFrame) -> Figure:
                     linestyle=":",
                     marker=".",
                 )
-            for regeneration, linestyle in ((False, "-"), (True, "--")):
+            for regeneration in (False, True):
                 part = cell[cell["regeneration"] == regeneration].sort_values("pruning_rate")
                 for stage in ("acc_post", "acc_continue"):
                     axis.errorbar(
                         100 * part["pruning_rate"],
                         100 * part[f"{stage}_mean"],
                         yerr=100 * part[f"{stage}_std"].fillna(0.0),
-                        color=style.STAGE_COLOURS[stage],
-                        linestyle=linestyle,
-                        marker="o",
+                        **_regeneration_line(stage, regeneration),
                     )
+            style.keep_span(axis, ACCURACY_SPAN)
+            axis.set_xticks(sorted(100 * cell["pruning_rate"].unique()))  # the rates probed, no others
             axis.set_title(f"{arch} / {dataset}, pruned at epoch {epoch:g}")
             axis.set_xlabel("pruning rate (% of remaining weights)")
             axis.set_ylabel("test accuracy (%)")
@@ -366,10 +396,13 @@ def damage_recovery(runs: pd.DataFrame) -> Figure:
         )
         for stage in style.STAGE_COLOURS
     ]
-    handles += [
-        Line2D([], [], color="0.3", linestyle="-", label="without regeneration"),
-        Line2D([], [], color="0.3", linestyle="--", label="with regeneration"),
-    ]
+    if table["regeneration"].nunique() > 1:
+        handles += [
+            Line2D(
+                [], [], **_regeneration_line(stage, True), label=f"{style.STAGE_LABELS[stage]}, regenerated"
+            )
+            for stage in ("acc_post", "acc_continue")
+        ]
     figure.legend(handles=handles, loc="outside lower center", ncol=3)
     figure.suptitle(
         f"Damage and recovery per pruning rate ({CRITERION_LABELS[criterion]} pruning; "
@@ -491,7 +524,10 @@ def accuracy_vs_sparsity(runs: pd.DataFrame, paper: pd.DataFrame | None = None) 
                 [], [], linestyle="none", marker="D", markerfacecolor="none", color="0.3", label="published"
             )
         axis.set_xticks(sorted(100 * sparse["sparsity"].unique()))
-        axis.set_xlabel("sparsity (% of weights removed)")
+        axis.set_xticks([], minor=True)
+        dodged = "; methods shifted slightly sideways to keep bars apart" if len(labels) > 1 else ""
+        axis.set_xlabel(f"sparsity (% of weights removed{dodged})")
+        style.keep_span(axis, ACCURACY_SPAN)
         axis.set_ylabel("final test accuracy (%)")
         axis.set_title(f"{arch} / {dataset}")
     _figure_legend(figure, axes)
@@ -511,7 +547,9 @@ def pick_dynamics_run(runs: pd.DataFrame, run_key: str | None = None) -> pd.Seri
         if chosen.empty:
             raise UserError(f"dynamics run {run_key!r}: no such run among the loaded runs")
         return chosen.iloc[0]
+    # A dense run's masks never change: its dynamics are four flat lines, so it is never picked by default.
     candidates = training_runs(runs)
+    candidates = candidates[candidates["method"] != "dense"]
     if "run_dir" in candidates.columns:
         candidates = candidates[
             [isinstance(path, str) and bool(snapshot_paths(path)) for path in candidates["run_dir"]]
@@ -519,7 +557,9 @@ def pick_dynamics_run(runs: pd.DataFrame, run_key: str | None = None) -> pd.Seri
     else:
         candidates = candidates.iloc[0:0]
     if candidates.empty:
-        raise NotSupported("no local training run with mask snapshots (masks/) to show training dynamics")
+        raise NotSupported(
+            "no local sparse training run with mask snapshots (masks/) to show training dynamics"
+        )
     ranked = candidates.assign(
         _granet=candidates["method"] != "granet",
         _init=candidates["init_sparsity"].fillna(0.0),
@@ -531,8 +571,7 @@ def pick_dynamics_run(runs: pd.DataFrame, run_key: str | None = None) -> pd.Seri
 def _log_percent(axis: Axes) -> None:
     """Densities of sparse runs span 1-100%: a log axis keeps the sparse end readable."""
     axis.set_yscale("log")
-    axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    style.log_ticks(axis, "y")
 
 
 @style.styled
@@ -618,11 +657,21 @@ def _layer_density_panel(
     colours = style.sequential_colours(len(names), "viridis")
     for index, name in enumerate(names):
         layer = dynamics[dynamics["layer"] == name]
-        layers.plot(
-            layer["step"] / steps_per_epoch, 100 * layer["density"], color=colours[index], linewidth=1.1
+        # Steps, as in the global panel: a mask holds its density until the next snapshot.
+        layers.step(
+            layer["step"] / steps_per_epoch,
+            100 * layer["density"],
+            where="post",
+            color=colours[index],
+            linewidth=1.1,
         )
-    layers.plot(
-        whole["step"] / steps_per_epoch, 100 * whole["density"], color="black", linestyle="--", label="global"
+    layers.step(
+        whole["step"] / steps_per_epoch,
+        100 * whole["density"],
+        where="post",
+        color="black",
+        linestyle="--",
+        label="global",
     )
     bar = figure.colorbar(ScalarMappable(Normalize(0, len(names) - 1), "viridis"), ax=layers, pad=0.01)
     bar.set_label("layer depth (0 = first)")
@@ -637,6 +686,10 @@ def _layer_density_panel(
 def _turnover_panel(turnover: Axes, run: pd.Series, whole: pd.DataFrame, steps_per_epoch: float) -> None:
     """Weights new and removed between consecutive snapshots, as a share of the active weights."""
     changed = whole.dropna(subset=["turnover"])
+    turnover.set_title("mask turnover between updates")
+    if changed.empty:  # one snapshot (or a dense run): nothing to compare it with
+        _empty_panel(turnover, f"{len(whole)} mask snapshot(s): no turnover to show")
+        return
     turnover.plot(
         changed["step"] / steps_per_epoch,
         100 * changed["turnover"],
@@ -654,7 +707,6 @@ def _turnover_panel(turnover: Axes, run: pd.Series, whole: pd.DataFrame, steps_p
         label="removed since previous snapshot",
     )
     turnover.set_ylabel("mask turnover (% of active weights)")
-    turnover.set_title("mask turnover between updates")
     highest = np.nanmax(
         np.append(100 * removed.to_numpy(dtype=float), 100 * changed["turnover"].to_numpy(dtype=float))
     )
@@ -715,7 +767,8 @@ def accuracy_vs_train_flops(runs: pd.DataFrame) -> Figure:
                     marker="o" if label == "dense" else markers[point.sparsity],
                 )
         axis.set_xscale("log")
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        style.log_ticks(axis)
+        style.keep_span(axis, ACCURACY_SPAN)
         axis.set_xlabel("training FLOPs (× dense training, log scale)")
         axis.set_ylabel("final test accuracy (%)")
         axis.set_title(f"{arch} / {dataset}")
@@ -848,10 +901,10 @@ def write_figures(
             figure = spec.make(runs, options)
         except NotSupported as reason:
             report.skipped[spec.name] = str(reason)
-            logger.info("skipped %s: %s", spec.name, reason)
+            logger.debug("skipped %s: %s", spec.name, reason)  # the command prints the report
             continue
         report.written[spec.name] = style.save(figure, out_dir, spec.name)
-        logger.info("wrote %s", spec.name)
+        logger.debug("wrote %s", spec.name)  # (info would repeat each line the command prints)
     if not training_runs(runs).empty:
         report.tables = write_tables(runs, out_dir, paper)
     ablation = collapse.ablation_table(runs)

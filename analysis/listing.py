@@ -2,11 +2,17 @@
 
 Every run is listed whatever its state. A run that has not finished has no summary yet, so what tells runs
 apart (method, architecture, sparsity, seed, ...) is read from its resolved config, and the epochs it has
-done from its metrics lines.
+done from its metrics lines. Plasticity probes and their controls are not training runs of a method: they
+show their job (probe, control) as the method and what they measured (criterion, pruning rate,
+regeneration, probe epoch, the four accuracies and plasticity) instead of the dense base's sparsity 0.
+
+The table prints as fixed-width text, Markdown, CSV or JSON (`FORMATS`), with the columns `--columns` names.
 """
 
 from __future__ import annotations
 
+import difflib
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -31,6 +37,15 @@ FIELDS = {
     "sparsity": ("sparsity", "sparsity.sparsity"),
     "init_sparsity": ("init_sparsity", "sparsity.init_sparsity"),
     "seed": ("seed", "run.seed"),
+    "criterion": ("criterion", "plasticity.criterion"),
+    "pruning_rate": ("pruning_rate", "plasticity.pruning_rate"),
+    "regeneration": ("regeneration", "plasticity.regeneration"),
+    "probe_epoch": ("probe_epoch", "plasticity.probe_epoch"),
+    "acc_pre": ("acc_pre", None),
+    "acc_post": ("acc_post", None),
+    "acc_continue": ("acc_continue", None),
+    "acc_control": ("acc_control", None),
+    "plasticity": ("plasticity", None),
     "status": ("status", None),
     "test_acc": ("test_acc", None),
     "test_acc_at_best_val": ("test_acc_at_best_val", None),
@@ -43,8 +58,11 @@ ALIASES = {
     "run": "run_key",
     "acc": "test_acc",
     "best_val_acc": "test_acc_at_best_val",
+    "rate": "pruning_rate",
+    "regen": "regeneration",
 }
-# The text table: (heading, column)
+PLASTICITY_JOBS = ("probe", "control")
+# The text table: (heading, column); "epochs" is done/total.
 SHOWN = (
     ("run", "run_key"),
     ("method", "method"),
@@ -59,6 +77,32 @@ SHOWN = (
     ("best-val test acc", "test_acc_at_best_val"),
     ("wall", "wall_time_s"),
 )
+# Shown after "seed" when the listed runs include probes or controls (empty cells for training runs).
+PLASTICITY_SHOWN = (
+    ("criterion", "criterion"),
+    ("rate", "pruning_rate"),
+    ("regen", "regeneration"),
+    ("probe epoch", "probe_epoch"),
+    ("acc_pre", "acc_pre"),
+    ("acc_post", "acc_post"),
+    ("acc_continue", "acc_continue"),
+    ("acc_control", "acc_control"),
+    ("plasticity", "plasticity"),
+)
+HEADINGS = {column: heading for heading, column in (*SHOWN, *PLASTICITY_SHOWN)}
+ACCURACIES = {"test_acc", "test_acc_at_best_val", "acc_pre", "acc_post", "acc_continue", "acc_control"}
+NUMERIC = {
+    "sparsity",
+    "init_sparsity",
+    "seed",
+    "epochs",
+    "pruning_rate",
+    "probe_epoch",
+    "plasticity",
+    "wall_time_s",
+    *ACCURACIES,
+}
+FORMATS = ("table", "markdown", "csv", "json")
 
 
 def _value(row: pd.Series, summary_key: str, config_key: str | None) -> Any:
@@ -108,8 +152,16 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
         record = {name: _plain(_value(row, *sources)) for name, sources in FIELDS.items()}
         if record["method"] not in methods_with_setting("init_sparsity"):
             record["init_sparsity"] = None  # fixed by the method (0 or the final sparsity), not a setting
-        if record["method"] == "dense":
+        if record["job_type"] in PLASTICITY_JOBS:
+            # A probe prunes a copy of its base run: the base's method and sparsity would mislabel it.
+            record["method"] = record["job_type"]
+            record["sparsity"] = None
+            record["init_sparsity"] = None
+        elif record["method"] == "dense":
             record["sparsity"] = 0.0
+        if record["job_type"] not in PLASTICITY_JOBS:
+            for column in ("criterion", "pruning_rate", "regeneration", "probe_epoch"):
+                record[column] = None  # config defaults of a section the run never used
         record["epochs_done"], record["epochs_total"] = _epochs(row)
         rows.append(record)
     columns = [*FIELDS, "epochs_done", "epochs_total"]
@@ -131,13 +183,26 @@ def _matches(value: Any, wanted: str) -> bool:
     if _missing(value):
         return wanted.lower() in ("", "none", "-", "nan")
     if isinstance(value, bool):
-        return str(value).lower() == wanted.lower()
+        # The table shows regeneration as on/off: what it shows is what one types.
+        return wanted.lower() in (("true", "on", "yes", "1") if value else ("false", "off", "no", "0"))
     if isinstance(value, int | float):
         try:
             return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
         except ValueError:
             return False
-    return str(value) == wanted
+    # Names are typed as the paper writes them (GraNet, RigL, ResNet20): case does not tell runs apart.
+    return str(value).casefold() == wanted.casefold()
+
+
+def _did_you_mean(key: str, wanted: str, values: pd.Series) -> str | None:
+    """A note for a name that matches no run at all, with the closest names the store has."""
+    names = sorted({str(value) for value in values if isinstance(value, str)})
+    if not names:
+        return None  # a numeric or empty column: nothing to suggest by spelling
+    close = difflib.get_close_matches(wanted.casefold(), [name.casefold() for name in names], n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"--where {key}={wanted}: no run has this {key}; {hint}({key} here: {shown})"
 
 
 def _check_can_match(key: str, values: pd.Series, wanted: str) -> None:
@@ -162,8 +227,13 @@ def _check_can_match(key: str, values: pd.Series, wanted: str) -> None:
 
 def filter_runs(table: pd.DataFrame, runs: pd.DataFrame, where: Sequence[tuple[str, str]]) -> pd.DataFrame:
     """Rows of `table` matching every key=value: a table column (or its short name) or any `load_runs`
-    column (`optim.epochs`, `sparsity.growth`, `pruning_rate`, ...)."""
+    column (`optim.epochs`, `sparsity.growth`, `pruning_rate`, ...). Names match whatever their case.
+
+    A name that matches no run of the whole store (a typo, most likely) leaves a note in the result's
+    `attrs["notes"]` with the closest names the store has.
+    """
     keep = pd.Series(True, index=table.index)
+    notes = []
     by_key = runs.set_index("run_key") if not runs.empty else runs
     for key, wanted in where:
         column = ALIASES.get(key, key)
@@ -178,8 +248,15 @@ def filter_runs(table: pd.DataFrame, runs: pd.DataFrame, where: Sequence[tuple[s
                 "optim.epochs"
             )
         _check_can_match(key, values, wanted)
-        keep &= values.map(lambda value, wanted=wanted: _matches(_plain(value), wanted))
-    return table[keep].reset_index(drop=True)
+        matched = values.map(lambda value, wanted=wanted: _matches(_plain(value), wanted))
+        if not table.empty and not matched.any():
+            note = _did_you_mean(key, wanted, values)
+            if note is not None:
+                notes.append(note)
+        keep &= matched
+    kept = table[keep].reset_index(drop=True)
+    kept.attrs["notes"] = notes
+    return kept
 
 
 def count_line(table: pd.DataFrame) -> str:
@@ -212,46 +289,112 @@ def _cell(column: str, row: pd.Series) -> str:
         return _duration(value)
     if _missing(value):
         return "-"
-    if column in ("test_acc", "test_acc_at_best_val"):
+    if column in ACCURACIES:
         return f"{float(value):.4f}"
-    if column in ("sparsity", "init_sparsity"):
+    if column == "plasticity":
+        return f"{float(value):+.4f}"
+    if column == "regeneration":
+        return "on" if value else "off"
+    if column in ("sparsity", "init_sparsity", "pruning_rate", "probe_epoch"):
         return f"{float(value):g}"
     if column == "seed":
         return str(int(value))
     return str(value)
 
 
-def format_table(table: pd.DataFrame) -> str:
+def default_columns(table: pd.DataFrame) -> list[str]:
+    """SHOWN's columns, with the probe columns after "seed" when any probe or control is listed."""
+    columns = [column for _, column in SHOWN]
+    if table["job_type"].isin(PLASTICITY_JOBS).any():
+        at = columns.index("seed") + 1
+        columns[at:at] = [column for _, column in PLASTICITY_SHOWN]
+    return columns
+
+
+def parse_columns(text: str | None) -> list[str] | None:
+    """`"run,method,acc_pre"` -> the table's column names (short names resolved); UserError for others."""
+    if text is None:
+        return None
+    valid = [*FIELDS, "epochs", "epochs_done", "epochs_total"]
+    columns = []
+    for name in (part.strip() for part in text.split(",")):
+        column = ALIASES.get(name, name)
+        if column not in valid:
+            close = difflib.get_close_matches(name, [*valid, *ALIASES], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UserError(f"--columns: unknown column {name!r}; {hint}use any of {', '.join(valid)}")
+        columns.append(column)
+    return columns
+
+
+def format_table(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
     """Fixed-width text: one line per run, a heading, and the count line last."""
     if table.empty:
         return count_line(table)
-    cells = [[heading for heading, _ in SHOWN]]
-    cells += [[_cell(column, row) for _, column in SHOWN] for _, row in table.iterrows()]
-    widths = [max(len(line[index]) for line in cells) for index in range(len(SHOWN))]
-    numeric = {
-        "sparsity",
-        "init_sparsity",
-        "seed",
-        "epochs",
-        "test_acc",
-        "test_acc_at_best_val",
-        "wall_time_s",
-    }
+    columns = list(columns or default_columns(table))
+    cells = [[HEADINGS.get(column, column) for column in columns]]
+    cells += [[_cell(column, row) for column in columns] for _, row in table.iterrows()]
+    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
     lines = []
     for line in cells:
         parts = [
-            text.rjust(width) if column in numeric else text.ljust(width)
-            for text, width, (_, column) in zip(line, widths, SHOWN, strict=True)
+            text.rjust(width) if column in NUMERIC else text.ljust(width)
+            for text, width, column in zip(line, widths, columns, strict=True)
         ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join([*lines, count_line(table)])
 
 
-def to_json(table: pd.DataFrame) -> str:
-    """{"runs": [one object per run, missing values null], "count": n, "statuses": {state: n}}."""
+def to_markdown(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """A Markdown table with the text table's cells (numbers right-aligned), for notes and reports."""
+    if table.empty:
+        return count_line(table)
+    columns = list(columns or default_columns(table))
+    lines = [
+        "| " + " | ".join(HEADINGS.get(column, column) for column in columns) + " |",
+        "|" + "|".join("---:" if column in NUMERIC else "---" for column in columns) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(_cell(column, row) for column in columns) + " |" for _, row in table.iterrows()
+    ]
+    return "\n".join([*lines, "", count_line(table)])
+
+
+def _raw_columns(columns: Sequence[str]) -> list[str]:
+    """CSV and JSON keep the values: "epochs" is its two numbers."""
+    raw: list[str] = []
+    for column in columns:
+        raw += ["epochs_done", "epochs_total"] if column == "epochs" else [column]
+    return list(dict.fromkeys(raw))
+
+
+def to_csv(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """Comma-separated values with a header of column names; an empty cell where a run has no value."""
+    chosen = _raw_columns(columns or [*FIELDS, "epochs_done", "epochs_total"])
+    buffer = io.StringIO()
+    table[chosen].to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue().rstrip("\n")
+
+
+def render(table: pd.DataFrame, output_format: str, columns: Sequence[str] | None = None) -> str:
+    """The table in one of FORMATS."""
+    if output_format == "table":
+        return format_table(table, columns)
+    if output_format == "markdown":
+        return to_markdown(table, columns)
+    if output_format == "csv":
+        return to_csv(table, columns)
+    if output_format == "json":
+        return to_json(table, None if columns is None else _raw_columns(columns))
+    raise UserError(f"--format: {output_format!r} is not a format; use one of {', '.join(FORMATS)}")
+
+
+def to_json(table: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """{"runs": [one object per run, missing values null], "count": n, "statuses": {state: n}}; the runs
+    carry every column, or `columns` only."""
     records = [
         {key: (None if _missing(value) else _plain(value)) for key, value in row.items()}
-        for row in table.to_dict(orient="records")
+        for row in table[list(columns or table.columns)].to_dict(orient="records")
     ]
     statuses = {str(state): int(count) for state, count in sorted(table["status"].value_counts().items())}
     return json.dumps({"runs": records, "count": len(records), "statuses": statuses}, indent=1)

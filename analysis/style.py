@@ -13,9 +13,11 @@ from typing import ParamSpec, TypeVar
 
 import matplotlib as mpl
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap
+from matplotlib.colors import Colormap, to_rgb
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -136,3 +138,32 @@ def save(figure: Figure, out_dir: Path, name: str) -> list[Path]:
             figure.savefig(path, dpi=PNG_DPI if extension == "png" else None, metadata=metadata)
             paths.append(path)
     return paths
+
+
+def keep_span(axis: Axes, span: float) -> None:
+    """Widen the y axis to at least `span` data units around what is drawn: matplotlib zooms onto nearly
+    equal values (three runs within 0.2 points would fill the panel and look like a big difference)."""
+    low, high = axis.get_ylim()
+    if high - low < span:
+        middle = (low + high) / 2
+        axis.set_ylim(middle - span / 2, middle + span / 2)
+
+
+def log_ticks(axis: Axes, which: str = "x") -> None:
+    """Log-axis ticks at 1, 2 and 5 times powers of ten, written as plain numbers (0.05, 0.1, 0.2), and no
+    labels on the minor ticks, which otherwise print in scientific notation over each other."""
+    target = axis.xaxis if which == "x" else axis.yaxis
+    target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def integer_ticks(axis: Axes, which: str = "x") -> None:
+    """Ticks only at whole numbers, for epochs (a probe at epoch 1.5 does not exist)."""
+    (axis.xaxis if which == "x" else axis.yaxis).set_major_locator(MaxNLocator(integer=True))
+
+
+def shade(colour: str, amount: float = 0.45) -> tuple[float, float, float]:
+    """`colour` mixed with black: the same hue, told apart from the original at a glance."""
+    red, green, blue = to_rgb(colour)
+    return (red * (1 - amount), green * (1 - amount), blue * (1 - amount))

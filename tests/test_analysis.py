@@ -447,7 +447,7 @@ def test_write_figures_skips_with_reasons(store, tmp_path):
     assert report.skipped == {
         "structured_plasticity": "no filter-pruning probes (criterion filter)",
         "accuracy_vs_sparsity": "no training runs (job_type train) to compare methods",
-        "training_dynamics": "no local training run with mask snapshots (masks/) to show training dynamics",
+        "training_dynamics": "no local sparse training run with mask snapshots (masks/) to show training dynamics",
         "accuracy_vs_train_flops": "no training runs (job_type train) to compare methods",
         "collapse_ablation": ablation,
     }
@@ -462,5 +462,5 @@ def test_training_dynamics_from_wandb_runs_needs_local_snapshots(wandb_api, tmp_
     remote = load_runs(wandb_project=wandb_api.project, api=wandb_api)
     remote = remote[remote["group"] == "compare"]
     loader = functools.partial(load_curves, api=wandb_api)
-    with pytest.raises(figures.NotSupported, match="no local training run with mask snapshots"):
+    with pytest.raises(figures.NotSupported, match="no local sparse training run with mask snapshots"):
         figures.dynamics_figure(remote, loader)

@@ -1,4 +1,5 @@
-"""The progress line keeps bar, step count and ETA at 80 columns; every run and probe ends with one line."""
+"""The progress line keeps bar, step count, ETA, loss and val at 80 columns (the run name is cut first);
+every run and probe ends with one line."""
 
 from __future__ import annotations
 
@@ -35,22 +36,31 @@ def test_the_drawn_line_fits_and_keeps_bar_count_and_eta(width):
     assert re.search(r"━{9,}", line)  # the bar, half drawn
     assert re.search(r" 420/840 ", line)
     assert re.search(r"\d:\d\d:\d\d|-:--:--", line)  # the ETA
-    assert "epoch 2 | loss 1.7165" in line
-    assert line.startswith(NAME[:11])
+    # The live numbers follow the ETA at every width; the name comes last, whole only where there is room.
+    assert re.search(
+        r"\d:\d\d:\d\d loss 1\.7165 \| val 0\.4160 \| epoch 2", line.replace("-:--:--", "0:00:00")
+    )
+    if width == 80:
+        assert NAME[:6] not in line  # under 6 characters of it would fit: dropped
     if width == 200:
-        assert NAME in line and line.endswith("density 0.1000 | lr 0.1")
+        assert line.endswith(f"density 0.1000 | lr 0.1 {NAME}")
 
 
-def test_the_name_is_cut_before_the_epoch_line():
-    status = "epoch 2 | loss 1.7165 | val 0.4160 | test 0.3560 | density 0.1000 | lr 0.1"
-    # 80 columns: 20 bar + 7 count + 7 ETA + 5 spaces leave 41 for name and status.
+def test_the_name_is_cut_before_the_epoch_numbers():
+    status = "loss 1.7165 | val 0.4160 | epoch 2 | test 0.3560 | density 0.1000 | lr 0.1"
+    # 80 columns: 20 bar + 7 count + 7 ETA + 5 spaces leave 41 for status and name: the status, cut.
     name, shown = fit_line(NAME, status, 840, 80)
-    assert name == NAME[:11] + "…" and len(name) == 12
-    assert shown == status[:28] + "…" and len(name) + len(shown) == 41
+    assert (
+        name == "" and shown == status[:40] + "…" and shown.startswith("loss 1.7165 | val 0.4160 | epoch 2")
+    )
     # With room for the status, only the name shrinks.
     name, shown = fit_line(NAME, status, 840, 130)
-    assert shown == status and len(name) + len(status) == 130 - 39 and name.endswith("…")
+    assert shown == status and name == NAME[: 130 - 39 - len(status) - 1] + "…"
+    assert len(name) + len(status) == 130 - 39
+    # A name that fits stays whole; one that would keep under 6 characters goes.
     assert fit_line("short", "x", 840, 80) == ("short", "x")
+    assert fit_line(NAME, "y" * 36, 840, 80) == ("", "y" * 36)
+    assert fit_line(NAME, "y" * 34, 840, 80) == (NAME[:6] + "…", "y" * 34)
 
 
 def test_summary_line_of_a_run():

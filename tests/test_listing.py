@@ -87,8 +87,11 @@ def test_text_table_filters_and_count_line(store):
     # Any load_runs column works as a key too; values compare as numbers where the column is numeric.
     epochs = _invoke(str(store.root), "--where", "optim.epochs=10.0", "--where", "seed=1").output
     assert epochs.splitlines()[-1] == "5 runs: 5 completed"
-    nothing = _invoke(str(store.root), "--where", "method=set").output
-    assert nothing.strip() == "0 runs"
+    nothing = _invoke(str(store.root), "--where", "method=set")
+    assert nothing.stdout.strip() == "0 runs"
+    assert nothing.stderr == (
+        "note: --where method=set: no run has this method; (method here: dense, gmp, granet, rigl)\n"
+    )
 
 
 def _epochs_done_from_table(store) -> int:
@@ -113,3 +116,126 @@ def test_wall_time_is_readable():
     assert [listing._duration(seconds) for seconds in (17.4, 550, 3 * 3600 + 125, None)] == [
         "17s", "9m10s", "3h02m", "-",
     ]  # fmt: skip
+
+
+def test_names_match_whatever_their_case_and_a_typo_gets_a_did_you_mean(store):
+    upper = _invoke(
+        str(store.root), "--where", "method=GraNet", "--where", "arch=ResNet20", "--format", "csv"
+    )
+    lower = _invoke(str(store.root), "--where", "method=granet", "--format", "csv")
+    assert upper.exit_code == 0 and upper.stderr == ""
+    assert upper.stdout == lower.stdout and len(upper.stdout.splitlines()) == 1 + 4  # header, 2 s_i x 2 seeds
+    typo = _invoke(str(store.root), "--where", "method=GraNets")
+    assert typo.exit_code == 0 and typo.stdout.strip() == "0 runs"
+    assert typo.stderr.startswith(
+        "note: --where method=GraNets: no run has this method; did you mean granet?"
+    )
+
+
+PROBES = factory.StoreSpec(
+    archs=("resnet20",),
+    seeds=(0,),
+    methods=(),
+    probe_epochs=(8,),
+    rates=(0.5,),
+    layerwise_archs=(),
+    filter_rates=(),
+    pretrained_sparsities=(0.0,),
+    incomplete_runs=False,
+)
+
+
+@pytest.fixture(scope="module")
+def probe_store(tmp_path_factory: pytest.TempPathFactory) -> factory.Store:
+    return factory.build_store(tmp_path_factory.mktemp("probes"), PROBES, compare=False)
+
+
+def test_probes_and_controls_show_what_they_measured(probe_store):
+    listed = json.loads(_invoke(str(probe_store.root), "--format", "json").stdout)["runs"]
+    by_method = {}
+    for row in listed:
+        by_method.setdefault(row["method"], []).append(row)
+    assert sorted(by_method) == ["control", "dense", "probe"]  # not the base's "dense"
+    (control,) = by_method["control"]
+    off, on = sorted(by_method["probe"], key=lambda row: row["regeneration"])
+    summary = json.loads((Path(off["run_dir"]) / "summary.json").read_text())
+    expected = {
+        key: summary[key] for key in ("acc_pre", "acc_post", "acc_continue", "acc_control", "plasticity")
+    }
+    assert {key: off[key] for key in expected} == expected
+    assert (off["criterion"], off["pruning_rate"], off["regeneration"], off["probe_epoch"]) == (
+        "global",
+        0.5,
+        False,
+        8,
+    )
+    assert on["regeneration"] is True and off["sparsity"] is None and control["pruning_rate"] == 0.0
+    (base,) = by_method["dense"]
+    assert base["sparsity"] == 0.0 and base["criterion"] is None and base["acc_pre"] is None
+
+    lines = _invoke(str(probe_store.root), "--where", "regen=on").stdout.splitlines()
+    assert lines[0].split()[:13] == [
+        "run", "method", "arch", "dataset", "sparsity", "s_i", "seed", "criterion", "rate", "regen", "probe",
+        "epoch", "acc_pre",
+    ]  # fmt: skip
+    assert lines[1].split()[1:16] == [
+        "probe", "resnet20", "mnist1d", "-", "-", "0", "global", "0.5", "on", "8",
+        f"{on['acc_pre']:.4f}", f"{on['acc_post']:.4f}", f"{on['acc_continue']:.4f}",
+        f"{on['acc_control']:.4f}", f"{on['plasticity']:+.4f}",
+    ]  # fmt: skip
+    assert lines[-1] == "1 run: 1 completed"
+
+
+def test_formats_and_columns(probe_store):
+    root = str(probe_store.root)
+    markdown = _invoke(
+        root, "--format", "markdown", "--columns", "method,rate,regen,plasticity", "--where", "job_type=probe"
+    )
+    assert markdown.exit_code == 0
+    rows = sorted(json.loads(_invoke(root, "--json", "--where", "job_type=probe").stdout)["runs"],
+                  key=lambda row: row["regeneration"])  # fmt: skip
+    assert markdown.stdout.splitlines() == [
+        "| method | rate | regen | plasticity |",
+        "|---|---:|---|---:|",
+        *sorted(
+            f"| probe | 0.5 | {'on' if row['regeneration'] else 'off'} | {row['plasticity']:+.4f} |"
+            for row in rows
+        ),
+        "",
+        "2 runs: 2 completed",
+    ]
+    csv = _invoke(root, "--format", "csv", "--columns", "run,epochs,plasticity", "--where", "method=control")
+    (control,) = json.loads(_invoke(root, "--json", "--where", "method=control").stdout)["runs"]
+    assert csv.stdout.splitlines() == [
+        "run_key,epochs_done,epochs_total,plasticity",
+        f"{control['run_key']},12,12,{control['plasticity']}",
+    ]
+    narrow = json.loads(_invoke(root, "--format", "json", "--columns", "run,plasticity").stdout)
+    assert [sorted(row) for row in narrow["runs"]] == [["plasticity", "run_key"]] * 4 and narrow["count"] == 4
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ("--format", "xml"),
+            "error: --format: 'xml' is not a format; use one of table, markdown, csv, json\n",
+        ),
+        (
+            ("--json", "--format", "csv"),
+            "error: --json: is --format json; drop one of --json and --format csv\n",
+        ),
+    ],
+)
+def test_bad_formats_are_one_line_errors(probe_store, options, message):
+    result = _invoke(str(probe_store.root), *options)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", message)
+
+
+def test_a_bad_column_is_one_line_with_a_suggestion(probe_store):
+    result = _invoke(str(probe_store.root), "--columns", "run,meth")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(
+        "error: --columns: unknown column 'meth'; did you mean method? use any of run_key,"
+    )
+    assert result.stderr.count("\n") == 1

@@ -57,12 +57,29 @@ def runs(
             help="keep runs with key=value (repeatable), e.g. method=granet, s_i=0.5, optim.epochs=30",
         ),
     ] = None,
-    as_json: Annotated[bool, option("--json", help="print JSON for scripts instead of the table")] = False,
+    output_format: Annotated[
+        str, option("--format", help="table (default), markdown, csv or json (for scripts)")
+    ] = "table",
+    as_json: Annotated[bool, option("--json", help="the same as --format json")] = False,
+    columns: Annotated[
+        str | None,
+        option("--columns", help="comma-separated columns, e.g. run,method,sparsity,seed,acc_pre,plasticity"),
+    ] = None,
 ) -> None:
-    """List runs: method, arch, dataset, sparsity, s_i, seed, status, epochs, accuracies, wall time."""
+    """List runs: method, arch, dataset, sparsity, s_i, seed, status, epochs, accuracies, wall time; probes
+    and controls also criterion, pruning rate, regeneration, probe epoch, acc_pre/post/continue/control and
+    plasticity."""
     from analysis import commands
+    from harness.errors import UserError
 
-    call(lambda: commands.runs(roots, where, as_json=as_json))
+    def listing() -> int:
+        if as_json and output_format not in ("table", "json"):
+            raise UserError(f"--json: is --format json; drop one of --json and --format {output_format}")
+        return commands.runs(
+            roots, where, output_format="json" if as_json else output_format, columns=columns
+        )
+
+    call(listing)
 
 
 def wandb_offline(

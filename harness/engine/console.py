@@ -33,14 +33,14 @@ class Console:
 
             console = terminal if terminal is not None else RichConsole(stderr=True)
             self._width = console.width
-            # Bar, step count and ETA first, at fixed widths; the run name and the epoch line get what is
-            # left (the name shrinks first), so an 80-column terminal never loses the bar or the ETA.
+            # What one watches comes first, at fixed widths: bar, step count, ETA, then loss and val; the run
+            # name comes last and is the first thing cut, so an 80-column terminal keeps every live number.
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
                 BarColumn(bar_width=BAR_WIDTH),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[status]}"),
+                TextColumn("[bold]{task.description}"),
                 console=console,
                 transient=False,
             )
@@ -67,9 +67,11 @@ class Console:
 
 
 def describe_epoch(record: dict[str, Any]) -> str:
-    parts = [f"epoch {record['epoch']}", f"loss {record['train/loss']:.4f}"]
+    """The epoch's numbers, most watched first (a narrow terminal cuts the end): loss, val, epoch, test, ..."""
+    parts = [f"loss {record['train/loss']:.4f}"]
     if record.get("val/acc") is not None:
         parts.append(f"val {record['val/acc']:.4f}")
+    parts.append(f"epoch {record['epoch']}")
     parts.append(f"test {record['test/acc']:.4f}")
     parts.append(f"density {record['density']:.4f}")
     parts.append(f"lr {record['lr']:.4g}")
@@ -78,20 +80,21 @@ def describe_epoch(record: dict[str, Any]) -> str:
 
 BAR_WIDTH = 20
 ETA_WIDTH = 7  # rich's "0:01:23"
-MIN_NAME = 12  # below this a run name says nothing; the epoch line is cut instead
+MIN_NAME = 6  # a shorter stub of a run name says nothing: drop it instead
 
 
 def fit_line(name: str, status: str, total_steps: int, width: int) -> tuple[str, str]:
     """(name, status) cut to fit one line of `width` columns beside the bar, the step count and the ETA.
 
-    The name is cut first (to MIN_NAME characters, keeping its start, which names method, arch and dataset),
-    then the end of the epoch line.
+    The status (loss, val, epoch, ...) comes first and keeps its room; the name, drawn after it, is cut first
+    (keeping its start, which names method, arch and dataset) and dropped when under MIN_NAME characters fit;
+    only then is the end of the status cut.
     """
     count = 2 * len(str(total_steps)) + 1
     room = width - BAR_WIDTH - count - ETA_WIDTH - 4 - 1  # one space between columns, one spare
-    need = len(name) + len(status)
-    if need > room and len(name) > MIN_NAME:
-        name = _cut(name, max(MIN_NAME, room - len(status)))
+    left = room - len(status)
+    if len(name) > left:
+        name = _cut(name, left) if left >= MIN_NAME else ""
     if len(name) + len(status) > room:
         status = _cut(status, max(0, room - len(name)))
     return name, status
