@@ -271,9 +271,10 @@ def test_a_sweep_parameter_that_is_no_option_names_the_grid_point(
     result = harness_cli.invoke("sweep", "run", str(path), "--runs-dir", str(harness_cli.runs_dir))
     assert_user_error(
         result,
-        f"{path}: grid point dataset=mnist1d lrr=0.1: run dense --dataset=mnist1d --lrr=0.1 "
-        f"--runs-dir={harness_cli.runs_dir}: No such option: --lrr (Possible options: --lr)",
+        f"{path}: parameters.lrr: not an option of harness run (did you mean lr?); a parameter is an option's "
+        "name without its dashes, as `harness run --help` lists them",
     )
+    assert not harness_cli.runs_dir.exists()
 
 
 def test_figures_with_an_unknown_dynamics_run_write_nothing(harness_cli: HarnessCli, tmp_path: Path) -> None:

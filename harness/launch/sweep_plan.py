@@ -8,6 +8,7 @@ every probe) become one job.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,9 +108,11 @@ def check_parameter_names(sweep: Sweep, command: Sequence[str]) -> None:
     known = option_names(command[0])
     for name in sweep.parameters:
         if f"--{name}" not in known:
+            close = difflib.get_close_matches(f"--{name}", sorted(known), n=1)
+            hint = f" (did you mean {close[0].removeprefix('--')}?)" if close else ""
             raise UserError(
-                f"{sweep.path}: parameters.{name}: not an option of harness {command[0]}; a parameter is "
-                f"an option's name without its dashes, as `harness {command[0]} --help` lists them"
+                f"{sweep.path}: parameters.{name}: not an option of harness {command[0]}{hint}; a parameter "
+                f"is an option's name without its dashes, as `harness {command[0]} --help` lists them"
             )
 
 
