@@ -85,7 +85,7 @@ HOSTILE_FILES = {
     ),
     "an option smuggled in a parameter name": (
         HEADER + "parameters:\n  method: {value: dense}\n  runs-dir=/x --seed: {value: 3}\n",
-        "parameters.runs-dir=/x --seed: not an option of harness run; a parameter is an option's name "
+        "parameters.runs-dir=/x --seed: not an option of harness run (did you mean runs-dir?); a parameter is an option's name "
         "without its dashes, as `harness run --help` lists them",
     ),
     "a grid of 10^8 points": (
