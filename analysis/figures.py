@@ -100,6 +100,12 @@ def panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(set(zip(frame["arch"], frame["dataset"], strict=True)))
 
 
+def pair_label(arch: str, dataset: str) -> str:
+    """A panel's network and data, the measurement a pair can carry ("(BN recomputed, mean of the last 3
+    epochs)") on a line of its own: on one line, titles of side-by-side panels ran into each other."""
+    return f"{arch} / {dataset}".replace(" (", "\n(")
+
+
 def decay_epochs(runs: pd.DataFrame) -> list[float]:
     """LR-decay epochs of the runs: `optim.lr_decay_at` fractions x `optim.epochs`, over all distinct configs."""
     if "optim.lr_decay_at" not in runs.columns or "optim.epochs" not in runs.columns:
@@ -235,7 +241,7 @@ def plasticity_vs_epoch(runs: pd.DataFrame) -> Figure:
             cell = table[
                 (table["arch"] == arch) & (table["dataset"] == dataset) & (table["criterion"] == criterion)
             ]
-            axis.set_title(f"{arch} / {dataset}, {CRITERION_LABELS[criterion]}")
+            axis.set_title(f"{CRITERION_LABELS[criterion]}\n{pair_label(arch, dataset)}")
             if cell.empty:
                 _empty_panel(axis, f"no {CRITERION_LABELS[criterion]} probes")
                 continue
@@ -280,6 +286,7 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
     figure, axes = style.new_figure(3, len(pairs))
     for row, (arch, dataset) in enumerate(pairs):
         here = table[(table["arch"] == arch) & (table["dataset"] == dataset)]
+        pair = pair_label(arch, dataset)
         for column, regeneration in enumerate((False, True)):
             axis = axes[row, column]
             for rate, curve in here[here["regeneration"] == regeneration].groupby("pruning_rate"):
@@ -292,7 +299,7 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
                 )
             _plasticity_axes(axis, decays)
             # Short titles, the panel pair on a second line: one line each ran into its neighbour.
-            axis.set_title(f"{'with' if regeneration else 'without'} regeneration\n{arch} / {dataset}")
+            axis.set_title(f"{'with' if regeneration else 'without'} regeneration\n{pair}")
         # One y range for both panels, covering both: sharing after plotting would keep only the first's.
         limits = [axes[row, column].get_ylim() for column in (0, 1)]
         axes[row, 1].sharey(axes[row, 0])
@@ -305,7 +312,7 @@ def plasticity_regeneration(runs: pd.DataFrame) -> Figure:
         _mark_decays(axis, decays)
         axis.set_xlabel("probe epoch (epochs of base training)")
         axis.set_ylabel("regeneration gain (pp plasticity)")
-        axis.set_title(f"gain = with − without\n{arch} / {dataset}")
+        axis.set_title(f"gain = with − without\n{pair}")
         style.integer_ticks(axis)
         style.keep_span(axis, PLASTICITY_SPAN)
         _rate_legend(axis, {rate: colours[rate] for rate in sorted(set(here["pruning_rate"]))})
@@ -382,7 +389,7 @@ def damage_recovery(runs: pd.DataFrame) -> Figure:
                     )
             style.keep_span(axis, ACCURACY_SPAN)
             axis.set_xticks(sorted(100 * cell["pruning_rate"].unique()))  # the rates probed, no others
-            axis.set_title(f"{arch} / {dataset}, pruned at epoch {epoch:g}")
+            axis.set_title(f"pruned at epoch {epoch:g}\n{pair_label(arch, dataset)}")
             axis.set_xlabel("pruning rate (% of remaining weights)")
             axis.set_ylabel("test accuracy (%)")
     handles = [
@@ -446,7 +453,7 @@ def structured_plasticity(runs: pd.DataFrame) -> Figure:
                     linestyle="--" if regeneration else "-",
                 )
             _plasticity_axes(axis, decays)
-            axis.set_title(f"{arch} / {dataset}, {100 * rate:g}% of filters pruned")
+            axis.set_title(f"{100 * rate:g}% of filters pruned\n{pair_label(arch, dataset)}")
     handles = [
         Line2D([], [], color=colours[s], marker="o", label=f"pre-trained sparsity {100 * s:g}%")
         for s in sparsities

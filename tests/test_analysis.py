@@ -389,7 +389,7 @@ def test_probes_measured_differently_are_drawn_in_panels_of_their_own(runs):
             for axis in single.axes
             for title in (
                 axis.get_title(),
-                axis.get_title().replace(" / mnist1d", " / mnist1d (mean of the last 3 epochs)"),
+                axis.get_title().replace(" / mnist1d", " / mnist1d\n(mean of the last 3 epochs)"),
             )
         ]
     )
@@ -402,7 +402,7 @@ def test_probes_measured_differently_are_drawn_in_panels_of_their_own(runs):
     drawn = 0
     for axis in single.axes:
         plain = by_title[axis.get_title()]
-        shifted = by_title[axis.get_title().replace(" / mnist1d", " / mnist1d (mean of the last 3 epochs)")]
+        shifted = by_title[axis.get_title().replace(" / mnist1d", " / mnist1d\n(mean of the last 3 epochs)")]
         expected = [line.get_ydata() for line in curves(axis)]
         drawn += len(expected)
         for line, want in zip(curves(plain), expected, strict=True):
