@@ -104,6 +104,21 @@ class StoreSpec:
     snapshot_seeds: tuple[int, ...] = (0,)
 
 
+def one_probe_spec() -> StoreSpec:
+    """The smallest plasticity store: one seed, one network, one probe epoch (8) and one rate (0.5)."""
+    return StoreSpec(
+        archs=("resnet20",),
+        seeds=(0,),
+        methods=(),
+        probe_epochs=(8,),
+        rates=(0.5,),
+        layerwise_archs=(),
+        filter_rates=(),
+        pretrained_sparsities=(0.0,),
+        incomplete_runs=False,
+    )
+
+
 def small_spec() -> StoreSpec:
     """A few dozen runs: enough for every figure, fast enough for the notebook tests."""
     return StoreSpec(

@@ -29,17 +29,7 @@ NO_DYNAMICS = "no local sparse training run with mask snapshots (masks/) to show
 NO_ABLATION = "no collapse-ablation runs (job_type ablation, sweeps/collapse-mnist1d.yaml)"
 
 DENSE_ONLY = factory.StoreSpec(archs=("resnet20",), seeds=(0,), methods=(), incomplete_runs=False)
-ONE_PROBE = factory.StoreSpec(
-    archs=("resnet20",),
-    seeds=(0,),
-    methods=(),
-    probe_epochs=(8,),
-    rates=(0.5,),
-    layerwise_archs=(),
-    filter_rates=(),
-    pretrained_sparsities=(0.0,),
-    incomplete_runs=False,
-)
+ONE_PROBE = factory.one_probe_spec()
 ONE_SEED = factory.StoreSpec(
     archs=("resnet20",),
     seeds=(0,),

@@ -132,17 +132,7 @@ def test_names_match_whatever_their_case_and_a_typo_gets_a_did_you_mean(store):
     )
 
 
-PROBES = factory.StoreSpec(
-    archs=("resnet20",),
-    seeds=(0,),
-    methods=(),
-    probe_epochs=(8,),
-    rates=(0.5,),
-    layerwise_archs=(),
-    filter_rates=(),
-    pretrained_sparsities=(0.0,),
-    incomplete_runs=False,
-)
+PROBES = factory.one_probe_spec()
 
 
 @pytest.fixture(scope="module")
