@@ -28,6 +28,7 @@ from harness.launch.command_line import (
     parse_training_argv,
     training_parser,
 )
+from harness.studies.plan import Study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -252,7 +253,7 @@ def test_a_plasticity_command_line_parses_into_its_request() -> None:
         ["plasticity", "--probe-epoch=4", "--pruning_rate=0.5", "--regeneration", "--dataset=synthetic"]
     )
     assert request == ProbeRequest(
-        probe_epoch=4, pruning_rate=0.5, regeneration=True, training=Training(dataset="synthetic")
+        Study(probe_epoch=4, pruning_rate=0.5, regeneration=True), training=Training(dataset="synthetic")
     )
 
 

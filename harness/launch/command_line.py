@@ -19,7 +19,7 @@ import inspect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -27,6 +27,9 @@ from harness.errors import UserError
 from harness.registry.datasets import DATASETS
 from harness.registry.models import MODELS
 from harness.sparse.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from harness.studies.plan import Study
 
 
 def choices(names: Iterable[str]) -> str:
@@ -101,17 +104,10 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class ProbeRequest:
-    """`harness plasticity`: one probe of the pruning-plasticity study (its base run and control first)."""
+    """`harness plasticity`: one probe of the pruning-plasticity study (its base run and control first).
+    The probe is the study's own `Study`, not a copy of its fields."""
 
-    probe_epoch: int
-    pruning_rate: float
-    criterion: str = "global"
-    regeneration: bool = False
-    continue_epochs: int | None = None
-    pretrained_sparsity: float = 0.0
-    probe_every: int | None = None
-    recalibrate_bn: bool = False
-    average_last: int = 1
+    study: Study
     stage: str = "probe"
     training: Training = Training()
 
@@ -310,7 +306,10 @@ def probe_request(
     training: Training,
 ) -> ProbeRequest:
     """One probe of the pruning-plasticity study (training its base run and control first if needed)."""
-    return ProbeRequest(
+    # Here, not at the top: the study's plan imports the config, which help and usage errors never need.
+    from harness.studies.plan import Study
+
+    study = Study(
         probe_epoch,
         pruning_rate,
         criterion,
@@ -320,9 +319,8 @@ def probe_request(
         probe_every,
         recalibrate_bn,
         average_last,
-        stage,
-        training,
     )
+    return ProbeRequest(study, stage, training)
 
 
 TRAINING_COMMANDS: dict[str, Callable[..., TrainingRequest]] = {

@@ -137,20 +137,9 @@ def plasticity_configs(request: ProbeRequest) -> list[configuration.Config]:
         overrides=overrides_from(flags, training.assignments),
         base=base,
     )
-    study = plasticity.Study(
-        probe_epoch=request.probe_epoch,
-        pruning_rate=request.pruning_rate,
-        criterion=request.criterion,
-        regeneration=request.regeneration,
-        continue_epochs=request.continue_epochs,
-        pretrained_sparsity=request.pretrained_sparsity,
-        probe_every=request.probe_every,
-        recalibrate_bn=request.recalibrate_bn,
-        average_last=request.average_last,
-    )
     if request.stage not in STAGES:
         raise UserError(f"--stage: {request.stage!r} is not one of {', '.join(STAGES)}")
-    configs = plasticity.plan(recipe, study, training.launch.world_size)
+    configs = plasticity.plan(recipe, request.study, training.launch.world_size)
     return configs[: STAGES.index(request.stage) + 1]
 
 

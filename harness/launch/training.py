@@ -36,7 +36,7 @@ def plasticity(request: ProbeRequest, out: TextIO | None = None) -> int:
     """One probe of the pruning-plasticity study, its base run and control first where missing."""
     configs = plasticity_configs(request)
     cpu_command = (
-        f"harness plasticity --probe-epoch {request.probe_epoch} --pruning-rate {request.pruning_rate} "
+        f"harness plasticity --probe-epoch {request.study.probe_epoch} --pruning-rate {request.study.pruning_rate} "
         f"--arch {configs[0].model.arch} --dataset {CPU_DATASET}"
     )
     return start(configs, request.training, lambda dist: run_plasticity(configs, dist), out, cpu_command)
