@@ -39,7 +39,22 @@ def build_model(
             f"model.arch: plug-in {arch!r} returned {type(model).__name__}, not a torch.nn.Module "
             "(a builder is called as builder(num_classes=..., input_shape=..., width=...))"
         )
+    _check_takes_input(model, arch, tuple(input_shape))
     return model
+
+
+def _check_takes_input(model: nn.Module, arch: str, input_shape: tuple[int, ...]) -> None:
+    """One zero sample through the fresh model, so that an input the network cannot take (VGG-19's five
+    pools shrink 16x16 to nothing) is a one-line error before any run directory exists, not a traceback
+    from the first training step. Eval mode and no gradients: no statistic moves and no RNG is drawn."""
+    try:
+        sample_forward(model, input_shape)
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"model.arch: {arch!r} cannot take inputs of shape {input_shape} (the dataset's sample shape): "
+            f"{reason}"
+        ) from error
 
 
 def sample_forward(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> None:
