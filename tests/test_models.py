@@ -191,7 +191,9 @@ def test_narrowest_channels_match_the_built_networks(arch: str) -> None:
     assert NARROWEST_CHANNELS[arch] == narrowest
 
 
-def test_an_input_the_network_cannot_take_is_one_line_before_anything_is_created(harness_cli, tmp_path) -> None:
+def test_an_input_the_network_cannot_take_is_one_line_before_anything_is_created(
+    harness_cli, tmp_path
+) -> None:
     # VGG-19's five max-pools shrink the synthetic 16x16 images to nothing before its 2x2 average pool.
     with pytest.raises(UserError, match=r"^model\.arch: 'vgg19' cannot take inputs of shape \(3, 16, 16\)"):
         build_model("vgg19", num_classes=10, input_shape=(3, 16, 16))
