@@ -43,6 +43,10 @@ def cifar(data_dir: Path, **fields: object) -> Datasets:
     )
 
 
+# The loader contracts hold for both CIFAR pipelines (tests/test_resident_pipeline.py: the same batches).
+both_pipelines = pytest.mark.parametrize("pipeline", ["device", "torchvision"])
+
+
 def normalised(images_hwc: np.ndarray, dataset: str = "cifar10") -> torch.Tensor:
     """What ToTensor + Normalize make of uint8 HWC images: (N, 3, H, W) floats."""
     mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in CIFAR_STATS[dataset])
@@ -109,8 +113,9 @@ def crops_and_flips(image: torch.Tensor, padding_value: torch.Tensor) -> list[to
     return crops + [crop.flip(-1) for crop in crops]
 
 
-def test_augmentation_applies_to_train_only(cifar_dir: Path) -> None:
-    datasets = cifar(cifar_dir)
+@both_pipelines
+def test_augmentation_applies_to_train_only(cifar_dir: Path, pipeline: str) -> None:
+    datasets = cifar(cifar_dir, pipeline=pipeline)
     base = datasets.train.dataset
     reference = normalised(base.data)
     mean, std = (torch.tensor(values) for values in CIFAR_STATS["cifar10"])
@@ -132,8 +137,9 @@ def test_augmentation_applies_to_train_only(cifar_dir: Path) -> None:
     assert torch.allclose(test_inputs, normalised(datasets.test.data), atol=1e-6)
 
 
-def test_no_augmentation_when_disabled(cifar_dir: Path) -> None:
-    datasets = cifar(cifar_dir, augment=False)
+@both_pipelines
+def test_no_augmentation_when_disabled(cifar_dir: Path, pipeline: str) -> None:
+    datasets = cifar(cifar_dir, augment=False, pipeline=pipeline)
     loader = build_loaders(datasets, global_batch_size=16).train
     inputs, _ = collect(loader.iterate(0))
     order = [datasets.train.indices[i] for i in loader.epoch_indices(0).tolist()]
@@ -180,8 +186,9 @@ def test_val_size_must_leave_training_data(cifar_dir: Path) -> None:
 # Loaders
 
 
-def test_train_order_is_a_function_of_seed_and_epoch(cifar_dir: Path) -> None:
-    datasets = cifar(cifar_dir)
+@both_pipelines
+def test_train_order_is_a_function_of_seed_and_epoch(cifar_dir: Path, pipeline: str) -> None:
+    datasets = cifar(cifar_dir, pipeline=pipeline)
 
     def loader(seed: int):
         return build_loaders(datasets, global_batch_size=16, seed=seed).train
@@ -199,16 +206,18 @@ def test_train_order_is_a_function_of_seed_and_epoch(cifar_dir: Path) -> None:
     assert all(sorted(order) == list(range(90)) for order in orders.values())
 
 
-def test_iterating_leaves_the_global_rng_untouched(cifar_dir: Path) -> None:
-    loaders = build_loaders(cifar(cifar_dir), global_batch_size=16, seed=0)
+@both_pipelines
+def test_iterating_leaves_the_global_rng_untouched(cifar_dir: Path, pipeline: str) -> None:
+    loaders = build_loaders(cifar(cifar_dir, pipeline=pipeline), global_batch_size=16, seed=0)
     state = torch.get_rng_state()
     list(loaders.train.iterate(0, start_batch=2))
     list(loaders.val.iterate())
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_start_batch_resumes_mid_epoch_exactly(cifar_dir: Path) -> None:
-    loader = build_loaders(cifar(cifar_dir), global_batch_size=16, seed=3).train
+@both_pipelines
+def test_start_batch_resumes_mid_epoch_exactly(cifar_dir: Path, pipeline: str) -> None:
+    loader = build_loaders(cifar(cifar_dir, pipeline=pipeline), global_batch_size=16, seed=3).train
     assert len(loader) == 6  # 90 samples: five batches of 16 and one of 10
     uninterrupted = list(loader.iterate(1))
     assert [len(targets) for _, targets in uninterrupted] == [16, 16, 16, 16, 16, 10]
@@ -219,15 +228,17 @@ def test_start_batch_resumes_mid_epoch_exactly(cifar_dir: Path) -> None:
 
 
 def test_worker_processes_give_the_same_batches(cifar_dir: Path) -> None:
-    datasets = cifar(cifar_dir)
+    datasets = cifar(cifar_dir, pipeline="torchvision")  # the pipeline with worker processes
     in_process = build_loaders(datasets, global_batch_size=16, seed=3, num_workers=0).train
     with_workers = build_loaders(datasets, global_batch_size=16, seed=3, num_workers=2).train
     assert_same_batches(in_process.iterate(0), with_workers.iterate(0))
     assert_same_batches(list(in_process.iterate(0))[3:], with_workers.iterate(0, start_batch=3))
 
 
-def test_two_rank_training_shards(cifar_dir: Path) -> None:
-    datasets = cifar(cifar_dir, val_size=11)  # 89 samples: ranks get 45 each, one index repeated as padding
+@both_pipelines
+def test_two_rank_training_shards(cifar_dir: Path, pipeline: str) -> None:
+    # 89 samples: ranks get 45 each, one index repeated as padding
+    datasets = cifar(cifar_dir, val_size=11, pipeline=pipeline)
     ranks = [
         build_loaders(datasets, global_batch_size=16, rank=rank, world_size=2, seed=1).train
         for rank in (0, 1)
@@ -243,8 +254,9 @@ def test_two_rank_training_shards(cifar_dir: Path) -> None:
     assert not torch.equal(batches[0][0][0], batches[1][0][0])
 
 
-def test_two_rank_eval_shards_are_disjoint_and_complete(cifar_dir: Path) -> None:
-    datasets = cifar(cifar_dir, val_size=11)
+@both_pipelines
+def test_two_rank_eval_shards_are_disjoint_and_complete(cifar_dir: Path, pipeline: str) -> None:
+    datasets = cifar(cifar_dir, val_size=11, pipeline=pipeline)
     single = collect(build_loaders(datasets, global_batch_size=4).val.iterate())
     shards = [build_loaders(datasets, global_batch_size=6, rank=rank, world_size=3).val for rank in range(3)]
     assert [shard.num_samples for shard in shards] == [4, 4, 3]

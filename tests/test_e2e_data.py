@@ -46,8 +46,11 @@ def is_fraction_of(value: float, count: int) -> bool:
     return math.isclose(value * count, round(value * count), abs_tol=1e-9) and 0 <= value <= 1
 
 
+# ResNet-20 on the torchvision pipeline with worker processes, VGG-19 on the default (here: the resident one).
 @pytest.mark.parametrize(
-    ("arch", "augment", "workers"), [("resnet20", True, 2), ("vgg19", False, 0)], ids=["resnet20", "vgg19"]
+    ("arch", "augment", "workers", "pipeline"),
+    [("resnet20", True, 2, "torchvision"), ("vgg19", False, 0, "auto")],
+    ids=["resnet20", "vgg19"],
 )
 def test_cifar10_runs_end_to_end(
     harness_cli: HarnessCli,
@@ -57,6 +60,7 @@ def test_cifar10_runs_end_to_end(
     arch: str,
     augment: bool,
     workers: int,
+    pipeline: str,
 ) -> None:
     data_dir = tmp_path / "cifar"
     write_cifar(data_dir, "cifar10", train_per_batch=20, test_size=CIFAR_TEST)
@@ -67,6 +71,7 @@ def test_cifar10_runs_end_to_end(
         "--update-frequency", "2", "--wandb", "disabled", "--set", f"data.val_size={CIFAR_VAL}",
         "--set", "model.width=0.25", "--set", f"data.augment={str(augment).lower()}",
         "--set", f"data.num_workers={workers}", "--set", "data.download=false",
+        "--set", f"data.pipeline={pipeline}",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     run_dir = Path(result.last_line)

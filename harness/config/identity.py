@@ -19,9 +19,10 @@ from harness.registry.plugins import is_import_path
 from harness.sparse.methods.registry import REGISTRY
 
 # Fields that say where things go or how fast they load, not what is computed: excluded from the run id
-# so that moving the data or the runs directory does not orphan finished runs.
+# so that moving the data or the runs directory does not orphan finished runs. `data.pipeline` is here
+# because both pipelines give the same batches bit for bit (tests/test_resident_pipeline.py).
 _NOT_IDENTITY = {
-    "data": {"data_dir", "num_workers", "download"},
+    "data": {"data_dir", "num_workers", "download", "pipeline"},
     "tracking": {"runs_dir", "wandb", "wandb_project", "wandb_entity", "log_every"},
     "run": {"mask_check_every"},
 }

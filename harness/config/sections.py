@@ -19,7 +19,7 @@ from pydantic import (
 
 from harness.config.base import Fraction, NonEmptyPath, Section
 from harness.config.sparsity import SparsityConfig
-from harness.registry.datasets import DATASETS
+from harness.registry.datasets import DATASETS, RESIDENT_DATASETS
 from harness.registry.models import MODELS, check_width
 
 # The trainer seeds torch with `seed * 1_000_003 + 7919 * (rank + 1)`, which must stay below 2**64; 2**32 - 1
@@ -38,12 +38,28 @@ class DataConfig(Section):
     num_samples: int | None = Field(None, ge=20)
     num_workers: int = Field(2, ge=0)
     download: bool = True
+    # Where batches are assembled: "device" holds the data on the training device (CIFAR as uint8 images,
+    # cropped, flipped and normalised there in batched tensor operations), "torchvision" is the host pipeline
+    # (per-image transforms in DataLoader workers), "auto" picks "device" when the dataset has it and fits
+    # in the device's memory. Both give the same batches bit for bit, so this is not part of the run id.
+    pipeline: Literal["auto", "device", "torchvision"] = "auto"
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, dataset: str) -> str:
         # A dataset builder takes the data section positionally: only that it is callable can be checked here.
         return DATASETS.check_callable(dataset, ())
+
+    @field_validator("pipeline")
+    @classmethod
+    def _device_pipeline_exists(cls, pipeline: str, info: ValidationInfo) -> str:
+        dataset = info.data.get("dataset")
+        if pipeline == "device" and dataset is not None and dataset not in RESIDENT_DATASETS:
+            raise ValueError(
+                f"'device' is not available for dataset {dataset!r}: only {', '.join(RESIDENT_DATASETS)} can "
+                "be held on the device; use 'auto' or 'torchvision'"
+            )
+        return pipeline
 
 
 class ModelConfig(Section):

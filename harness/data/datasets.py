@@ -4,12 +4,15 @@
 needs, for a built-in dataset or a plug-in (`harness.registry.datasets`). Every run shares the same validation
 split: it is drawn from the training set with a constant seed, never the run seed, so runs with different
 seeds are compared on the same held-out data. The official test set is never used for selection.
+CIFAR also comes as uint8 arrays (`Datasets.resident`) from which the loaders can build the device-resident
+pipeline (harness/data/resident.py), whose batches are the torchvision transforms' bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import random
 import shutil
@@ -19,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ from torch.utils.data import Dataset, Subset
 
 from harness.config import DataConfig
 from harness.data.presence import CPU_COMMAND, how_to_provide
+from harness.data.resident import PADDING, ResidentSource, normalisation_table
 from harness.errors import UserError
 from harness.registry.datasets import DATASETS, INPUT_SPECS
 from harness.store import rundir
@@ -74,6 +78,11 @@ class Datasets:
     val: Dataset | None
     test: Dataset
     spec: DataSpec
+    # The same images as uint8 arrays the loaders can hold on the training device (harness/data/resident.py),
+    # for the datasets that have a resident pipeline (CIFAR); None for the others.
+    resident: ResidentSource | None = None
+    # `data.pipeline`, recorded by `build_datasets` for `build_loaders`, which resolves "auto" on its device.
+    pipeline: Literal["auto", "device", "torchvision"] = "auto"
 
 
 class InMemoryDataset(Dataset):
@@ -93,6 +102,13 @@ class InMemoryDataset(Dataset):
 
     def subset(self, indices: Tensor) -> InMemoryDataset:
         return InMemoryDataset(self.inputs[indices], self.targets[indices])
+
+    def to(self, device: torch.device) -> InMemoryDataset:
+        return InMemoryDataset(self.inputs.to(device), self.targets.to(device))
+
+    @property
+    def nbytes(self) -> int:
+        return self.inputs.nbytes + self.targets.nbytes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -128,10 +144,8 @@ def build_datasets(cfg: DataConfig) -> Datasets:
     if datasets.val is None and cfg.val_size > 0 and not DATASETS.is_builtin(cfg.dataset):
         train, val = fixed_split(len(datasets.train), cfg.val_size)
         held_out = Subset(datasets.train, val.tolist())
-        datasets = Datasets(
-            train=Subset(datasets.train, train.tolist()), val=held_out, test=datasets.test, spec=datasets.spec
-        )
-    return datasets
+        datasets = dataclasses.replace(datasets, train=Subset(datasets.train, train.tolist()), val=held_out)
+    return dataclasses.replace(datasets, pipeline=cfg.pipeline)
 
 
 def input_spec(cfg: DataConfig) -> tuple[int, tuple[int, ...]]:
@@ -162,11 +176,16 @@ def _split_in_memory(
 
 
 def _split_files(
-    train_full: Dataset, test_transform: Callable, test: Dataset, val_size: int, spec: DataSpec
+    train_full: Dataset, test_transform: Callable, test: Dataset, split: tuple[Tensor, Tensor], spec: DataSpec
 ) -> Datasets:
-    """Train and validation as subsets of one file-backed dataset; validation images get the test transform."""
-    train_indices, val_indices = fixed_split(len(train_full), val_size)
-    val = Subset(_with_transform(train_full, test_transform), val_indices.tolist()) if val_size else None
+    """Train and validation as subsets of one file-backed dataset (`split` from `fixed_split`); validation
+    images get the test transform."""
+    train_indices, val_indices = split
+    val = (
+        Subset(_with_transform(train_full, test_transform), val_indices.tolist())
+        if len(val_indices)
+        else None
+    )
     return Datasets(train=Subset(train_full, train_indices.tolist()), val=val, test=test, spec=spec)
 
 
@@ -186,7 +205,7 @@ def cifar(cfg: DataConfig) -> Datasets:
 
     mean, std = CIFAR_STATS[cfg.dataset]
     normalise = [T.ToTensor(), T.Normalize(mean, std)]
-    augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
+    augment = [T.RandomCrop(32, padding=PADDING), T.RandomHorizontalFlip()] if cfg.augment else []
     train_transform, test_transform = T.Compose(augment + normalise), T.Compose(normalise)
     dataset_class = (
         torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
@@ -196,7 +215,20 @@ def cifar(cfg: DataConfig) -> Datasets:
     spec = DataSpec(
         num_classes=len(train_full.classes), in_channels=3, spatial_dims=2, input_shape=(3, 32, 32)
     )
-    return _split_files(train_full, test_transform, test, cfg.val_size, spec)
+    train_indices, val_indices = fixed_split(len(train_full), cfg.val_size)
+    datasets = _split_files(train_full, test_transform, test, (train_indices, val_indices), spec)
+    # torchvision holds each file's images as one uint8 (N, 32, 32, 3) array: the resident pipeline's source.
+    resident = ResidentSource(
+        train_images=torch.from_numpy(train_full.data),
+        train_targets=torch.tensor(train_full.targets, dtype=torch.int64),
+        test_images=torch.from_numpy(test.data),
+        test_targets=torch.tensor(test.targets, dtype=torch.int64),
+        train_indices=train_indices,
+        val_indices=val_indices if len(val_indices) else None,
+        table=normalisation_table(mean, std),
+        augment=cfg.augment,
+    )
+    return dataclasses.replace(datasets, resident=resident)
 
 
 def _open_cifar(dataset_class: type, cfg: DataConfig, *, train: bool, transform: Callable) -> Any:
@@ -255,7 +287,7 @@ def imagenet(cfg: DataConfig) -> Datasets:
     spec = DataSpec(
         num_classes=len(train_full.classes), in_channels=3, spatial_dims=2, input_shape=(3, 224, 224)
     )
-    return _split_files(train_full, test_transform, test, cfg.val_size, spec)
+    return _split_files(train_full, test_transform, test, fixed_split(len(train_full), cfg.val_size), spec)
 
 
 def _open_image_folder(path: Path, transform: Callable) -> torchvision.datasets.ImageFolder:

@@ -103,6 +103,7 @@ def build_session(config: Config, dist: DistInfo) -> Session:
         seed=config.run.seed,
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
+        device=device,
     )
     steps_per_epoch = len(loaders.train)
     # Identical model and masks on every rank: both are drawn from the run seed before anything else.

@@ -36,3 +36,7 @@ INPUT_SPECS: dict[str, tuple[int, tuple[int, ...]]] = {
     "mnist1d": (10, (1, 40)),
     "synthetic": (10, (3, 16, 16)),
 }
+
+# The built-in datasets the loaders can hold on the training device (`data.pipeline`): CIFAR as uint8 images
+# augmented there (harness/data/resident.py), MNIST-1D and synthetic as the tensors they already are.
+RESIDENT_DATASETS = ("cifar10", "cifar100", "mnist1d", "synthetic")
