@@ -336,6 +336,18 @@ def test_gpus_1_restricts_the_runs_to_gpu_1(tmp_path, monkeypatch):
     assert {env["HARNESS_GPU_MEMORY_FRACTION"] for _, env in launcher.environments} == {repr(1 / 3)}
 
 
+def test_a_dry_run_asks_nvidia_smi_only_to_check_a_list(tmp_path, monkeypatch):
+    calls = fake_nvidia_smi(tmp_path, monkeypatch, listing(2))
+    path = synthetic_plasticity(tmp_path)
+    for option in ("auto", "none", "1"):
+        out = io.StringIO()
+        assert sweep.run_sweep(path, runs_dir=tmp_path / "runs", dry_run=True, out=out, gpus=option) == 0
+        assert out.getvalue().startswith("sweep tiny: 4 grid points -> 6 runs (0 already complete)\n")
+    assert calls.read_text().splitlines() == ["-L"]  # for the list only
+    with pytest.raises(UserError, match="^--gpus: 2: GPU 2 is not available"):
+        sweep.run_sweep(path, runs_dir=tmp_path / "runs", dry_run=True, out=io.StringIO(), gpus="2")
+
+
 def files_under(root: Path) -> list[str]:
     """Every path below `root` but the fake nvidia-smi's record of its calls."""
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.name != "nvidia-smi-calls")

@@ -266,7 +266,8 @@ def run_sweep(
     out = sys.stdout if out is None else out
     if workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
-    placed_on = choose_gpus(gpus)
+    # A dry run places nothing: it asks nvidia-smi only to check a list of GPUs.
+    placed_on = () if dry_run and gpus == "auto" else choose_gpus(gpus)
     sweep = restrict(load_sweep(path), only)  # before planning, so --dry-run lists the same selection
     points = grid_points(sweep, max_points)
     jobs = plan_jobs(sweep, runs_dir=runs_dir, extra_args=list(extra_args), max_points=max_points)
