@@ -44,6 +44,14 @@ def run_sweep(
         option("--only", help="keep grid points with parameter=value (repeatable), e.g. --only seed=0"),
     ] = None,
     max_points: MaxPoints = MAX_POINTS,
+    gpus: Annotated[
+        str,
+        option(
+            "--gpus",
+            help="auto (CUDA_VISIBLE_DEVICES, else nvidia-smi -L) | none | a list such as 0,1: each run on the "
+            "least occupied of these GPUs, ceil(workers/GPUs) at most per GPU, sharing its memory",
+        ),
+    ] = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Run every grid point of a sweep file on this machine: dependencies first, completed runs skipped."""
@@ -51,7 +59,7 @@ def run_sweep(
 
     setup_logging(verbose)
     request = SweepRequest(file, runs_dir, nproc_per_node, wandb, max_points)
-    call(lambda: sweep_commands.run(request, workers=workers, dry_run=dry_run, only=only or ()))
+    call(lambda: sweep_commands.run(request, workers=workers, dry_run=dry_run, only=only or (), gpus=gpus))
 
 
 @app.command("submit")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +30,8 @@ from harness.errors import UserError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 120.0
+# Set by a local sweep that places several runs on one GPU (harness.launch.gpus): this run's share of its memory.
+MEMORY_FRACTION_VARIABLE = "HARNESS_GPU_MEMORY_FRACTION"
 
 
 class MaskMismatchError(RuntimeError):
@@ -67,11 +70,30 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     return value
 
 
+def memory_fraction_from_env() -> float | None:
+    """HARNESS_GPU_MEMORY_FRACTION as a number in (0, 1], or None when it is not set."""
+    raw = os.environ.get(MEMORY_FRACTION_VARIABLE)
+    if raw is None:
+        return None
+    try:
+        fraction = float(raw)
+    except ValueError:
+        fraction = math.nan
+    if not 0.0 < fraction <= 1.0:  # NaN fails this too
+        raise UserError(
+            f"{MEMORY_FRACTION_VARIABLE}={raw!r}: must be a number in (0, 1], this run's share of its GPU's memory"
+        )
+    return fraction
+
+
 def dist_info_from_env(device_preference: str = "auto") -> DistInfo:
     """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (absent: one process), and the device to use.
 
-    `device_preference` is `run.device`: auto (a GPU when there is one), cpu or cuda.
+    `device_preference` is `run.device`: auto (a GPU when there is one), cpu or cuda. On a GPU, the caching
+    allocator is capped at HARNESS_GPU_MEMORY_FRACTION of the device's memory when it is set (checked on
+    any device).
     """
+    memory_fraction = memory_fraction_from_env()
     world_size = _env_int("WORLD_SIZE", 1, minimum=1)
     rank = _env_int("RANK", 0, minimum=0)
     local_rank = _env_int("LOCAL_RANK", 0, minimum=0)
@@ -89,6 +111,8 @@ def dist_info_from_env(device_preference: str = "auto") -> DistInfo:
                 "use at most that many --nproc-per-node"
             )
         device = torch.device("cuda", local_rank)
+        if memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(memory_fraction, device)
     else:
         device = torch.device("cpu")
     backend = None if world_size == 1 else ("nccl" if use_cuda else "gloo")

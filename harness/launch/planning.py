@@ -151,20 +151,22 @@ class PlannedRun:
     argv: tuple[str, ...]
     needs: tuple[Path, ...] = ()
     data: configuration.DataConfig | None = None  # where its dataset must be (a sweep checks before starting)
+    processes: int = 1  # on this machine (--nproc-per-node)
 
 
 def plan_invocation(argv: list[str]) -> list[PlannedRun]:
     """The runs `harness <argv>` would produce, in dependency order. Raises UserError for bad arguments."""
     request = parse_training_argv(argv)
     world_size = request.training.launch.world_size
+    processes = request.training.launch.nproc_per_node
     if isinstance(request, RunRequest):
         config = run_config(request)
-        return [PlannedRun(configuration.run_directory(config, world_size), tuple(argv), data=config.data)]
+        run_dir = configuration.run_directory(config, world_size)
+        return [PlannedRun(run_dir, tuple(argv), data=config.data, processes=processes)]
     runs: list[PlannedRun] = []
     for stage, config in zip(STAGES, plasticity_configs(request), strict=False):
         stage_argv = tuple(argv) if stage == "probe" else (*argv, "--stage", stage)
         needs = (runs[-1].run_dir,) if runs else ()
-        runs.append(
-            PlannedRun(configuration.run_directory(config, world_size), stage_argv, needs, data=config.data)
-        )
+        run_dir = configuration.run_directory(config, world_size)
+        runs.append(PlannedRun(run_dir, stage_argv, needs, data=config.data, processes=processes))
     return runs

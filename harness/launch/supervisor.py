@@ -4,6 +4,7 @@
   and reported, when one of them failed;
 - a completed run (`<run_dir>/status` reads `completed`) is skipped without starting a process;
 - one failure never stops the others;
+- on GPUs (`harness.launch.gpus`), each run starts on the least occupied GPU and sees only that one;
 - children die with the runner (SIGTERM on Linux, so they checkpoint first), which keeps a re-run after
   `kill -9` from racing with leftovers; a stopped runner asks its children to checkpoint and stop.
 """
@@ -18,11 +19,12 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.launch.gpus import GpuSlots
 from harness.launch.sweep_plan import Job
 from harness.launch.torchrun import die_with_parent
 from harness.store.rundir import is_completed
@@ -84,7 +86,9 @@ def child_environment(workers: int, job: Job, base: Mapping[str, str] | None = N
     threads = str(threads_per_worker(workers))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, threads)  # a user's explicit setting wins
-    env.update(dict(job.env))
+    if job.placement is not None:
+        env.update(job.placement.environment())
+    env.update(dict(job.env))  # the sweep file's own `env NAME=value` wins, as it would under a W&B agent
     return env
 
 
@@ -169,8 +173,10 @@ def execute(
     launch: Launcher,
     progress: Progress | None = None,
     poll_seconds: float = POLL_SECONDS,
+    gpus: GpuSlots | None = None,
 ) -> tuple[list[Outcome], bool]:
-    """Run the jobs on `workers` slots, each once its needs have completed.
+    """Run the jobs on `workers` slots, each once its needs have completed (and, with `gpus`, once a GPU
+    has room for it: the job is launched with its `placement`).
 
     Returns the outcomes in job order and whether the runner was stopped (SIGINT/SIGTERM) before the end;
     then running children were asked to checkpoint and stop, and jobs not started are reported as stopped.
@@ -191,9 +197,11 @@ def execute(
     stopped = False
     try:
         while pending or running:
-            start_ready(pending, running, outcomes, workers, launch, report)
+            start_ready(pending, running, outcomes, workers, launch, report, gpus)
             finished = collect_finished(running)
             for outcome in finished:
+                if gpus is not None:
+                    gpus.release(outcome.job.run_dir)
                 outcomes[outcome.job.run_dir] = outcome
                 report(outcome)
             if not finished and running:
@@ -219,8 +227,10 @@ def start_ready(
     workers: int,
     launch: Launcher,
     report: Callable[[Outcome | None], None],
+    gpus: GpuSlots | None = None,
 ) -> None:
-    """Start every pending job whose needs completed (while slots are free); block those whose needs failed."""
+    """Start every pending job whose needs completed (while slots are free, and with `gpus` while GPUs
+    have room for it); block those whose needs failed."""
     for job in list(pending):
         failed = failed_need(job, outcomes)
         if failed is not None:
@@ -228,9 +238,20 @@ def start_ready(
             outcomes[job.run_dir] = Outcome(job, BLOCKED, f"needs {failed}")
             report(outcomes[job.run_dir])
         elif len(running) < workers and all(need_completed(need, outcomes, running) for need in job.needs):
+            placement = None if gpus is None else gpus.place(job.run_dir, job.processes)
+            if gpus is not None and placement is None:
+                continue  # a run of several processes waits until enough GPUs have room
+            try:
+                # The outcome keeps the planned job; only the launcher sees where it runs.
+                process = launch(replace(job, placement=placement))
+            except BaseException:
+                if gpus is not None:
+                    gpus.release(job.run_dir)
+                raise
             pending.remove(job)
-            running[job.run_dir] = (job, launch(job))
-            log.debug("started %s: harness %s", job.name, " ".join(job.argv))
+            running[job.run_dir] = (job, process)
+            where = "" if placement is None else f" on GPU {','.join(placement.gpus)}"
+            log.debug("started %s%s: harness %s", job.name, where, " ".join(job.argv))
             report(None)
 
 

@@ -56,8 +56,10 @@ def run(
     only: Sequence[str] = (),
     fork: bool = True,
     out: TextIO | None = None,
+    gpus: str = "auto",
 ) -> int:
-    """Every grid point locally, `workers` at a time; with `fork`, each run is forked from this process
+    """Every grid point locally, `workers` at a time, placed on the GPUs `gpus` names (auto | none | a list
+    such as 0,1: `harness.launch.gpus`); with `fork`, each run is forked from this process
     (`harness.launch.prewarm`) where the platform allows, else it is a fresh interpreter."""
     from harness.launch.sweep import run_sweep
 
@@ -71,6 +73,7 @@ def run(
         max_points=request.max_points,
         out=out,
         launch=forked_jobs(workers) if fork and not dry_run else None,
+        gpus=gpus,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from harness.data.presence import CPU_DATASET, missing_data, require_data
 from harness.errors import UserError
 from harness.launch.command_line import TRAINING_COMMANDS, option_names
+from harness.launch.gpus import Placement
 from harness.launch.planning import plan_invocation
 from harness.launch.sweep_agent import agent_command, harness_argv
 from harness.launch.sweep_file import MAX_POINTS, Sweep, grid_points, render
@@ -40,6 +41,8 @@ class Job:
     log_path: Path
     env: tuple[tuple[str, str], ...] = ()
     data: Any = None  # the run's data section (DataConfig): its dataset is checked before the sweep starts
+    processes: int = 1  # on this machine (--nproc-per-node): one GPU each when the sweep places runs
+    placement: Placement | None = None  # set by the runner as the job starts, never by planning
 
     @property
     def name(self) -> str:
@@ -83,6 +86,7 @@ def plan_jobs(
                 log_path=log_path(run.run_dir, sweep.name),
                 env=tuple(sorted(command.env.items())),
                 data=run.data,
+                processes=run.processes,
             )
     # Stable: within a depth, grid order. All base runs first lets independent work start early.
     return sorted(jobs.values(), key=lambda job: depth[job.run_dir])
