@@ -42,6 +42,10 @@ def bench_inference(
     sparsities: Annotated[
         list[float] | None, option("--sparsity", help="sparsity of the random ERK mask (repeatable)")
     ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        option("--run", help="a completed run directory: its trained masks too (repeatable)"),
+    ] = None,
     batch_sizes: Annotated[str, option("--batch-sizes", help="comma-separated batch sizes")] = "1,64",
     repetitions: Annotated[int, option("--repetitions", help="timed repetitions, medians reported")] = 20,
     threads: Annotated[int, option("--threads", help="intra-op threads")] = 1,
@@ -49,14 +53,18 @@ def bench_inference(
     markdown_out: Annotated[Path | None, option("--markdown", help="write the markdown table here")] = None,
     width: Annotated[float, option("--width", help="channel width factor of the models")] = 1.0,
 ) -> None:
-    """Time exported sparse models against dense PyTorch (speed-up, file sizes, logit difference)."""
+    """Time exported sparse models (random ERK masks, and trained runs with --run) against dense PyTorch:
+    speed-up, plan per batch size, filters removed, file sizes, logit difference."""
     from harness.inference import commands
 
     setup_logging(False)
+    chosen = [*(archs or []), *(arch_options or [])]
     request = InferenceBenchRequest(
-        archs=tuple([*(archs or []), *(arch_options or [])] or ["vgg19", "resnet20"]),
+        # Random ERK models of the default architectures unless only trained runs are asked for.
+        archs=tuple(chosen or ([] if runs else ["vgg19", "resnet20"])),
         datasets=tuple(datasets or ["cifar10"]),
         sparsities=tuple(sparsities or [0.95]),
+        runs=tuple(runs or ()),
         batch_sizes=batch_sizes,
         repetitions=repetitions,
         threads=threads,
