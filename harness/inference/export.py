@@ -251,7 +251,7 @@ def index_dtype(largest: int) -> torch.dtype:
 def encode_weight(weight: Tensor, mask: Tensor) -> dict[str, Any]:
     """CSR over `[out, in * kernel]` (values at the mask's positions) or dense, whichever takes fewer bytes."""
     rows = weight.shape[0]
-    matrix, keep = weight.reshape(rows, -1), mask.reshape(rows, -1).bool()
+    matrix, keep = weight.flatten(1), mask.flatten(1).bool()
     nnz = int(keep.sum())
     column_dtype, row_dtype = index_dtype(max(matrix.shape[1] - 1, 0)), index_dtype(nnz)
     csr_bytes = nnz * (4 + column_dtype.itemsize) + (rows + 1) * row_dtype.itemsize

@@ -230,7 +230,7 @@ def fit_blocks(layers: Sequence[dict[str, Any]]) -> None:
     for spec in layers:
         if spec["op"] not in WEIGHT_LAYERS:
             continue
-        mask = spec["mask"].reshape(spec["mask"].shape[0], -1) if spec["mask"].dim() else spec["mask"]
+        mask = spec["mask"].flatten(1)
         block, why = fit_block(mask) if mask.numel() else (None, "no weights")
         spec.pop("bsr_block", None)
         spec.pop("bsr_skipped", None)
@@ -293,15 +293,19 @@ def _candidates(
     return kinds, skipped
 
 
-def _runs(layer: Layer, value: tuple[Tensor, str]) -> str | None:
-    """None if the layer runs on this build, else torch's first error line."""
+def _runnable(
+    program: Program, index: int, kind: str, dense_format: str, value: tuple[Tensor, str]
+) -> Layer | str:
+    """The layer alone, built and run once on `value`; or, where torch cannot build or run it on this
+    build, why (its first error line)."""
     try:
+        layer = program.alone(index, kind, dense_format)
         with torch.inference_mode():
             layer.run([value, None])
     except (RuntimeError, NotImplementedError, ValueError) as error:
         text = str(error).strip()
         return f"torch cannot run it here: {text.splitlines()[0] if text else type(error).__name__}"
-    return None
+    return layer
 
 
 def _layer_record(
@@ -330,12 +334,11 @@ def _layer_record(
     kinds, skipped = _candidates(spec, shape, batch)
     layers = {"dense": program.alone(index, "dense", dense_format)}
     for kind in kinds:
-        layer = program.alone(index, kind, dense_format)
-        failure = _runs(layer, (x, layout))
-        if failure is None:
-            layers[kind] = layer
+        built = _runnable(program, index, kind, dense_format, (x, layout))
+        if isinstance(built, str):
+            skipped[kind] = built
         else:
-            skipped[kind] = failure
+            layers[kind] = built
     probes = [Probe("layer", spec["name"], kind, batch) for kind in layers]
     operations = [lambda layer=layer: layer.run([(x, layout), None]) for layer in layers.values()]
     times = timer(probes, operations)

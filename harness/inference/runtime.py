@@ -188,7 +188,7 @@ class WeightLayer(Layer):
         self.channels_last = dense_format == "channels_last" and self.spatial_dims == 2
         self.tile = TILES.get(self.kind, COLUMN_TILE)
         if self.kind in SPARSE_KINDS:
-            matrix = weight if weight.layout != torch.strided else weight.reshape(self.out_channels, -1)
+            matrix = weight if weight.layout != torch.strided else weight.flatten(1)
             if self.kind == "bsr":
                 block = int(spec["bsr_block"])
                 dense = matrix.to_dense() if matrix.layout != torch.strided else matrix
@@ -273,7 +273,12 @@ class Pool(Layer):
     def run(self, registers: list[Value | None]) -> None:
         x, layout = self.read(registers, self.input)
         dims = x.dim() - 2
-        if self.op == "global_avgpool":
+        if x.numel() == 0:  # no channel left (shrunk away): torch's pools refuse an empty input
+            space = (
+                [1] * dims if self.op == "global_avgpool" else [size // self.kernel for size in x.shape[2:]]
+            )
+            out = x.new_zeros(*x.shape[:2], *space)
+        elif self.op == "global_avgpool":
             out = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
         elif self.op == "maxpool":
             out = (F.max_pool2d if dims == 2 else F.max_pool1d)(x, self.kernel)

@@ -43,7 +43,10 @@ def affine(spec: dict[str, Any], x: Tensor, weight: Tensor, bias: Tensor) -> Ten
     if spec["op"] == "linear":
         return F.linear(x, weight, bias)
     convolution = F.conv2d if weight.dim() == 4 else F.conv1d
-    return convolution(x, weight, bias, stride=int(spec["stride"]), padding=int(spec["padding"]))
+    geometry = {"stride": int(spec["stride"]), "padding": int(spec["padding"])}
+    if weight.shape[0] == 0:  # torch refuses a convolution without filters: take one, keep none
+        return convolution(x, weight.new_zeros(1, *weight.shape[1:]), None, **geometry)[:, :0]
+    return convolution(x, weight, bias, **geometry)
 
 
 def run_reference(layers: Sequence[dict[str, Any]], num_registers: int, x: Tensor) -> list[Tensor]:
@@ -98,7 +101,7 @@ def _groups(layers: Sequence[dict[str, Any]], num_registers: int) -> list[list[i
 
 def live_filters(weight: Tensor, live_inputs: Tensor) -> Tensor:
     """Which filters (rows) have a nonzero weight on a live input channel."""
-    nonzero = (weight != 0).reshape(weight.shape[0], weight.shape[1], -1).any(-1)
+    nonzero = (weight != 0).flatten(2).any(-1) if weight.dim() > 2 else weight != 0
     return nonzero[:, live_inputs].any(1)
 
 
