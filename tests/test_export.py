@@ -363,3 +363,29 @@ def test_bench_inference_reports_speedup_plans_shrinking_size_and_logit_differen
     assert table.count("| resnet20 | 1x40 | gmp (trained) | 0.95 |") == 2
     assert table.splitlines()[-1].startswith("Slower than dense beyond noise: ")
     assert "speed-up" in result.stdout
+
+
+def test_make_bench_inference_trains_the_runs_the_readme_names(tmp_path):
+    """The make target's two sweep invocations plan 8 runs into RUNS_DIR/inference-mnist1d: GraNet, RigL and
+    GMP on ResNet-20 and GraNet on VGG-19, each at 95% and 98%, on MNIST-1D (its bench globs that group)."""
+    from harness.launch import sweep_file, sweep_plan
+
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    selections = re.findall(r"^\t\$\(INFERENCE_SWEEP\)((?: --only \S+)+)$", makefile, flags=re.MULTILINE)
+    assert len(selections) == 2
+    sweep = sweep_file.load_sweep(repo / "sweeps" / "inference-mnist1d.yaml")
+    planned = []
+    for selection in selections:
+        only = selection.split()[1::2]
+        planned += sweep_plan.plan_jobs(sweep_file.restrict(sweep, only), runs_dir=tmp_path)
+    assert {job.run_dir.parent for job in planned} == {tmp_path / "inference-mnist1d"}
+    assert "$(RUNS_DIR)/inference-mnist1d/*/config.yaml" in makefile
+    names = sorted(job.run_dir.name.rsplit("-", 1)[0] for job in planned)
+    assert names == sorted(
+        [f"{method}-resnet20-mnist1d-s0" for method in ("granet", "rigl", "gmp") for _ in range(2)]
+        + ["granet-vgg19-mnist1d-s0"] * 2
+    )
+    sparsities = sorted(float(dict(arg.split("=", 1) for arg in job.argv if "=" in arg)["--final_sparsity"])
+                        for job in planned)  # fmt: skip
+    assert sparsities == [0.95] * 4 + [0.98] * 4

@@ -537,6 +537,7 @@ def _check_program(path: Path, payload: dict[str, Any]) -> None:
         fields += [(f"{where}.residual", spec.get("residual", -1), -1, registers - 1)]
         fields += [(f"{where}.{key}", spec.get(key, 1), 1, MAX_GEOMETRY) for key in ("kernel", "stride")]
         fields += [(f"{where}.padding", spec.get("padding", 0), 0, MAX_GEOMETRY)]
+        fields += [(f"{where}.bsr_block", spec.get("bsr_block", 1), 1, MAX_GEOMETRY)]
         correction = spec.get("bias_correction")
         if correction is not None:
             sizes = correction.get("shape") if isinstance(correction, dict) else None
