@@ -238,6 +238,7 @@ def test_the_trained_run_still_exports(run_copy, harness_cli) -> None:
         (["bench", "inference", "--json", "{file}/x.json"],
          "--json: {file}/x.json lies below {file}, which is a file, not a directory"),
         (["bench", "inference", "--sparsity", "1.5"], "--sparsity: must be in [0, 1), got 1.5"),
+        (["bench", "inference", "--run", "{dir}"], "{dir}: not a run directory (no config.yaml)"),
     ],
 )  # fmt: skip
 def test_a_usage_error_is_the_first_and_only_stderr_line(harness_cli, tmp_path, argv, message) -> None:
