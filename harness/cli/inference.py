@@ -104,13 +104,16 @@ def export(
     width: Annotated[float, option("--width", help="without RUN_DIR: channel width factor")] = 1.0,
     seed: Annotated[int, option("--seed", help="without RUN_DIR: seed of the weights and the mask")] = 0,
     batch_sizes: Annotated[
-        str, option("--batch-sizes", help="batch sizes the per-layer choice is timed at")
+        str, option("--batch-sizes", help="batch sizes to plan for (one plan each; a call runs the nearest)")
     ] = "1,64",
     layers: Annotated[str, option("--layers", help="auto (timed per layer) | dense | sparse")] = "auto",
-    repetitions: Annotated[int, option("--repetitions", help="timed repetitions per layer (medians)")] = 7,
+    repetitions: Annotated[
+        int, option("--repetitions", help="timed repetitions per kernel, layer and batch size")
+    ] = 7,
     threads: Annotated[int, option("--threads", help="intra-op threads while timing")] = 1,
     show: Annotated[
-        Path | None, option("--show", help="instead: load an export file, run it once, print its choices")
+        Path | None,
+        option("--show", help="instead: load an export file, run it once, print its shrinking and plans"),
     ] = None,
     verbose: Verbose = False,
 ) -> None:
