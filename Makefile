@@ -44,12 +44,19 @@ bench: $(STAMP)
 	$(BIN)/harness bench step
 
 # The README's inference table: exported sparse vs dense PyTorch, VGG-19 and ResNet-20, CIFAR (32x32) and
-# MNIST-1D (1x40) input shapes, 90/95/98% random ERK masks, batch 1 and 64, THREADS intra-op threads.
-# Writes benchmarks/inference.json and benchmarks/inference.md (a few minutes on 2 quiet cores).
+# MNIST-1D (1x40) input shapes, 90/95/98% random ERK masks, and the trained masks of sweeps/inference-mnist1d.yaml
+# (GraNet, RigL and GMP on ResNet-20, GraNet on VGG-19, at 95/98%; trained into RUNS_DIR first, completed runs
+# skipped), batch 1 and 64, THREADS intra-op threads. Writes benchmarks/inference.json and
+# benchmarks/inference.md (README, "Sparse inference": the wall time measured).
 THREADS ?= 1
+INFERENCE_SWEEP = $(BIN)/harness sweep run sweeps/inference-mnist1d.yaml --workers $(WORKERS) --runs-dir $(RUNS_DIR)
 bench-inference: $(STAMP)
+	$(INFERENCE_SWEEP) --only arch=resnet20
+	$(INFERENCE_SWEEP) --only arch=vgg19 --only method=granet
 	$(BIN)/harness bench inference --arch vgg19 --arch resnet20 --dataset cifar10 --dataset mnist1d \
 		--sparsity 0.9 --sparsity 0.95 --sparsity 0.98 --batch-sizes 1,64 --threads $(THREADS) \
+		$$(for run in $(RUNS_DIR)/inference-mnist1d/*/config.yaml; do \
+			[ -f "$$run" ] && printf -- '--run %s ' "$${run%/config.yaml}"; done) \
 		--json benchmarks/inference.json --markdown benchmarks/inference.md
 
 # Every figure and table the runs under RUNS_DIR support, with an index.md, into FIGURES_DIR.

@@ -8,6 +8,7 @@ consistency with the timings it stored.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.inference import export as exporter
-from harness.inference.runtime import COLUMN_TILE, im2col
+from harness.inference import plan as plan_rules
+from harness.inference.runtime import COLUMN_TILE, SPARSE_KINDS, im2col
 
 # The relative tolerance of the issue: max |exported - masked| <= 1e-4 * max |masked logit|.
 RELATIVE_TOLERANCE = 1e-4
@@ -77,19 +79,22 @@ def test_exported_logits_match_the_masked_model(arch, dims, sparsity, tmp_path):
         layers="sparse",
         dense_format=dense_format,
     )
-    assert payload["dense_format"] == (dense_format or "contiguous")
+    assert [plan["dense_format"] for plan in payload["plans"]] == [dense_format or "contiguous"] * 2
     path = tmp_path / "model.pt"
     exporter.save_export(path, payload)
     loaded, stored = exporter.load_export(path)
-    assert set(loaded.kinds.values()) == {"sparse"}
-    choices = {record["name"]: record for record in stored["choices"]}
-    assert choices[pruned.removesuffix(".weight")]["density"] < 1.0
+    assert set(loaded.kinds(1).values()) == {"sparse"}
+    choices = {record["name"]: record for record in stored["plans"][0]["layers"]}
+    # The pruned filter is gone (shrinking), or kept as a zero row where a residual add still carries it.
+    pruned_name = pruned.removesuffix(".weight")
+    shrunk = {record["name"]: record for record in stored["shrinking"]["layers"]}[pruned_name]
+    assert choices[pruned_name]["density"] < 1.0 or shrunk["filters_kept"] < shrunk["filters"]
     assert choices[dense.removesuffix(".weight")]["density"] == 1.0
     reference = exporter.masked_reference(model, masks)
     # 2-D: more samples than one im2col block holds at 32x32 (the blocked path); 1-D: both paths too.
     batch = 3 if dims == 2 else COLUMN_TILE // shape[-1] + 2
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
-    names = [record["name"] for record in stored["choices"]]
+    names = [record["name"] for record in stored["plans"][0]["layers"]]
     mixed = {name: ("sparse" if index % 2 else "dense") for index, name in enumerate(names)}
     with torch.inference_mode():
         expected = reference(x)
@@ -148,22 +153,14 @@ def test_file_loads_with_weights_only_and_is_five_times_smaller_at_95_percent(tm
     path = tmp_path / "model.pt"
     size = exporter.save_export(path, payload)
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == exporter.FORMAT and raw["kinds"] == payload["kinds"]
+    assert raw["format"] == exporter.FORMAT and raw["version"] == 2
+    assert raw["plans"][0]["kinds"] == payload["plans"][0]["kinds"]
     storages = {spec["weight"]["storage"] for spec in raw["layers"] if "weight" in spec}
     assert storages == {"csr", "dense"}  # the dense stem and classifier of ERK at 95%
     dense_path = tmp_path / "dense.pt"
     torch.save(model.state_dict(), dense_path)
     assert size == path.stat().st_size
     assert dense_path.stat().st_size >= 5 * size
-
-
-def test_decisions_are_pure_functions_of_the_stored_timings():
-    assert exporter.decide({"dense_s": [1.0, 2.0], "sparse_s": [0.5, 3.0]}) == "sparse"  # sqrt(0.75) < 1
-    assert exporter.decide({"dense_s": [1.0, 2.0], "sparse_s": [0.5, 5.0]}) == "dense"  # sqrt(1.25) > 1
-    assert exporter.decide({"reason": "untimed"}) == "dense"
-    assert exporter.decide({"forced": "sparse"}) == "sparse"
-    assert exporter.decide_end_to_end({"chosen_s": [0.9], "dense_s": [1.0]}) is True
-    assert exporter.decide_end_to_end({"chosen_s": [1.1], "dense_s": [1.0]}) is False
 
 
 def test_the_per_layer_choice_is_stored_and_replays_from_its_timings():
@@ -178,18 +175,24 @@ def test_the_per_layer_choice_is_stored_and_replays_from_its_timings():
         repetitions=1,
         warmup=0,
     )
-    assert exporter.replay(payload) == payload["kinds"]
-    for record in payload["choices"]:
-        assert record["kind"] == exporter.decide(record) or not payload["end_to_end"].get("kept", True)
-        if record["density"] > exporter.DENSE_ABOVE:
-            assert "sparse_s" not in record and payload["kinds"][record["name"]] == "dense"
-        else:
-            assert len(record["dense_s"]) == len(record["sparse_s"]) == 2
+    assert [plan["batch_size"] for plan in payload["plans"]] == [1, 4]
+    assert exporter.replay(payload["plans"]) == {
+        plan["batch_size"]: plan["kinds"] for plan in payload["plans"]
+    }
+    for plan in payload["plans"]:
+        for record in plan["layers"]:
+            assert record["kind"] == plan_rules.decide_layer(record)
             assert record["reason"].startswith(record["kind"])
+            if record["density"] > exporter.DENSE_ABOVE:
+                assert "timings" not in record and plan["kinds"][record["name"]] == "dense"
+            else:
+                assert len(record["timings"]["dense"]) == 1  # one repetition per kernel
+                assert set(record["timings"]) | set(record["skipped"]) == {"dense", *SPARSE_KINDS}
     text = exporter.describe_choices(payload)
-    assert all(name in text for name in payload["kinds"])
+    assert all(name in text for name in payload["plans"][0]["kinds"])
+    kinds = payload["plans"][-1]["kinds"]
     assert text.splitlines()[-1] == (
-        f"{sum(k == 'sparse' for k in payload['kinds'].values())} of {len(payload['kinds'])} layers sparse"
+        f"  {sum(k != 'dense' for k in kinds.values())} of {len(kinds)} layers sparse at batch 4"
     )
 
 
@@ -254,7 +257,8 @@ def test_show_prints_the_stored_choice(export_file, harness_cli):
     result = harness_cli.invoke("export", "--show", str(export_file))
     assert result.exit_code == 0, result.stderr
     assert result.last_line == str(export_file)
-    assert "stages.0.0.conv1" in result.stdout and "sparse  density" in result.stdout
+    assert "stages.0.0.conv1" in result.stdout
+    assert re.search(r"stages\.0\.0\.conv1 +sparse +density", result.stdout)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +303,9 @@ def test_export_of_a_trained_run_keeps_every_test_prediction(harness_cli):
     with torch.inference_mode():
         expected = reference(inputs)
         # Every layer sparse too, whatever the timing chose: both must keep every prediction.
-        all_sparse = exporter.model_from_payload(payload, dict.fromkeys(payload["kinds"], "sparse"))
+        all_sparse = exporter.model_from_payload(
+            payload, dict.fromkeys(payload["plans"][0]["kinds"], "sparse")
+        )
         for candidate in (network, all_sparse):
             got = candidate(inputs)
             assert relative_error(got, expected) <= RELATIVE_TOLERANCE
@@ -318,28 +324,68 @@ def test_export_refuses_an_unfinished_run(harness_cli, tmp_path):
     assert not (run_dir / exporter.EXPORT_NAME).exists()
 
 
-def test_bench_inference_reports_speedup_size_and_logit_difference(harness_cli, tmp_path):
+def test_bench_inference_reports_speedup_plans_shrinking_size_and_logit_difference(harness_cli, tmp_path):
+    trained = harness_cli.invoke("run", "gmp", *harness_cli.mnist1d(epochs=1), "--sparsity", "0.95")
+    assert trained.exit_code == 0, trained.stderr
+    run_dir = Path(trained.last_line)
     json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
     result = harness_cli.invoke(
         "bench", "inference", "--arch", "resnet20", "--dataset", "mnist1d", "--sparsity", "0.9",
-        "--batch-sizes", "1,3", "--repetitions", "2", "--width", "0.25",
+        "--run", str(run_dir), "--batch-sizes", "1,3", "--repetitions", "2", "--width", "0.25",
         "--json", str(json_path), "--markdown", str(markdown_path),
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     report = json.loads(json_path.read_text())
     assert report["environment"]["torch_threads"] == [1]
     rows = report["rows"]
-    assert [(row["arch"], row["sparsity"], row["batch_size"]) for row in rows] == [
-        ("resnet20", 0.9, 1),
-        ("resnet20", 0.9, 3),
-    ]
+    # One network (the run is ResNet-20 at width 0.25 on MNIST-1D too): one dense baseline for both masks.
+    assert [(row["mask"], row["batch_size"]) for row in rows] == [
+        ("ERK random", 1), ("gmp (trained)", 1), ("ERK random", 3), ("gmp (trained)", 3),
+    ]  # fmt: skip
+    assert rows[0]["sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert rows[1]["sparsity"] == pytest.approx(0.95, abs=0.005)
+    assert rows[1]["run_dir"] == str(run_dir) and rows[0]["run_dir"] == ""
+    assert rows[0]["dense_s"] == rows[1]["dense_s"]
     for row in rows:
         assert row["threads"] == 1 and row["repetitions"] == 2
         assert row["speedup"] == pytest.approx(row["dense_s"] / row["exported_s"])
+        assert row["slower_than_dense"] == (row["speedup"] < 1 - row["speedup_noise"])
         assert row["size_ratio"] == pytest.approx(row["dense_bytes"] / row["exported_bytes"])
         assert row["exported_bytes"] < row["dense_bytes"]
         assert row["max_logit_diff"] <= RELATIVE_TOLERANCE * row["max_logit_scale"]
+        assert 0 <= row["filters_removed"] < row["filters"]
+        assert row["macs_nonzero"] <= row["macs_shrunk"] <= row["macs_dense"]
+        assert row["weight_layers"] == 22 and row["plan"] in ("kept", "fallback", "dense")
+        assert (row["sparse_layers"] > 0) == (row["plan"] == "kept")
     table = markdown_path.read_text()
     assert "1 intra-op thread(s)" in table and "n = 2" in table
-    assert table.count("| resnet20 | 1x40 | 0.9 |") == 2
+    assert table.count("| resnet20 | 1x40 | ERK random | 0.9 |") == 2
+    assert table.count("| resnet20 | 1x40 | gmp (trained) | 0.95 |") == 2
+    assert table.splitlines()[-1].startswith("Slower than dense beyond noise: ")
     assert "speed-up" in result.stdout
+
+
+def test_make_bench_inference_trains_the_runs_the_readme_names(tmp_path):
+    """The make target's two sweep invocations plan 8 runs into RUNS_DIR/inference-mnist1d: GraNet, RigL and
+    GMP on ResNet-20 and GraNet on VGG-19, each at 95% and 98%, on MNIST-1D (its bench globs that group)."""
+    from harness.launch import sweep_file, sweep_plan
+
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    selections = re.findall(r"^\t\$\(INFERENCE_SWEEP\)((?: --only \S+)+)$", makefile, flags=re.MULTILINE)
+    assert len(selections) == 2
+    sweep = sweep_file.load_sweep(repo / "sweeps" / "inference-mnist1d.yaml")
+    planned = []
+    for selection in selections:
+        only = selection.split()[1::2]
+        planned += sweep_plan.plan_jobs(sweep_file.restrict(sweep, only), runs_dir=tmp_path)
+    assert {job.run_dir.parent for job in planned} == {tmp_path / "inference-mnist1d"}
+    assert "$(RUNS_DIR)/inference-mnist1d/*/config.yaml" in makefile
+    names = sorted(job.run_dir.name.rsplit("-", 1)[0] for job in planned)
+    assert names == sorted(
+        [f"{method}-resnet20-mnist1d-s0" for method in ("granet", "rigl", "gmp") for _ in range(2)]
+        + ["granet-vgg19-mnist1d-s0"] * 2
+    )
+    sparsities = sorted(float(dict(arg.split("=", 1) for arg in job.argv if "=" in arg)["--final_sparsity"])
+                        for job in planned)  # fmt: skip
+    assert sparsities == [0.95] * 4 + [0.98] * 4

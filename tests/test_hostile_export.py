@@ -171,6 +171,8 @@ def small_export(tmp_path_factory) -> dict:
         ("output", 10**9, "output 1000000000 is out of range: an integer in [0, {last}]"),
         ("input_shape", [10**6, 10**6], "input_shape [1000000, 1000000] holds over 16777216 values per sample"),
         ("num_classes", 0, "num_classes 0 is out of range: an integer in [1, 16777216]"),
+        ("version", 1, "export format version 1; this harness reads 2"),
+        ("plans", [], "export file's plans are not a non-empty list of plan records"),
     ],
 )  # fmt: skip
 def test_show_of_a_crafted_export_is_one_line(
@@ -201,6 +203,16 @@ def test_show_of_a_crafted_layer_register_is_one_line(small_export, harness_cli,
     )
 
 
+def test_show_of_a_crafted_block_size_is_one_line(small_export, harness_cli, tmp_path) -> None:
+    layers = [dict(spec) for spec in small_export["layers"]]
+    layers[1]["bsr_block"] = 0
+    path = tmp_path / "crafted.pt"
+    exporter.save_export(path, {**small_export, "layers": layers})
+    result = harness_cli.invoke("export", "--show", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}: layers[1].bsr_block 0 is out of range: an integer in [1, 4096]\n"
+
+
 def test_the_trained_run_still_exports(run_copy, harness_cli) -> None:
     result = harness_cli.invoke("export", str(run_copy), "--repetitions", "1", "--batch-sizes", "1")
     assert result.exit_code == 0, result.stderr
@@ -226,6 +238,7 @@ def test_the_trained_run_still_exports(run_copy, harness_cli) -> None:
         (["bench", "inference", "--json", "{file}/x.json"],
          "--json: {file}/x.json lies below {file}, which is a file, not a directory"),
         (["bench", "inference", "--sparsity", "1.5"], "--sparsity: must be in [0, 1), got 1.5"),
+        (["bench", "inference", "--run", "{dir}"], "{dir}: not a run directory (no config.yaml)"),
     ],
 )  # fmt: skip
 def test_a_usage_error_is_the_first_and_only_stderr_line(harness_cli, tmp_path, argv, message) -> None:

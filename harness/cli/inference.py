@@ -42,6 +42,10 @@ def bench_inference(
     sparsities: Annotated[
         list[float] | None, option("--sparsity", help="sparsity of the random ERK mask (repeatable)")
     ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        option("--run", help="a completed run directory: its trained masks too (repeatable)"),
+    ] = None,
     batch_sizes: Annotated[str, option("--batch-sizes", help="comma-separated batch sizes")] = "1,64",
     repetitions: Annotated[int, option("--repetitions", help="timed repetitions, medians reported")] = 20,
     threads: Annotated[int, option("--threads", help="intra-op threads")] = 1,
@@ -49,14 +53,18 @@ def bench_inference(
     markdown_out: Annotated[Path | None, option("--markdown", help="write the markdown table here")] = None,
     width: Annotated[float, option("--width", help="channel width factor of the models")] = 1.0,
 ) -> None:
-    """Time exported sparse models against dense PyTorch (speed-up, file sizes, logit difference)."""
+    """Time exported sparse models (random ERK masks, and trained runs with --run) against dense PyTorch:
+    speed-up, plan per batch size, filters removed, file sizes, logit difference."""
     from harness.inference import commands
 
     setup_logging(False)
+    chosen = [*(archs or []), *(arch_options or [])]
     request = InferenceBenchRequest(
-        archs=tuple([*(archs or []), *(arch_options or [])] or ["vgg19", "resnet20"]),
+        # Random ERK models of the default architectures unless only trained runs are asked for.
+        archs=tuple(chosen or ([] if runs else ["vgg19", "resnet20"])),
         datasets=tuple(datasets or ["cifar10"]),
         sparsities=tuple(sparsities or [0.95]),
+        runs=tuple(runs or ()),
         batch_sizes=batch_sizes,
         repetitions=repetitions,
         threads=threads,
@@ -96,13 +104,16 @@ def export(
     width: Annotated[float, option("--width", help="without RUN_DIR: channel width factor")] = 1.0,
     seed: Annotated[int, option("--seed", help="without RUN_DIR: seed of the weights and the mask")] = 0,
     batch_sizes: Annotated[
-        str, option("--batch-sizes", help="batch sizes the per-layer choice is timed at")
+        str, option("--batch-sizes", help="batch sizes to plan for (one plan each; a call runs the nearest)")
     ] = "1,64",
     layers: Annotated[str, option("--layers", help="auto (timed per layer) | dense | sparse")] = "auto",
-    repetitions: Annotated[int, option("--repetitions", help="timed repetitions per layer (medians)")] = 7,
+    repetitions: Annotated[
+        int, option("--repetitions", help="timed repetitions per kernel, layer and batch size")
+    ] = 7,
     threads: Annotated[int, option("--threads", help="intra-op threads while timing")] = 1,
     show: Annotated[
-        Path | None, option("--show", help="instead: load an export file, run it once, print its choices")
+        Path | None,
+        option("--show", help="instead: load an export file, run it once, print its shrinking and plans"),
     ] = None,
     verbose: Verbose = False,
 ) -> None:

@@ -184,6 +184,7 @@ class InferenceBenchRequest:
     archs: tuple[str, ...] = ("vgg19", "resnet20")
     datasets: tuple[str, ...] = ("cifar10",)
     sparsities: tuple[float, ...] = (0.95,)
+    runs: tuple[Path, ...] = ()  # completed run directories, benchmarked with their trained masks
     batch_sizes: str = "1,64"
     repetitions: int = 20
     threads: int = 1
@@ -206,6 +207,8 @@ def bench_inference(request: InferenceBenchRequest, out: TextIO | None = None) -
     for field, path in (("--json", request.json_out), ("--markdown", request.markdown_out)):
         if path is not None:
             check_output(path, field)
+    for run_dir in request.runs:
+        completed_run_config(run_dir)  # a run that cannot be exported is refused before torch loads
 
     from harness.inference.bench import format_inference_markdown, inference_report, run_inference_benchmarks
     from harness.store.rundir import atomic_write_text
@@ -214,6 +217,7 @@ def bench_inference(request: InferenceBenchRequest, out: TextIO | None = None) -
         list(request.archs),
         list(request.datasets),
         list(request.sparsities),
+        runs=list(request.runs),
         batch_sizes=batch_sizes,
         repetitions=request.repetitions,
         threads=request.threads,

@@ -1,32 +1,34 @@
-"""Export a trained sparse network to a compressed inference model, choosing dense or sparse per layer.
+"""Export a trained sparse network to a compressed inference model: shrunk, then a kernel per layer and
+batch size.
 
 Building: BatchNorm is folded into the convolution before it (w' = w * gamma / sqrt(var + eps),
 b' = beta - mean * gamma / sqrt(var + eps), in float64), the mask is applied, and each network is written
-as a short program of layers over numbered registers (`harness.inference.runtime` runs it). Folding scales whole
-filters, so the folded weight has exactly the mask's zeros.
+as a short program of layers over numbered registers (`harness.inference.runtime` runs it). Folding scales
+whole filters, so the folded weight has exactly the mask's zeros.
 
-Choosing: every convolution and linear layer is timed both ways on random input of its real shape, at
-each batch size asked for, interleaved repetition by repetition (medians), in the activation layout the
-layer would receive given the choices before it (so a layout change is charged to the layer that causes
-it). A layer goes sparse when the geometric mean over batch sizes of sparse/dense time is below 1; a
-layer denser than `DENSE_ABOVE` stays dense untimed, to save export time: there the CSR product still
-does half the dense multiply-adds at a small fraction of oneDNN's rate (in the timings taken here,
-layers at 25-35% density already lost by 1.3-10x). Then the whole chosen model is timed against the same program run all dense;
-if it is not faster, every layer falls back to dense. Every timing is stored, and `decide` re-derives
-each choice from them. On 2-D networks the dense layers' memory format (contiguous or channels_last) is
-picked first, by timing the all-dense program both ways.
+Shrinking (`harness.inference.shrink`): channels whose value does not depend on the input (filters without
+live weights) are removed with the matching input channels of their consumers, which absorb them into their
+bias; residual adds keep a channel any of their inputs carries. The export then runs the shrunk and the
+unshrunk program all dense on a random batch and fails if they differ by more than `SHRINK_TOLERANCE`.
+
+Choosing (`harness.inference.plan`): one plan per batch size asked for, from interleaved repeated timings with
+a margin, each checked whole against dense; a call runs the plan of the nearest planned batch size
+(`harness.inference.runtime.nearest_planned`).
 
 The file (`torch.save`, loadable with `torch.load(..., weights_only=True)`: dicts, lists, strings,
 numbers and tensors only) holds, per weight layer, the folded values and CSR indices in the smallest
 integer dtype that fits (or the dense tensor where that is smaller), whatever the layer runs as: the
-loader rebuilds dense layers from them. Keys: `format`, `version`, `arch`, `dataset`, `input_shape`,
-`num_classes`, `dense_format`, `layers` (the program), `num_registers`, `output`, `kinds`, `choices`,
-`end_to_end`, `threads`, `batch_sizes`, `source`, `torch`.
+loader rebuilds dense and block-sparse layers from them. Keys (version 2): `format`, `version`, `arch`,
+`dataset`, `input_shape`, `num_classes`, `layers` (the shrunk program; a layer whose bias varies over
+positions carries `bias_correction`), `num_registers`, `output`, `shrinking` (filters and multiply-adds
+before and after, per layer and in total), `plans` (per batch size: `batch_size`, `dense_format`, `kinds`,
+`kept`, the per-layer records with every timing and the reason, `end_to_end`), `margins`, `threads`,
+`batch_sizes`, `repetitions`, `source`, `torch`. Version 1 files (one plan, unshrunk) are refused.
 
-Over 450 lines on purpose: the writer, the per-layer timed choice and the loader of one versioned file
-format (with the bounds it checks before allocating) stay together, beside the reading of the run it
-exports (through the run-store readers and the resume's identity check); the runtime kernels are in
-`harness.inference.runtime`.
+Over 450 lines on purpose: the writer and the loader of one versioned file format (with the bounds it
+checks before allocating) stay together, beside the reading of the run it exports (through the run-store
+readers and the resume's identity check); the kernels are in `harness.inference.runtime`, the shrinking in
+`harness.inference.shrink`, the choice in `harness.inference.plan`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,7 @@ import copy
 import io
 import logging
 import math
-import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,25 +48,35 @@ from torch import Tensor, nn
 from harness.config import DataConfig
 from harness.errors import UserError
 from harness.inference.checks import EXPORT_NAME, LAYER_CHOICES, completed_run_config, default_out  # noqa: F401
+from harness.inference.plan import (  # noqa: F401 - DENSE_ABOVE and replay are part of this module's API
+    DENSE_ABOVE,
+    LAYER_MARGIN,
+    MODEL_MARGIN,
+    InterleavedTimer,
+    Timer,
+    choose_plans,
+    explain_plan,
+    fit_blocks,
+    replay,
+)
 from harness.inference.runtime import (
-    BATCH_FIRST,
-    CHANNELS_FIRST,
     DENSE_FORMATS,
     KINDS,
-    POOLS,
     WEIGHT_LAYERS,
     InferenceModel,
-    Layer,
-    build_layer,
+    Program,
     csr_from_parts,
 )
+from harness.inference.shrink import describe_shrinking, shrink_program
 from harness.store import rundir
 
 log = logging.getLogger(__name__)
 
 FORMAT = "harness-sparse-export"
-VERSION = 1
-DENSE_ABOVE = 0.5  # layers denser than this stay dense without timing
+VERSION = 2
+# Largest relative logit difference allowed between the shrunk and the unshrunk program (float32 rounding
+# of the absorbed biases is ~1e-6 here).
+SHRINK_TOLERANCE = 1e-4
 # ImageNet runs train torchvision's ResNet-50, whose layers the program builder does not translate.
 UNSUPPORTED_DATASETS = ("imagenet",)
 
@@ -241,7 +251,7 @@ def index_dtype(largest: int) -> torch.dtype:
 def encode_weight(weight: Tensor, mask: Tensor) -> dict[str, Any]:
     """CSR over `[out, in * kernel]` (values at the mask's positions) or dense, whichever takes fewer bytes."""
     rows = weight.shape[0]
-    matrix, keep = weight.reshape(rows, -1), mask.reshape(rows, -1).bool()
+    matrix, keep = weight.flatten(1), mask.flatten(1).bool()
     nnz = int(keep.sum())
     column_dtype, row_dtype = index_dtype(max(matrix.shape[1] - 1, 0)), index_dtype(nnz)
     csr_bytes = nnz * (4 + column_dtype.itemsize) + (rows + 1) * row_dtype.itemsize
@@ -282,49 +292,50 @@ def decode_weight(entry: dict[str, Any], shape: Sequence[int]) -> Tensor:
     return csr_from_parts(crow, col, values, (rows, columns))
 
 
-def _density(spec: dict[str, Any]) -> float:
-    mask = spec["mask"]
-    return float(mask.sum()) / mask.numel()
+def encode_correction(correction: Tensor) -> dict[str, Any]:
+    """A bias correction `[C, *space]` (nonzero only where a shrunk-away channel meets zero padding) as CSR
+    over `[C, positions]` or dense, whichever is smaller, with its shape."""
+    return {**encode_weight(correction, correction != 0), "shape": list(correction.shape)}
+
+
+def decode_correction(entry: dict[str, Any] | None) -> Tensor | None:
+    if entry is None:
+        return None
+    shape = [int(size) for size in entry["shape"]]
+    decoded = decode_weight(entry, shape)
+    return (decoded.to_dense() if decoded.layout != torch.strided else decoded).reshape(shape).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Building the callable model
 
 
-def _model(
-    layers: Sequence[dict[str, Any]],
-    weights: Sequence[Tensor | None],
-    kinds: dict[str, str],
-    dense_format: str,
-    num_registers: int,
-    output: int,
-) -> InferenceModel:
-    built = [
-        build_layer(spec, weight, kinds.get(spec["name"], "dense"), dense_format)
-        for spec, weight in zip(layers, weights, strict=True)
+def program_of(payload: dict[str, Any]) -> Program:
+    """The decoded program of an export (weights and bias corrections rebuilt from their stored form)."""
+    layers = payload["layers"]
+    weights = [
+        decode_weight(spec["weight"], spec["weight_shape"]) if spec["op"] in WEIGHT_LAYERS else None
+        for spec in layers
     ]
-    return InferenceModel(built, num_registers, output)
+    corrections = [decode_correction(spec.get("bias_correction")) for spec in layers]
+    return Program(layers, weights, corrections, payload["num_registers"], payload["output"])
 
 
 def model_from_payload(payload: dict[str, Any], kinds: dict[str, str] | None = None) -> InferenceModel:
-    """The callable network of an export (its stored per-layer kinds, or `kinds` to override them)."""
-    weights = [
-        decode_weight(spec["weight"], spec["weight_shape"]) if spec["op"] in WEIGHT_LAYERS else None
-        for spec in payload["layers"]
-    ]
-    chosen = dict(payload["kinds"]) if kinds is None else kinds
-    return _model(
-        payload["layers"],
-        weights,
-        chosen,
-        payload["dense_format"],
-        payload["num_registers"],
-        payload["output"],
-    )
+    """The callable network of an export: each batch size's stored plan, or `kinds` at every batch size."""
+    program = program_of(payload)
+    plans = {}
+    for plan in payload["plans"]:
+        if plan["dense_format"] not in DENSE_FORMATS:
+            raise ValueError(
+                f"dense format {plan['dense_format']!r} is not one of {', '.join(DENSE_FORMATS)}"
+            )
+        plans[int(plan["batch_size"])] = (plan["kinds"] if kinds is None else kinds, plan["dense_format"])
+    return program.model(plans)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Timing and the per-layer choice
+# Export, save, load
 
 
 @contextmanager
@@ -339,226 +350,23 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def interleaved_medians(
-    operations: Sequence[Callable[[], Any]], repetitions: int, warmup: int
-) -> list[float]:
-    """Median seconds of each operation, timed in turn within every repetition; the order rotates each
-    repetition so that none always runs right after another (caches, frequency, neighbours' load)."""
-    times: list[list[float]] = [[] for _ in operations]
-    count = len(operations)
-    for repetition in range(warmup + repetitions):
-        for offset in range(count):
-            index = (repetition + offset) % count
-            start = time.perf_counter()
-            operations[index]()
-            elapsed = time.perf_counter() - start
-            if repetition >= warmup:
-                times[index].append(elapsed)
-    return [statistics.median(series) for series in times]
+def _dense_program(layers: Sequence[dict[str, Any]], num_registers: int, output: int) -> Program:
+    weights = [spec.get("folded") for spec in layers]
+    corrections = [spec.get("bias_correction") for spec in layers]
+    return Program(layers, weights, corrections, num_registers, output)
 
 
-def geometric_mean(values: Sequence[float]) -> float:
-    return math.exp(sum(math.log(value) for value in values) / len(values))
-
-
-def decide(choice: dict[str, Any]) -> str:
-    """The kind a stored choice record stands for: a pure function of its timings."""
-    if choice.get("forced"):
-        return choice["forced"]
-    if not choice.get("sparse_s"):
-        return "dense"
-    ratios = [sparse / dense for sparse, dense in zip(choice["sparse_s"], choice["dense_s"], strict=True)]
-    return "sparse" if geometric_mean(ratios) < 1.0 else "dense"
-
-
-def decide_end_to_end(record: dict[str, Any]) -> bool:
-    """Whether the chosen mix is kept (True) or every layer falls back to dense (False)."""
-    if not record.get("chosen_s"):
-        return True
-    ratios = [chosen / dense for chosen, dense in zip(record["chosen_s"], record["dense_s"], strict=True)]
-    return geometric_mean(ratios) < 1.0
-
-
-def _trace_inputs(model: InferenceModel, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """The batch-first shape (without the batch) of every layer's input, from one batch-1 pass."""
-    registers: list[Any] = [None] * model.num_registers
-    registers[0] = (torch.zeros(1, *input_shape), BATCH_FIRST)
-    shapes = []
+def _verify_shrinking(
+    before: Program, after: Program, input_shape: Sequence[int], names: Sequence[str]
+) -> None:
+    """Both programs all dense on one random batch: a shrinking bug fails the export, not a user's model."""
+    x = torch.randn(3, *input_shape, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
-        for layer in model.layers:
-            tensor, layout = registers[layer.input]
-            shape = list(tensor.shape)
-            if layout == CHANNELS_FIRST:
-                shape[0], shape[1] = shape[1], shape[0]
-            shapes.append(tuple(shape[1:]))
-            layer.run(registers)
-    return shapes
-
-
-def _layer_inputs(
-    layers: Sequence[dict[str, Any]], kinds: dict[str, str], shapes: Sequence[tuple[int, ...]]
-) -> list[str]:
-    """The layout each layer receives, given the kinds of the layers before it."""
-    register_layout = {0: BATCH_FIRST}
-    received = []
-    for spec, shape in zip(layers, shapes, strict=True):
-        layout = register_layout[spec["input"]]
-        received.append(layout)
-        if spec["op"] in WEIGHT_LAYERS:
-            out = CHANNELS_FIRST if kinds.get(spec["name"]) == "sparse" else BATCH_FIRST
-        elif spec["op"] in POOLS:
-            out = layout
-        else:  # flatten
-            out = CHANNELS_FIRST if layout == CHANNELS_FIRST and math.prod(shape[1:]) == 1 else BATCH_FIRST
-        register_layout[spec["output"]] = out
-    return received
-
-
-def _time_layer(
-    spec: dict[str, Any],
-    weight: Tensor,
-    layout: str,
-    shape: tuple[int, ...],
-    batch_sizes: Sequence[int],
-    dense_format: str,
-    repetitions: int,
-    warmup: int,
-) -> tuple[list[float], list[float]]:
-    alone = {**spec, "input": 0, "output": 1, "residual": -1}
-    candidates = [build_layer(alone, weight, kind, dense_format) for kind in KINDS]
-    dense_s, sparse_s = [], []
-    generator = torch.Generator().manual_seed(0)
-    for batch in batch_sizes:
-        x = torch.randn(batch, *shape, generator=generator)
-        if layout == CHANNELS_FIRST:
-            x = x.transpose(0, 1).contiguous()
-        elif dense_format == "channels_last" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        def runner(layer: Layer, x: Tensor = x) -> Callable[[], None]:
-            return lambda: layer.run([(x, layout), None])
-
-        with torch.inference_mode():
-            dense, sparse = interleaved_medians([runner(layer) for layer in candidates], repetitions, warmup)
-        dense_s.append(dense)
-        sparse_s.append(sparse)
-    return dense_s, sparse_s
-
-
-def _time_models(
-    models: Sequence[InferenceModel],
-    input_shape: Sequence[int],
-    batch_sizes: Sequence[int],
-    repetitions: int,
-    warmup: int,
-) -> list[list[float]]:
-    """Per model, the median seconds of a forward pass at each batch size."""
-    generator = torch.Generator().manual_seed(1)
-    result: list[list[float]] = [[] for _ in models]
-    for batch in batch_sizes:
-        x = torch.randn(batch, *input_shape, generator=generator)
-        with torch.inference_mode():
-            medians = interleaved_medians([(lambda m=m, x=x: m(x)) for m in models], repetitions, warmup)
-        for series, median in zip(result, medians, strict=True):
-            series.append(median)
-    return result
-
-
-def choose(
-    layers: Sequence[dict[str, Any]],
-    weights: Sequence[Tensor | None],
-    num_registers: int,
-    output: int,
-    input_shape: Sequence[int],
-    *,
-    batch_sizes: Sequence[int],
-    mode: str = "auto",
-    repetitions: int = 7,
-    warmup: int = 2,
-    dense_format: str | None = None,
-) -> tuple[str, dict[str, str], list[dict[str, Any]], dict[str, Any]]:
-    """(dense memory format, kind per layer, choice records, end-to-end record); see the module docstring."""
-    spatial_dims = len(input_shape) - 1
-    all_dense = {spec["name"]: "dense" for spec in layers if spec["op"] in WEIGHT_LAYERS}
-    end_to_end: dict[str, Any] = {"batch_sizes": list(batch_sizes)}
-    if dense_format is not None:
-        if dense_format not in DENSE_FORMATS:
-            raise UserError(f"dense format: {dense_format!r} is not one of {', '.join(DENSE_FORMATS)}")
-        end_to_end["dense_format_given"] = True
-    elif spatial_dims == 2 and mode == "auto":
-        contiguous_s, channels_last_s = _time_models(
-            [_model(layers, weights, all_dense, fmt, num_registers, output) for fmt in DENSE_FORMATS],
-            input_shape,
-            batch_sizes,
-            repetitions,
-            warmup,
-        )
-        end_to_end.update(contiguous_s=contiguous_s, channels_last_s=channels_last_s)
-        ratio = geometric_mean([cl / c for cl, c in zip(channels_last_s, contiguous_s, strict=True)])
-        dense_format = "channels_last" if ratio < 1.0 else "contiguous"
-    else:
-        dense_format = "contiguous"
-    end_to_end["dense_format"] = dense_format
-    shapes = _trace_inputs(
-        _model(layers, weights, all_dense, dense_format, num_registers, output), input_shape
-    )
-    kinds = dict(all_dense)
-    choices: list[dict[str, Any]] = []
-    for index, (spec, weight) in enumerate(zip(layers, weights, strict=True)):
-        if spec["op"] not in WEIGHT_LAYERS:
-            continue
-        assert weight is not None
-        density = _density(spec)
-        record: dict[str, Any] = {"name": spec["name"], "density": density, "batch_sizes": list(batch_sizes)}
-        if mode != "auto":
-            record["forced"] = mode
-            record["reason"] = f"{mode}: forced"
-        elif density > DENSE_ABOVE:
-            record["reason"] = f"dense: density {density:.3f} > {DENSE_ABOVE}, sparse kernel not timed"
-        else:
-            layout = _layer_inputs(layers, kinds, shapes)[index]
-            record["input_layout"] = layout
-            record["dense_s"], record["sparse_s"] = _time_layer(
-                spec, weight, layout, shapes[index], batch_sizes, dense_format, repetitions, warmup
-            )
-        kind = decide(record)
-        if "sparse_s" in record:
-            ratios = [s / d for s, d in zip(record["sparse_s"], record["dense_s"], strict=True)]
-            parts = ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(batch_sizes, ratios, strict=True))
-            record["reason"] = f"{kind}: sparse/dense time {geometric_mean(ratios):.2f} ({parts})"
-        record["kind"] = kind
-        kinds[spec["name"]] = kind
-        choices.append(record)
-    if mode == "auto" and any(kind == "sparse" for kind in kinds.values()):
-        chosen_s, dense_s = _time_models(
-            [
-                _model(layers, weights, kinds, dense_format, num_registers, output),
-                _model(layers, weights, all_dense, dense_format, num_registers, output),
-            ],
-            input_shape,
-            batch_sizes,
-            repetitions,
-            warmup,
-        )
-        end_to_end.update(chosen_s=chosen_s, dense_s=dense_s)
-        end_to_end["kept"] = decide_end_to_end(end_to_end)
-        if not end_to_end["kept"]:
-            kinds = dict(all_dense)
-            for record in choices:
-                record["reason"] += "; whole model not faster than all-dense, so dense"
-    return dense_format, kinds, choices, end_to_end
-
-
-def replay(payload: dict[str, Any]) -> dict[str, str]:
-    """The per-layer kinds the stored timings of an export stand for (equal to its `kinds`)."""
-    kinds = {record["name"]: decide(record) for record in payload["choices"]}
-    if not decide_end_to_end(payload["end_to_end"]):
-        kinds = {name: "dense" for name in kinds}
-    return kinds
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Export, save, load
+        expected = before.single(dict.fromkeys(names, "dense"), "contiguous")(x)
+        got = after.single(dict.fromkeys(names, "dense"), "contiguous")(x)
+    error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    if not error <= SHRINK_TOLERANCE:
+        raise RuntimeError(f"export: structured shrinking changed the logits by {error:.1e} (relative)")
 
 
 def export_model(
@@ -574,12 +382,14 @@ def export_model(
     warmup: int = 2,
     threads: int = 1,
     source: dict[str, Any] | None = None,
-    dense_format: str | None = None,
+    dense_format: str | Mapping[int, str] | None = None,
+    timer: Timer | None = None,
 ) -> dict[str, Any]:
     """The export payload of an eval-mode `model` with `masks` (weight name -> 0/1 tensor; absent = dense).
 
-    `dense_format` fixes the dense layers' memory format instead of timing both (the benchmark measures
-    it once per network for all sparsities: dense speed does not depend on the mask).
+    `dense_format` fixes the dense layers' memory format (one for all batch sizes, or one per batch size)
+    instead of timing both (the benchmark measures it once per network for all sparsities: dense speed
+    does not depend on the mask). `timer` replaces the interleaved wall-clock timer (tests script it).
     """
     if layers not in LAYER_CHOICES:
         raise UserError(f"--layers: {layers!r} is not one of {', '.join(LAYER_CHOICES)}")
@@ -587,29 +397,42 @@ def export_model(
         raise UserError(f"--batch-sizes: need positive batch sizes, got {list(batch_sizes)}")
     if repetitions < 1 or warmup < 0:
         raise UserError(f"export: repetitions must be >= 1 and warmup >= 0, got {repetitions}, {warmup}")
+    batch_sizes = sorted(set(int(batch) for batch in batch_sizes))
+    if isinstance(dense_format, str):
+        dense_format = dict.fromkeys(batch_sizes, dense_format)
+    for fmt in (dense_format or {}).values():
+        if fmt not in DENSE_FORMATS:
+            raise UserError(f"dense format: {fmt!r} is not one of {', '.join(DENSE_FORMATS)}")
     model = model.eval()
     program, num_registers, output = build_program(model, masks)
+    shrunk, shrinking = shrink_program(program, num_registers, output, input_shape)
+    fit_blocks(shrunk)
     weights: list[Tensor | None] = []
-    for spec in program:
+    corrections: list[Tensor | None] = []
+    for spec in shrunk:
+        correction = spec.pop("bias_correction", None)
+        corrections.append(correction)
+        if correction is not None:
+            spec["bias_correction"] = encode_correction(correction)
         if spec["op"] in WEIGHT_LAYERS:
             spec["weight"] = encode_weight(spec.pop("folded"), spec["mask"])
             weights.append(decode_weight(spec["weight"], spec["weight_shape"]))
         else:
             weights.append(None)
+    exported = Program(shrunk, weights, corrections, num_registers, output)
     with intra_op_threads(threads):
-        dense_format, kinds, choices, end_to_end = choose(
-            program,
-            weights,
-            num_registers,
-            output,
+        _verify_shrinking(
+            _dense_program(program, num_registers, output), exported, input_shape, exported.weight_names
+        )
+        plans = choose_plans(
+            exported,
             input_shape,
             batch_sizes=batch_sizes,
+            timer=timer or InterleavedTimer(repetitions, warmup),
             mode=layers,
-            repetitions=repetitions,
-            warmup=warmup,
-            dense_format=dense_format,
+            dense_formats=dense_format,
         )
-    for spec in program:
+    for spec in shrunk:
         spec.pop("mask", None)
     return {
         "format": FORMAT,
@@ -617,17 +440,16 @@ def export_model(
         "arch": arch,
         "dataset": dataset,
         "input_shape": list(input_shape),
-        "num_classes": int(program[-1]["weight_shape"][0]),
-        "dense_format": dense_format,
-        "layers": program,
+        "num_classes": int(shrunk[-1]["weight_shape"][0]),
+        "layers": shrunk,
         "num_registers": num_registers,
         "output": output,
-        "kinds": kinds,
-        "choices": choices,
-        "end_to_end": end_to_end,
+        "shrinking": shrinking,
+        "plans": plans,
         "threads": threads,
         "batch_sizes": list(batch_sizes),
         "repetitions": repetitions,
+        "margins": {"layer": LAYER_MARGIN, "model": MODEL_MARGIN},
         "source": source or {},
         "torch": str(torch.__version__),
     }
@@ -648,7 +470,7 @@ def save_export(path: Path, payload: dict[str, Any]) -> int:
     return len(data)
 
 
-REQUIRED_KEYS = ("format", "version", "layers", "num_registers", "output", "kinds", "dense_format")
+REQUIRED_KEYS = ("format", "version", "layers", "num_registers", "output", "plans")
 
 
 def read_export(path: Path) -> dict[str, Any]:
@@ -715,6 +537,25 @@ def _check_program(path: Path, payload: dict[str, Any]) -> None:
         fields += [(f"{where}.residual", spec.get("residual", -1), -1, registers - 1)]
         fields += [(f"{where}.{key}", spec.get(key, 1), 1, MAX_GEOMETRY) for key in ("kernel", "stride")]
         fields += [(f"{where}.padding", spec.get("padding", 0), 0, MAX_GEOMETRY)]
+        fields += [(f"{where}.bsr_block", spec.get("bsr_block", 1), 1, MAX_GEOMETRY)]
+        correction = spec.get("bias_correction")
+        if correction is not None:
+            sizes = correction.get("shape") if isinstance(correction, dict) else None
+            if (
+                not isinstance(sizes, list)
+                or not all(_whole(size, 0, MAX_SAMPLE_VALUES) for size in sizes)
+                or math.prod(sizes) > MAX_SAMPLE_VALUES
+            ):
+                raise UserError(f"{path}: {where}.bias_correction's shape {sizes!r} is out of range")
+    plans = payload["plans"]
+    if not isinstance(plans, list) or not plans or not all(isinstance(plan, dict) for plan in plans):
+        raise UserError(f"{path}: export file's plans are not a non-empty list of plan records")
+    for index, plan in enumerate(plans):
+        fields += [(f"plans[{index}].batch_size", plan.get("batch_size"), 1, MAX_SAMPLE_VALUES)]
+        if not isinstance(plan.get("kinds"), dict) or not set(plan["kinds"].values()) <= set(KINDS):
+            raise UserError(
+                f"{path}: plans[{index}].kinds is not a mapping of layer names to {', '.join(KINDS)}"
+            )
     for name, value, low, high in fields:
         if not _whole(value, low, high):
             raise UserError(f"{path}: {name} {value!r} is out of range: an integer in [{low}, {high}]")
@@ -904,22 +745,22 @@ def fold_batchnorm(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
 
 
 def describe_choices(payload: dict[str, Any]) -> str:
-    """One line per weight layer: kind, density and why."""
+    """The shrinking, then per batch size: the dense format, one line per weight layer (kernel, density,
+    why) and the whole-model verdict."""
     lines = [
-        f"dense layers run as {payload['dense_format']}; timed with {payload['threads']} thread(s) "
-        f"at batch sizes {', '.join(map(str, payload['batch_sizes']))}"
+        describe_shrinking(payload["shrinking"]),
+        f"timed with {payload['threads']} thread(s), n = {payload['repetitions']} interleaved repetitions, "
+        f"margins: layer {payload['margins']['layer']:g}, whole model {payload['margins']['model']:g}",
     ]
-    width = max((len(record["name"]) for record in payload["choices"]), default=4)
-    for record in payload["choices"]:
-        lines.append(
-            f"{record['name']:<{width}}  {payload['kinds'][record['name']]:<6}  "
-            f"density {record['density']:.3f}  {record['reason']}"
-        )
-    end_to_end = payload["end_to_end"]
-    if end_to_end.get("chosen_s"):
-        ratios = [c / d for c, d in zip(end_to_end["chosen_s"], end_to_end["dense_s"], strict=True)]
-        verdict = "kept" if end_to_end["kept"] else "rejected: all layers dense"
-        lines.append(f"whole model vs all-dense: {geometric_mean(ratios):.2f}x the time ({verdict})")
-    sparse = sum(kind == "sparse" for kind in payload["kinds"].values())
-    lines.append(f"{sparse} of {len(payload['kinds'])} layers sparse")
+    for plan in payload["plans"]:
+        lines.append(f"batch {plan['batch_size']}: dense layers run as {plan['dense_format']}")
+        width = max((len(record["name"]) for record in plan["layers"]), default=4)
+        for record in plan["layers"]:
+            lines.append(
+                f"  {record['name']:<{width}}  {plan['kinds'][record['name']]:<11}  "
+                f"density {record['density']:.3f}  {record['reason']}"
+            )
+        lines.append(f"  {explain_plan(plan)}")
+        sparse = sum(kind != "dense" for kind in plan["kinds"].values())
+        lines.append(f"  {sparse} of {len(plan['kinds'])} layers sparse at batch {plan['batch_size']}")
     return "\n".join(lines)
