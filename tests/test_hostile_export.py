@@ -213,6 +213,21 @@ def test_show_of_a_crafted_block_size_is_one_line(small_export, harness_cli, tmp
     assert result.stderr == f"error: {path}: layers[1].bsr_block 0 is out of range: an integer in [1, 4096]\n"
 
 
+def test_show_of_a_crafted_weight_shape_is_one_line(small_export, harness_cli, tmp_path) -> None:
+    # Without the bound the loader would rebuild a dense weight of 10**6 x 10**6 values from it.
+    layers = [dict(spec) for spec in small_export["layers"]]
+    index = next(i for i, spec in enumerate(layers) if spec["op"] in exporter.WEIGHT_LAYERS)
+    layers[index]["weight_shape"] = [10**6, 10**6]
+    path = tmp_path / "crafted.pt"
+    exporter.save_export(path, {**small_export, "layers": layers})
+    result = harness_cli.invoke("export", "--show", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {path}: layers[{index}].weight_shape [1000000, 1000000] is out of range: 2 to 5 sizes "
+        f"holding at most {2**26} values\n"
+    )
+
+
 def test_the_trained_run_still_exports(run_copy, harness_cli) -> None:
     result = harness_cli.invoke("export", str(run_copy), "--repetitions", "1", "--batch-sizes", "1")
     assert result.exit_code == 0, result.stderr

@@ -505,6 +505,9 @@ def read_export(path: Path) -> dict[str, Any]:
 # builder numbers one register per layer, and no network exported here has a larger sample or layer geometry.
 MAX_SAMPLE_VALUES = 2**24
 MAX_GEOMETRY = 4096
+# A layer's weight as the loader rebuilds it dense (ResNet-50's largest, its classifier, holds ~2.0e6 values;
+# VGG-19's largest convolution ~2.4e6): a crafted `weight_shape` must not make it allocate more.
+MAX_WEIGHT_VALUES = 2**26
 
 
 def _whole(value: Any, low: int, high: int) -> bool:
@@ -538,6 +541,18 @@ def _check_program(path: Path, payload: dict[str, Any]) -> None:
         fields += [(f"{where}.{key}", spec.get(key, 1), 1, MAX_GEOMETRY) for key in ("kernel", "stride")]
         fields += [(f"{where}.padding", spec.get("padding", 0), 0, MAX_GEOMETRY)]
         fields += [(f"{where}.bsr_block", spec.get("bsr_block", 1), 1, MAX_GEOMETRY)]
+        if spec.get("op") in WEIGHT_LAYERS:
+            sizes = spec.get("weight_shape")
+            if (
+                not isinstance(sizes, list)
+                or not 2 <= len(sizes) <= 5
+                or not all(_whole(size, 0, MAX_WEIGHT_VALUES) for size in sizes)
+                or math.prod(sizes) > MAX_WEIGHT_VALUES
+            ):
+                raise UserError(
+                    f"{path}: {where}.weight_shape {sizes!r} is out of range: 2 to 5 sizes holding at most "
+                    f"{MAX_WEIGHT_VALUES} values"
+                )
         correction = spec.get("bias_correction")
         if correction is not None:
             sizes = correction.get("shape") if isinstance(correction, dict) else None
