@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("gpu_check")
+REPO = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.gpu_check` finds this module
 
 PIPELINES = ("torchvision", "device")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -346,24 +347,25 @@ def authors_loop(data_dir: Path, epochs: int, workers: int) -> dict[str, Any]:
 def two_runs(data_dir: Path, work: Path, written: bool, workers: int) -> dict[str, Any]:
     """Engine runs (device pipeline, default layout, 3 epochs) in child processes: one alone, then two at
     once. Samples/s of each run from its second epoch (the one the pair most surely overlaps in)."""
-    from harness.config import dump_yaml
+    from harness.config import dump_yaml, run_directory
 
-    def start(seed: int, runs_dir: Path) -> tuple[subprocess.Popen, Path]:
+    def start(seed: int, runs_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
         config = engine_config(data_dir, runs_dir, "device", {"seed": seed}, workers, 3)
-        path = runs_dir / f"config-{seed}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        path, log_path = runs_dir / "config.yaml", runs_dir / "child.log"
         path.write_text(dump_yaml(config))
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--out", os.devnull, "--child", str(path)]
         env = {**os.environ, "GPU_CHECK_UNOFFICIAL_CIFAR": "1" if written else "0"}
-        from harness.config import run_directory
+        with log_path.open("w") as log_file:  # the child keeps its own descriptor
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        return process, run_directory(config), log_path
 
-        return subprocess.Popen(command, env=env), run_directory(config)
-
-    def finish(processes: list[tuple[subprocess.Popen, Path]]) -> list[float]:
+    def finish(processes: list[tuple[subprocess.Popen, Path, Path]]) -> list[float]:
         throughputs = []
-        for process, run_dir in processes:
+        for process, run_dir, log_path in processes:
             if process.wait(timeout=300) != 0:
-                raise RuntimeError(f"a child run exited with {process.returncode}")
+                last = (log_path.read_text().strip().splitlines() or [""])[-1]
+                raise RuntimeError(f"a child run exited with {process.returncode}: {last}")
             throughputs.append(train_samples / epoch_lines(run_dir)[1]["time/epoch_s"])
         return throughputs
 
