@@ -9,7 +9,7 @@ WORKERS  ?= 2
 SCALE    ?= auto
 DATA_DIR ?= data
 
-.PHONY: setup test test-fast lint format demo bench bench-inference sweep-plasticity sweep-plasticity-structured sweep-granet figures reproduce-cpu sweep-collapse clean
+.PHONY: setup test test-fast lint format demo bench bench-training gpu-check bench-inference sweep-plasticity sweep-plasticity-structured sweep-granet figures reproduce-cpu sweep-collapse clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,21 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/harness bench step
+
+# The README's training table (`harness bench training`): the torchvision vs the device-resident input pipeline
+# and an eager vs channels_last vs compiled GraNet training step of ResNet-20 and VGG-19, side by side on
+# this machine's device (CUDA if present, else the CPU). Writes benchmarks/training.json and
+# benchmarks/training.md (a few minutes on 2 CPU cores, most of it compiling).
+bench-training: $(STAMP)
+	$(BIN)/harness bench training --json benchmarks/training.json --markdown benchmarks/training.md
+
+# The GPU check (README, "GPU speed"): one JSON of ResNet-20 / CIFAR-10 epochs through the engine for each
+# pipeline and step variant, the authors'-style loop, two runs on one GPU, bf16 and channels_last numerics,
+# host syncs per step and the 160-epoch projection. Under 10 minutes on one H100-class GPU; without CUDA it
+# says so for each part and writes the JSON with every part skipped.
+GPU_CHECK_OUT ?= benchmarks/gpu-check.json
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) --data-dir $(DATA_DIR)
 
 # The README's inference table: exported sparse vs dense PyTorch, VGG-19 and ResNet-20, CIFAR (32x32) and
 # MNIST-1D (1x40) input shapes, 90/95/98% random ERK masks, and the trained masks of sweeps/inference-mnist1d.yaml

@@ -1,5 +1,6 @@
-"""`harness export` and `harness bench step | inference | startup`: each command builds its request and
-calls one function of `harness.inference.commands` (or `harness.launch.startup`)."""
+"""`harness export` and `harness bench step | training | inference | startup`: each command builds its request
+and calls one function of `harness.inference.commands` (or `harness.launch.training_bench`,
+`harness.launch.startup`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from harness.inference.commands import ExportRequest, InferenceBenchRequest
 from harness.launch.command_line import Verbose, option
 
 bench_app = typer.Typer(
-    no_args_is_help=True, help="Timings: the training step, exported inference, start-up."
+    no_args_is_help=True,
+    help="Timings: the training step, training throughput, exported inference, start-up.",
 )
 
 Archs = Annotated[list[str] | None, typer.Argument(help="architectures (default: resnet20 vgg19)")]
@@ -73,6 +75,42 @@ def bench_inference(
         markdown_out=markdown_out,
     )
     call(lambda: commands.bench_inference(request))
+
+
+@bench_app.command("training")
+def bench_training(
+    archs: Annotated[list[str] | None, typer.Argument(help="architectures (default: resnet20 vgg19)")] = None,
+    arch_options: Annotated[list[str] | None, option("--arch", help="architecture (repeatable)")] = None,
+    samples: Annotated[int, option("--samples", help="CIFAR-format training images written and read")] = 5000,
+    batch_size: Annotated[int, option("--batch-size", help="batch of the pipelines and the steps")] = 128,
+    repetitions: Annotated[int, option("--repetitions", help="timed repetitions, medians reported")] = 5,
+    warmup: Annotated[int, option("--warmup", help="untimed repetitions first")] = 1,
+    steps: Annotated[int, option("--steps", help="training steps per timed repetition")] = 2,
+    width: Annotated[float, option("--width", help="channel width factor of the models")] = 1.0,
+    threads: Annotated[int | None, option("--threads", help="intra-op threads (default: torch's)")] = None,
+    workers: Annotated[int, option("--workers", help="DataLoader workers of the torchvision pipeline")] = 2,
+    json_out: Annotated[Path | None, option("--json", help="write the results as JSON here")] = None,
+    markdown_out: Annotated[Path | None, option("--markdown", help="write the Markdown report here")] = None,
+) -> None:
+    """Time the torchvision vs the device-resident input pipeline, and an eager vs channels_last vs compiled
+    training step, side by side on this machine's device."""
+    from harness.launch.training_bench import TrainingBenchRequest, arch_list, bench_training
+
+    setup_logging(False)
+    request = TrainingBenchRequest(
+        archs=arch_list(archs, arch_options),
+        samples=samples,
+        batch_size=batch_size,
+        repetitions=repetitions,
+        warmup=warmup,
+        steps=steps,
+        width=width,
+        threads=threads,
+        num_workers=workers,
+        json_out=json_out,
+        markdown_out=markdown_out,
+    )
+    call(lambda: bench_training(request))
 
 
 @bench_app.command("startup")

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.config.sections import Config, PlasticityConfig
+from harness.config.sections import Config, PlasticityConfig, RunConfig
 from harness.config.sparsity import legacy_values
 from harness.registry.plugins import is_import_path
 from harness.sparse.methods.registry import REGISTRY
@@ -31,7 +31,14 @@ _NOT_IDENTITY = {
 # Fields added after run stores existed, left out of the identity while at their default, so the run ids of
 # runs that predate them stay what they were: the settings of the built-in methods added later (a built-in
 # method's section shows every built-in setting, at its default where the method lacks it:
-# harness.config.sparsity) and two plasticity options. A plug-in method's settings are all in its identity.
+# harness.config.sparsity), two plasticity options and the fast-step options. A plug-in method's settings
+# are all in its identity.
+#
+# `run.memory_format: auto` resolves by device (channels_last for 2-D networks on CUDA, contiguous
+# otherwise) and still keeps ids' meaning: on a CPU it is exactly the computation every earlier run did,
+# and on CUDA the convolution algorithms (cuDNN's choice, atomics in its backward kernels) were never
+# bit-deterministic, so a CUDA run id never promised particular bits; the layout stays within that. An
+# explicit `contiguous` or `channels_last` fixes the layout and is hashed.
 _LATE_FIELDS = {
     "sparsity": (
         "scoring_batches",
@@ -43,6 +50,7 @@ _LATE_FIELDS = {
         "drop_rounding",
     ),
     "plasticity": ("recalibrate_bn", "average_last"),
+    "run": ("compile", "memory_format"),
 }
 
 
@@ -50,6 +58,8 @@ def _late_defaults(config: Config) -> dict[str, dict[str, Any]]:
     defaults: dict[str, dict[str, Any]] = {}
     if REGISTRY.is_builtin(config.sparsity.method):
         defaults["sparsity"] = {name: legacy_values()[name] for name in _LATE_FIELDS["sparsity"]}
+    run_fields = RunConfig.model_fields
+    defaults["run"] = {name: run_fields[name].default for name in _LATE_FIELDS["run"]}
     if config.plasticity is not None:  # an optional section that this run may lack
         fields = PlasticityConfig.model_fields
         defaults["plasticity"] = {name: fields[name].default for name in _LATE_FIELDS["plasticity"]}

@@ -13,13 +13,16 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from harness.config.base import Fraction, NonEmptyPath, Section
 from harness.config.sparsity import SparsityConfig
-from harness.registry.datasets import DATASETS, RESIDENT_DATASETS
+from harness.registry.datasets import DATASETS, INPUT_SPECS, RESIDENT_DATASETS
 from harness.registry.models import MODELS, check_width
 
 # The trainer seeds torch with `seed * 1_000_003 + 7919 * (rank + 1)`, which must stay below 2**64; 2**32 - 1
@@ -131,6 +134,15 @@ class RunConfig(Section):
     # Optimizer steps between cross-rank mask checksum comparisons (besides every mask update and checkpoint);
     # 0 turns the periodic check off. Not part of the run id: it only detects, never changes, a result.
     mask_check_every: int = Field(100, ge=0)
+    # torch.compile of the training forward (its backward comes with it through AOTAutograd). The fused
+    # kernels round differently from eager ones, so a compiled run is another run id (False is left out of
+    # the hash: harness.config.identity). The optimizer step and the sparsity method stay eager.
+    compile: bool = False
+    # The layout of the model's weights and of each input batch. `auto`: channels_last for 2-D networks on
+    # CUDA, contiguous otherwise (1-D networks have no channels_last; on a CPU it changes the convolution
+    # kernels and so the numbers CPU runs promise bit for bit). Why `auto` keeps run ids' meaning although
+    # it depends on the device: harness.config.identity.
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
 
 
 class PlasticityConfig(Section):
@@ -162,6 +174,35 @@ class Config(Section):
     run: RunConfig = RunConfig()
     plasticity: PlasticityConfig | None = None
 
+    @model_validator(mode="after")
+    def _channels_last_needs_images(self) -> Config:
+        # Known here for the built-in datasets; a plug-in's dimensionality is checked when the session is built.
+        spec = INPUT_SPECS.get(self.data.dataset)
+        if self.run.memory_format == "channels_last" and spec is not None and len(spec[1]) != 3:
+            raise ValidationError.from_exception_data(
+                "Config",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "value_error",
+                            "{message}",
+                            {"message": channels_last_error(self.data.dataset, len(spec[1]) - 1)},
+                        ),
+                        loc=("run", "memory_format"),
+                        input=self.run.memory_format,
+                    )
+                ],
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML- and JSON-safe nested dict (paths as strings, tuples as lists)."""
         return json.loads(self.model_dump_json())
+
+
+def channels_last_error(dataset: str, spatial_dims: int) -> str:
+    """Why `run.memory_format: channels_last` cannot apply to a dataset's inputs (without the field name)."""
+    return (
+        f"channels_last is a layout of 2-D images, and {dataset} gives {spatial_dims}-D inputs; "
+        "use auto or contiguous"
+    )

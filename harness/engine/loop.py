@@ -1,9 +1,11 @@
 """Training: `build_session` builds a `Session` (harness.engine.session) from the config, `fit` is the loop
 (`harness.engine.lifecycle` runs a whole run directory around it).
 
-The loop is deliberately one function: forward, backward, a finiteness guard, optimizer.step(), the LR
-schedule, the sparsity method right after the step, logging, and the end-of-epoch evaluation and
-checkpoint. Everything it needs is built once by `build_session` from the config's sections.
+The loop is deliberately short: `train_step` is one optimizer step (forward, backward, a finiteness guard,
+optimizer.step(), the LR schedule, the sparsity method right after the step), `fit` runs it over the epochs
+with the logging, the end-of-epoch evaluation and the checkpoint. Everything they need is built once by
+`build_session` from the config's sections, including the fast-step options (run.memory_format,
+run.compile: the compiled region is the network's forward and backward only; masks are applied eagerly).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from harness.config import Config, OptimConfig
-from harness.data.datasets import build_datasets
+from harness.config.sections import channels_last_error
+from harness.data.datasets import DataSpec, build_datasets
 from harness.data.loaders import build_loaders
 from harness.engine.batchnorm import RevivalGuard, batchnorm_after
 from harness.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_tensors
@@ -95,6 +98,7 @@ def build_session(config: Config, dist: DistInfo) -> Session:
             f"optim.batch_size: {config.optim.batch_size} is larger than the training set "
             f"({len(datasets.train)} samples after the validation split); use at most {len(datasets.train)}"
         )
+    input_format = memory_format(config.run.memory_format, device, datasets.spec, config.data.dataset)
     loaders = build_loaders(
         datasets,
         global_batch_size=config.optim.batch_size,
@@ -115,7 +119,8 @@ def build_session(config: Config, dist: DistInfo) -> Session:
         input_shape=spec.input_shape,
         width=config.model.width,
         imagenet=config.data.dataset == "imagenet",
-    ).to(device)
+    ).to(device, memory_format=input_format)
+    refuse_broken_cpu_kernels(model, device, input_format, compiled=config.run.compile)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, steps_per_epoch)
     sparsity = config.sparsity
@@ -138,6 +143,8 @@ def build_session(config: Config, dist: DistInfo) -> Session:
     if dist.is_distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         network = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.run.compile:
+        network = compiled(network)
     session = Session(
         config=config,
         dist=dist,
@@ -154,9 +161,72 @@ def build_session(config: Config, dist: DistInfo) -> Session:
         batchnorm=RevivalGuard(masks, batchnorm_after(model, spec.input_shape)),
         steps_per_epoch=steps_per_epoch,
         input_shape=tuple(spec.input_shape),
+        input_format=input_format,
     )
     session.totals = session.totals.to(device)
     return session
+
+
+def memory_format(choice: str, device: torch.device, spec: DataSpec, dataset: str) -> torch.memory_format:
+    """The layout of the weights and of every input batch (RunConfig.memory_format): channels_last, or
+    `preserve_format`, which leaves both exactly as every run before the option had them."""
+    images = spec.spatial_dims == 2
+    if choice == "channels_last" and not images:  # a plug-in dataset: the config could not know its shape
+        raise UserError(f"run.memory_format: {channels_last_error(dataset, spec.spatial_dims)}")
+    if choice == "channels_last" or (choice == "auto" and images and device.type == "cuda"):
+        return torch.channels_last
+    return torch.preserve_format
+
+
+def refuse_broken_cpu_kernels(
+    model: nn.Module, device: torch.device, input_format: torch.memory_format, *, compiled: bool
+) -> None:
+    """Refuse, before any run directory exists, a channels_last CPU step that oneDNN computes wrongly.
+
+    oneDNN's 1x1 convolution with a stride, in channels_last (nhwc) layout and with fewer input channels
+    than its vector block (8 with AVX2, 16 with AVX-512), writes past its workspace when it computes the
+    weight gradient (oneDNN issue #6035, open): measured here (torch 2.14.1, AVX2) as weight gradients off
+    by up to 14% of their largest entry with 2 threads, and heap corruption that aborts the process with 1.
+    ResNet-20's shortcuts are such convolutions below width 0.5 (below 1 with AVX-512; the CIFAR networks at
+    width 1 are not affected). channels_last asks for that layout, and inductor gives every CPU
+    convolution it (its layout optimisation), so both are refused for such a network; 1-D convolutions
+    and the contiguous eager step are not affected.
+    """
+    channels_last = input_format is torch.channels_last
+    if device.type != "cpu" or not (channels_last or compiled):
+        return
+    block = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.Conv2d)
+            and module.kernel_size == (1, 1)
+            and module.stride != (1, 1)
+            and module.in_channels // module.groups < block
+        ):
+            field = "run.memory_format" if channels_last else "run.compile"
+            raise UserError(
+                f"{field}: {'channels_last' if channels_last else 'a compiled step'} on the CPU would use "
+                f"oneDNN's channels_last kernels, whose weight gradient of a strided 1x1 convolution with "
+                f"fewer than {block} input channels is wrong (oneDNN issue #6035): {name} has "
+                f"{module.in_channels}; use a wider model (model.width) or leave {field} at its default"
+            )
+
+
+def compiled(network: nn.Module) -> nn.Module:
+    """The training forward compiled (run.compile); the module it wraps, and so checkpoints, stay plain.
+
+    `dynamic=False`: one static graph per batch shape, at most two (the full batches and an epoch's smaller
+    last one), each compiled the same way whatever ran before it. With dynamo's default (automatic dynamic
+    shapes) the graph a shape gets depends on the order the shapes arrived in: a run resumed right before
+    an epoch's last batch meets the small batch first and then compiles a shape-generic graph for the full
+    batches, which rounds differently from the static graph the uninterrupted run used (measured on
+    ResNet-20-1D: all 65 gradients differ), so the resume would not be bit-identical
+    (tests/test_fast_steps.py interrupts exactly there). Past dynamo's recompile limit it would silently run
+    eager, numbers the run id does not name: failing is the honest outcome (each other architecture, width
+    or batch size trained in the same process adds graphs; another instance of the same model reuses them).
+    """
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(network, dynamic=False)
 
 
 def score_before_training(session: Session) -> None:
@@ -175,7 +245,7 @@ def score_before_training(session: Session) -> None:
         for index, (inputs, targets) in enumerate(session.loaders.train.iterate(0)):
             if index >= count:
                 return
-            yield inputs.to(device), targets.to(device)
+            yield inputs.to(device, memory_format=session.input_format), targets.to(device)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=session.config.optim.label_smoothing)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -216,7 +286,7 @@ def evaluate(session: Session, split: str) -> tuple[float, float] | tuple[None, 
     sums = torch.zeros(3, dtype=torch.float64, device=session.device)
     for inputs, targets in loader.iterate():
         inputs, targets = (
-            inputs.to(session.device, non_blocking=True),
+            inputs.to(session.device, non_blocking=True, memory_format=session.input_format),
             targets.to(session.device, non_blocking=True),
         )
         logits = model(inputs)
@@ -252,13 +322,55 @@ class Hooks:
         return False
 
 
+class Step(NamedTuple):
+    """What one optimizer step leaves for the loop to report."""
+
+    loss: Tensor  # the batch's mean loss, on the device
+    lr: float  # the learning rate this step used
+    update: MaskUpdate | None  # the method's mask update, on update steps
+
+
+def train_step(
+    session: Session, criterion: nn.Module, parameters: list[Tensor], inputs: Tensor, targets: Tensor
+) -> Step:
+    """One optimizer step on one batch already on the device: forward, backward, the finiteness guard (the
+    step's one host synchronisation), optimizer.step(), the LR schedule, the sparsity method right after
+    the step, and the epoch's running sums. `fit` calls it for every batch; the benchmarks and the GPU check
+    time and inspect exactly this."""
+    optimizer = session.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(session.device):
+        logits = session.network(inputs)
+        loss = criterion(logits.float(), targets)
+    loss.backward()
+    check_finite(loss, parameters, session.step + 1)
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses; the scheduler moves it on
+    optimizer.step()
+    session.scheduler.step()
+    session.step += 1
+    update = session.method.step()
+    samples = targets.numel() * session.dist.world_size
+    session.flops.step(samples)
+    if update is not None and update.dense_gradient:
+        session.flops.dense_gradient(samples)
+    count = targets.numel()
+    session.totals += torch.stack(
+        [
+            loss.detach().double() * count,
+            (logits.argmax(1) == targets).sum().double(),
+            # Filled on the device: torch.tensor(count, device=...) would copy from the host and wait for it.
+            torch.full((), count, dtype=torch.float64, device=session.device),
+        ]
+    )
+    return Step(loss, lr, update)
+
+
 def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
     """Train from `session.epoch`/`session.step` up to `until_epoch` completed epochs."""
-    config, network, optimizer = session.config, session.network, session.optimizer
+    config, network = session.config, session.network
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
     log_every = config.tracking.log_every
     check_every = config.run.mask_check_every
-    world_size = session.dist.world_size
     parameters = [parameter for parameter in session.model.parameters() if parameter.requires_grad]
     network.train()
     while session.epoch < until_epoch:
@@ -266,45 +378,23 @@ def fit(session: Session, hooks: Hooks, *, until_epoch: int) -> None:
         started = time.perf_counter()
         first_batch = session.step - epoch * session.steps_per_epoch
         for inputs, targets in session.loaders.train.iterate(epoch, first_batch):
-            inputs = inputs.to(session.device, non_blocking=True)
+            inputs = inputs.to(session.device, non_blocking=True, memory_format=session.input_format)
             targets = targets.to(session.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(session.device):
-                logits = network(inputs)
-                loss = criterion(logits.float(), targets)
-            loss.backward()
-            check_finite(loss, parameters, session.step + 1)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses; the scheduler moves it on
-            optimizer.step()
-            session.scheduler.step()
-            session.step += 1
-            update = session.method.step()
-            samples = targets.numel() * world_size
-            session.flops.step(samples)
-            if update is not None:
-                if update.dense_gradient:
-                    session.flops.dense_gradient(samples)
+            step = train_step(session, criterion, parameters, inputs, targets)
+            if step.update is not None:
                 session.flops.masks_changed(session.current_flops())
                 session.batchnorm.masks_changed()
-                hooks.mask_update(session, update)
+                hooks.mask_update(session, step.update)
             elif check_every and session.step % check_every == 0:
                 hooks.mask_check(session)  # a mask update checks on its own
-            batch = torch.stack(
-                [
-                    loss.detach().double() * targets.numel(),
-                    (logits.argmax(1) == targets).sum().double(),
-                    torch.tensor(targets.numel(), dtype=torch.float64, device=session.device),
-                ]
-            )
-            session.totals += batch
             if session.step % log_every == 0:
                 hooks.log(
                     {
                         "kind": "train",
                         "step": session.step,
                         "epoch": session.step / session.steps_per_epoch,
-                        "train/loss": float(loss.detach()),
-                        "lr": lr,
+                        "train/loss": float(step.loss.detach()),
+                        "lr": step.lr,
                     }
                 )
             if hooks.stop_requested():

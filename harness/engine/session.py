@@ -59,6 +59,9 @@ class Session:
     # The last epoch's `epoch` line without its kind (the summary's final numbers); None before the first.
     last_epoch: dict[str, Any] | None = None
     input_shape: tuple[int, ...] = ()  # one sample's, for a method's data-free scoring pass
+    # The layout every input batch is converted to, the model's own (RunConfig.memory_format): channels_last,
+    # or preserve_format, which leaves batches as the loaders give them.
+    input_format: torch.memory_format = torch.preserve_format
 
     @property
     def total_steps(self) -> int:

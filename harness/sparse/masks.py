@@ -63,9 +63,10 @@ class MaskSet:
             raise MaskError("duplicate tensor names in the mask set")
         self.names: list[str] = [name for name, _ in named_weights]
         self.weights: list[Tensor] = [weight for _, weight in named_weights]
-        self.masks: list[Tensor] = [
-            torch.ones_like(weight, memory_format=torch.contiguous_format) for weight in self.weights
-        ]
+        # Each mask has its weight's memory layout (a channels_last weight gets a channels_last mask): the fused
+        # multiplies take their fast path only when both operands have the same strides. Every mask read goes
+        # through reshape (logical order), never view, so the layout never changes which entry is which.
+        self.masks: list[Tensor] = [torch.ones_like(weight) for weight in self.weights]
         self.numels: list[int] = [weight.numel() for weight in self.weights]
         self.is_dense = True  # all-ones masks need no per-step work
         self._state_cache_key: tuple[int, ...] | None = None
@@ -108,7 +109,7 @@ class MaskSet:
                 )
             if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
                 raise MaskError(f"mask for {name} has values other than 0 and 1")
-            checked.append(mask.detach().to(device=weight.device, dtype=weight.dtype).contiguous())
+            checked.append(torch.empty_like(weight).copy_(mask.detach()))
         self.masks = checked
         self.is_dense = all(bool(mask.all()) for mask in self.masks)
         self._state_cache_key = None

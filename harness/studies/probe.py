@@ -256,7 +256,10 @@ def measure(session: Session, recalibrate: bool) -> tuple[float, float]:
         accuracy, loss = evaluate(session, "test")
         return accuracy, loss
     device = session.device
-    inputs = (batch.to(device) for batch, _ in session.loaders.train.iterate(session.epoch))
+    layout = session.input_format  # the model's (run.memory_format), as the training batches get it
+    inputs = (
+        batch.to(device, memory_format=layout) for batch, _ in session.loaders.train.iterate(session.epoch)
+    )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         with recomputed_statistics(session.model, inputs):
             accuracy, loss = evaluate(session, "test")
@@ -275,7 +278,8 @@ def regrowth_gradient(session: Session) -> None:
         inputs, targets = next(iter(session.loaders.train.iterate(session.epoch)))
         model.train()
         session.optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(inputs.to(session.device)), targets.to(session.device))
+        inputs = inputs.to(session.device, memory_format=session.input_format)
+        loss = nn.functional.cross_entropy(model(inputs), targets.to(session.device))
         loss.backward()
     average_gradients(session)
     with torch.no_grad():
