@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from sparse_helpers import one_thread
 from torch import nn
 
 from harness.errors import UserError
@@ -32,11 +33,9 @@ DATASET_OF_DIMS = {1: "mnist1d", 2: "cifar10"}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def on_one_thread():
+    with one_thread():
+        yield
 
 
 def perturbed_model(arch: str, dims: int, sparsity: float):

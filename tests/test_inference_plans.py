@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_helpers import one_thread
 
 from harness.inference import export as exporter
 from harness.inference import plan as rules
@@ -32,11 +33,9 @@ class ScriptedTimer:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def on_one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

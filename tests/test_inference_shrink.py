@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_helpers import one_thread
 from torch import nn
 
 from harness.engine.flops import inference_flops, output_positions
@@ -19,11 +20,9 @@ DATASET_OF_DIMS = {1: "mnist1d", 2: "cifar10"}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def on_one_thread():
+    with one_thread():
+        yield
 
 
 def model_with_random_batchnorm(arch: str, dims: int, sparsity: float = 0.9):
