@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -58,20 +58,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
 SPARSITY = {"sparsity": 0.9, "init_sparsity": 0.5}  # GraNet sparse-to-sparse: masks exist from step 0
 
 
-def measure(
-    *,
-    archs: Sequence[str],
-    samples: int,
-    batch_size: int,
-    repetitions: int,
-    warmup: int,
-    steps: int,
-    width: float,
-    threads: int | None,
-    num_workers: int,
-) -> dict[str, Any]:
-    """Every measurement as one JSON-ready dict: `environment`, `settings`, `pipelines` and `steps` rows.
-    `threads` None keeps torch's default intra-op thread count."""
+class BenchSettings(Protocol):
+    """What `measure` reads: `harness.launch.training_bench.TrainingBenchRequest`, checked there before torch
+    is imported (a Protocol, so the engine does not import the launch layer above it)."""
+
+    archs: Sequence[str]
+    samples: int  # training images written, and read by each pipeline pass
+    batch_size: int
+    repetitions: int
+    warmup: int
+    steps: int  # training steps per timed repetition
+    width: float
+    threads: int | None  # None keeps torch's default intra-op thread count
+    num_workers: int  # the torchvision pipeline's DataLoader workers
+
+
+def measure(request: BenchSettings) -> dict[str, Any]:
+    """Every measurement as one JSON-ready dict: `environment`, `settings`, `pipelines` and `steps` rows."""
+    archs, samples, batch_size = request.archs, request.samples, request.batch_size
+    repetitions, warmup, steps, width = request.repetitions, request.warmup, request.steps, request.width
+    threads, num_workers = request.threads, request.num_workers
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()

@@ -59,17 +59,7 @@ def bench_training(request: TrainingBenchRequest, out: TextIO | None = None) -> 
     from harness.engine.training_bench import measure
     from harness.store.rundir import atomic_write_text
 
-    report = measure(
-        archs=request.archs,
-        samples=request.samples,
-        batch_size=request.batch_size,
-        repetitions=request.repetitions,
-        warmup=request.warmup,
-        steps=request.steps,
-        width=request.width,
-        threads=request.threads,
-        num_workers=request.num_workers,
-    )
+    report = measure(request)
     markdown = format_markdown(report)
     out.write(markdown)
     if request.json_out is not None:
