@@ -549,3 +549,34 @@ def test_a_sweep_plans_its_runs_on_n_processes(
     planned = re.findall(r"^  to run\s+(\S+)$", result.stdout, flags=re.MULTILINE)
     assert planned == expected
     assert all("--nproc-per-node=2" in line for line in result.stdout.splitlines() if line.startswith("   "))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. The fast-step layout under DDP: channels_last weights and batches on two ranks
+
+
+@pytest.mark.slow
+def test_a_channels_last_two_process_run_keeps_every_rank_on_the_same_masks(workspace: Path) -> None:
+    # DDP buckets gradients by the parameters' layout; a channels_last model must still train, prune and
+    # regrow identically on both ranks (checked by the run itself at every update and checkpoint, and here).
+    runs_dir, checksum_dir = workspace / "runs-cl", workspace / "checksums-cl"
+    argv = harness_command(
+        "run", "granet", "--arch", "resnet20", "--dataset", "synthetic", "--epochs", "2",
+        "--batch-size", "32", "--sparsity", "0.8", "--update-frequency", "3", "--wandb", "disabled",
+        "--set", "model.width=0.5", "--set", "run.memory_format=channels_last", "--set", "data.val_size=32",
+        *data_options(workspace, runs_dir), "--nproc-per-node", "2",
+    )  # fmt: skip
+    job = run_job(argv, job_environment(HARNESS_CHECKSUM_LOG=str(checksum_dir)), workspace)
+    assert job.returncode == 0, job.stderr[-4000:]
+    run_dir = Path(job.stdout.splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["epochs"], summary["density"]) == (
+        2,
+        2,
+        pytest.approx(0.2, abs=1e-3),
+    )
+    rank0, rank1 = read_jsonl(checksum_dir / "rank0.jsonl"), read_jsonl(checksum_dir / "rank1.jsonl")
+    assert len(rank0) > 2
+    assert [(r["step"], r["checksums"]) for r in rank0] == [(r["step"], r["checksums"]) for r in rank1]
+    updates = [record for record in read_jsonl(run_dir / "metrics.jsonl") if record["kind"] == "mask_update"]
+    assert len(updates) > 2
