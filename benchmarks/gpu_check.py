@@ -7,6 +7,10 @@ next one runs; the JSON is rewritten after every part, so an interrupted check k
 
 - `data`: the real CIFAR-10 under --data-dir if it is there, else CIFAR-10-sized CIFAR-format files with
   random images (50,000 training, 10,000 test) written to a temporary folder (no download).
+- `pipeline_identity`: the device-resident pipeline's batches on the GPU against the torchvision pipeline's
+  on the CPU, `torch.equal` (the run id leaves the pipeline out because they are the same bits: on a CPU
+  tests/test_resident_pipeline.py shows it; on a GPU this part does): the first training batches of
+  epochs 0 and 1, from batch 0 and mid-epoch, and the first test batch.
 - `engine/<pipeline>/<variant>`: --epochs epochs of the paper's GraNet ResNet-20 recipe (160-epoch schedule,
   stopped after --epochs) through the real engine (`run_training`), for each input pipeline (torchvision,
   device) and step variant (eager = contiguous, channels_last, compiled = run.compile with the default
@@ -59,7 +63,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compiled": {"memory_format": "auto", "compile": True},
 }
 ENGINE_PARTS = [f"engine/{pipeline}/{variant}" for pipeline in PIPELINES for variant in VARIANTS]
-PARTS = ["data", *ENGINE_PARTS, "authors_loop", "two_runs", "numerics", "host_syncs", "projection"]
+PARTS = [
+    "data",
+    "pipeline_identity",
+    *ENGINE_PARTS,
+    "authors_loop",
+    "two_runs",
+    "numerics",
+    "host_syncs",
+    "projection",
+]
+IDENTITY_BATCHES = 8  # training batches compared per pass (and the first test batch)
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000
 PAPER_EPOCHS = 160
 SYNC_STEPS = 20  # steps counted for host synchronisations, after as many warm-up steps
@@ -164,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
             stack.enter_context(accept_unofficial_cifar())  # the written files are not the official ones
         data_dir = Path(data["data_dir"])
+        check.run("pipeline_identity", lambda: pipeline_identity(data_dir, work / "runs", DEVICE))
         for pipeline in PIPELINES:
             for variant in VARIANTS:
                 check.run(
@@ -229,6 +244,44 @@ def engine_config(
         "run": {"device": DEVICE, "stop_after_epochs": epochs, **run},
     }
     return resolve("granet", dataset="cifar10", arch="resnet20", overrides=overrides)
+
+
+def pipeline_identity(data_dir: Path, runs_dir: Path, device: str) -> dict[str, Any]:
+    """Batches of the resident pipeline on `device` against the torchvision pipeline's on the CPU."""
+    import torch
+
+    from harness.data.datasets import build_datasets
+    from harness.data.loaders import build_loaders
+
+    def loaders(pipeline: str, where: str) -> Any:
+        config = engine_config(data_dir, runs_dir, pipeline, {}, 0, 1)
+        built = build_loaders(
+            build_datasets(config.data), global_batch_size=config.optim.batch_size, seed=0,
+            device=torch.device(where),
+        )  # fmt: skip
+        if built.pipeline != pipeline:
+            raise RuntimeError(f"asked for the {pipeline} pipeline, got {built.pipeline}")
+        return built
+
+    resident, reference = loaders("device", device), loaders("torchvision", "cpu")
+    compared = 0
+    for epoch, start in ((0, 0), (1, 0), (1, 3)):
+        pairs = zip(resident.train.iterate(epoch, start), reference.train.iterate(epoch, start), strict=False)
+        for index, (ours, theirs) in enumerate(pairs):
+            if index == IDENTITY_BATCHES:
+                break
+            for name, a, b in (("inputs", ours[0], theirs[0]), ("targets", ours[1], theirs[1])):
+                if not torch.equal(a.cpu(), b):
+                    difference = (a.cpu().double() - b.double()).abs().max().item()
+                    raise RuntimeError(
+                        f"epoch {epoch} batch {start + index} {name} differ (max |difference| {difference:g})"
+                    )
+            compared += 1
+    ours, theirs = next(iter(resident.test.iterate())), next(iter(reference.test.iterate()))
+    test_equal = torch.equal(ours[0].cpu(), theirs[0]) and torch.equal(ours[1].cpu(), theirs[1])
+    if not test_equal:
+        raise RuntimeError("the first test batch differs")
+    return {"identical": True, "train_batches_compared": compared, "test_batches_compared": 1}
 
 
 def engine_epochs(

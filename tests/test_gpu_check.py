@@ -107,3 +107,16 @@ def test_the_projection_and_goals_come_from_the_measured_epochs() -> None:
     }
     with pytest.raises(RuntimeError, match="^no engine run finished: nothing to project$"):
         gpu_check.projection({"authors_loop": {"epoch_s": [9.0, 8.0]}})
+
+
+def test_the_pipeline_identity_part_compares_real_batches(tmp_path: Path) -> None:
+    # On a GPU it compares the resident batches there with torchvision's on the CPU; here both run on the CPU,
+    # which exercises the part's code: real CIFAR-format files, both pipelines, every pass it names.
+    from harness.data.cifar_files import accept_unofficial_cifar, write_cifar_files
+
+    write_cifar_files(tmp_path / "data", "cifar10", train=5000 + 4 * 128, test=128, seed=0)  # 4 batches/epoch
+    with accept_unofficial_cifar():
+        result = gpu_check.pipeline_identity(tmp_path / "data", tmp_path / "runs", "cpu")
+    # Epoch 0 and 1 from batch 0 (4 batches each) and epoch 1 from batch 3 (1 batch).
+    assert result == {"identical": True, "train_batches_compared": 9, "test_batches_compared": 1}
+    assert not (tmp_path / "runs").exists()
