@@ -552,18 +552,19 @@ def test_a_sweep_plans_its_runs_on_n_processes(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 5. The fast-step layout under DDP: channels_last weights and batches on two ranks
+# 5. The fast steps under DDP: a compiled step with channels_last weights and batches on two ranks
 
 
 @pytest.mark.slow
-def test_a_channels_last_two_process_run_keeps_every_rank_on_the_same_masks(workspace: Path) -> None:
-    # DDP buckets gradients by the parameters' layout; a channels_last model must still train, prune and
-    # regrow identically on both ranks (checked by the run itself at every update and checkpoint, and here).
+def test_a_compiled_channels_last_two_process_run_keeps_every_rank_on_the_same_masks(workspace: Path) -> None:
+    # DDP buckets gradients by the parameters' layout, and a compiled DDP forward is split at its buckets
+    # (dynamo's DDPOptimizer): a compiled channels_last model must still train, prune and regrow identically
+    # on both ranks (checked by the run itself at every update and checkpoint, and here).
     runs_dir, checksum_dir = workspace / "runs-cl", workspace / "checksums-cl"
     argv = harness_command(
         "run", "granet", "--arch", "resnet20", "--dataset", "synthetic", "--epochs", "2",
         "--batch-size", "32", "--sparsity", "0.8", "--update-frequency", "3", "--wandb", "disabled",
-        "--set", "model.width=0.5", "--set", "run.memory_format=channels_last", "--set", "data.val_size=32",
+        "--set", "model.width=0.5", "--set", "run.memory_format=channels_last", "--set", "run.compile=true", "--set", "data.val_size=32",
         *data_options(workspace, runs_dir), "--nproc-per-node", "2",
     )  # fmt: skip
     job = run_job(argv, job_environment(HARNESS_CHECKSUM_LOG=str(checksum_dir)), workspace)
