@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from harness.cli import commands as cli
 from harness.errors import UserError
@@ -576,6 +577,8 @@ def test_a_compiled_channels_last_two_process_run_keeps_every_rank_on_the_same_m
         2,
         pytest.approx(0.2, abs=1e-3),
     )
+    run_section = yaml.safe_load((run_dir / "config.yaml").read_text())["run"]
+    assert (run_section["compile"], run_section["memory_format"]) == (True, "channels_last")
     rank0, rank1 = read_jsonl(checksum_dir / "rank0.jsonl"), read_jsonl(checksum_dir / "rank1.jsonl")
     assert len(rank0) > 2
     assert [(r["step"], r["checksums"]) for r in rank0] == [(r["step"], r["checksums"]) for r in rank1]
