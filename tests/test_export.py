@@ -38,18 +38,25 @@ def on_one_thread():
         yield
 
 
-def perturbed_model(arch: str, dims: int, sparsity: float):
-    """A random ERK model with random BatchNorm affine parameters, one fully pruned filter in the second
-    weight layer and a fully dense third weight layer."""
+def random_batchnorm_model(arch: str, dims: int, sparsity: float, *, width: float, shift: float):
+    """A random ERK model (seed 3) whose BatchNorm scales are drawn from [0.5, 1.5) and shifts from
+    N(0, shift**2), so that folding them is not the identity (seed 5)."""
     model, masks, shape = exporter.random_masked_model(
-        arch, DATASET_OF_DIMS[dims], sparsity, seed=3, width=WIDTHS[arch]
+        arch, DATASET_OF_DIMS[dims], sparsity, seed=3, width=width
     )
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+                module.bias.copy_(shift * torch.randn(module.bias.shape, generator=generator))
+    return model, masks, shape
+
+
+def perturbed_model(arch: str, dims: int, sparsity: float):
+    """A random ERK model with random BatchNorm affine parameters, one fully pruned filter in the second
+    weight layer and a fully dense third weight layer."""
+    model, masks, shape = random_batchnorm_model(arch, dims, sparsity, width=WIDTHS[arch], shift=0.2)
     names = list(masks)
     pruned, dense = names[1], names[2]
     masks[pruned] = masks[pruned].clone()

@@ -179,15 +179,19 @@ def test_block_sparse_is_offered_where_blocks_fit_and_a_kernel_torch_cannot_run_
     always_sparse = ScriptedTimer(
         lambda probe, repetition: 1.0 if probe.variant in ("dense", "contiguous") else 0.5
     )
-    payload = exporter.export_model(
-        model,
-        masks,
-        arch="resnet20",
-        dataset="mnist1d",
-        input_shape=shape,
-        batch_sizes=[2],
-        timer=always_sparse,
-    )
+
+    def export() -> dict:
+        return exporter.export_model(
+            model,
+            masks,
+            arch="resnet20",
+            dataset="mnist1d",
+            input_shape=shape,
+            batch_sizes=[2],
+            timer=always_sparse,
+        )
+
+    payload = export()
     spec = next(spec for spec in payload["layers"] if spec["name"] == name)
     assert spec["bsr_block"] in (2, 4)
     record = next(record for record in payload["plans"][0]["layers"] if record["name"] == name)
@@ -201,15 +205,7 @@ def test_block_sparse_is_offered_where_blocks_fit_and_a_kernel_torch_cannot_run_
         raise RuntimeError("BSR is not available on this build")
 
     monkeypatch.setattr(runtime, "bsr_matrix", unavailable)
-    payload = exporter.export_model(
-        model,
-        masks,
-        arch="resnet20",
-        dataset="mnist1d",
-        input_shape=shape,
-        batch_sizes=[2],
-        timer=always_sparse,
-    )
+    payload = export()
     record = next(record for record in payload["plans"][0]["layers"] if record["name"] == name)
     assert "bsr" not in record["timings"]
     assert record["skipped"]["bsr"] == "torch cannot run it here: BSR is not available on this build"

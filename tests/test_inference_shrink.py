@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sparse_helpers import one_thread
+from test_export import DATASET_OF_DIMS, random_batchnorm_model, relative_error
 from torch import nn
 
 from harness.engine.flops import inference_flops, output_positions
@@ -16,7 +17,6 @@ from harness.sparse import MaskSet
 
 RELATIVE_TOLERANCE = 1e-4  # the issue's: max |exported - masked| <= 1e-4 * max |masked logit|
 WIDTHS = {"resnet20": 0.5, "resnet32": 0.5, "resnet56": 0.25, "vgg19": 0.25, "resnet50": 0.25}
-DATASET_OF_DIMS = {1: "mnist1d", 2: "cifar10"}
 
 
 @pytest.fixture(autouse=True)
@@ -28,16 +28,7 @@ def on_one_thread():
 def model_with_random_batchnorm(arch: str, dims: int, sparsity: float = 0.9):
     """A random ERK model whose BatchNorm shifts are half positive, half negative: a dead filter's constant
     output (its shift) then survives ReLU about half the time."""
-    model, masks, shape = exporter.random_masked_model(
-        arch, DATASET_OF_DIMS[dims], sparsity, seed=3, width=WIDTHS[arch]
-    )
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
-                module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=generator))
-    return model, masks, shape
+    return random_batchnorm_model(arch, dims, sparsity, width=WIDTHS[arch], shift=0.5)
 
 
 def kill(model: nn.Module, masks: dict[str, torch.Tensor], name: str, filters) -> None:
@@ -46,10 +37,6 @@ def kill(model: nn.Module, masks: dict[str, torch.Tensor], name: str, filters) -
     masks[name][filters] = False
     with torch.no_grad():
         dict(model.named_parameters())[name].mul_(masks[name].to(torch.float32))
-
-
-def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got - expected).abs().max() / expected.abs().max())
 
 
 def export(model, masks, shape, arch, dims):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_sweep import synthetic_plasticity
 from typer.testing import CliRunner
 
 from harness.cli import commands as cli
@@ -25,7 +26,6 @@ from harness.launch.supervisor import COMPLETED, FAILED
 from harness.launch.sweep import StepLedger, Throughput
 from harness.launch.sweep_plan import Job
 
-PLASTICITY_COMMAND = ["${env}", "${program}", "plasticity", "${args_no_boolean_flags}"]
 BASE_ENVIRONMENT = {"PATH": "/usr/bin", "HOME": "/home/someone", "OMP_NUM_THREADS": "3"}
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -56,21 +56,6 @@ def no_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-
-
-def synthetic_plasticity(directory: Path) -> Path:
-    """1 base, 1 control and 4 probes (2 rates x regeneration off/on), all of synthetic data."""
-    parameters = {
-        "dataset": {"value": "synthetic"},
-        "wandb": {"value": "disabled"},
-        "probe_epoch": {"value": 1},
-        "pruning_rate": {"values": [0.5, 0.9]},
-        "regeneration": {"values": [False, True]},
-    }
-    data = {"program": "harness", "method": "grid", "command": PLASTICITY_COMMAND, "parameters": parameters}
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
